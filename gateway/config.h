@@ -1,0 +1,131 @@
+/*
+ * config.h — the gateway's configuration snapshot.
+ *
+ * A struct leo_config is immutable once built and reference-counted. The worker holds one "current"
+ * snapshot; every request takes a reference when it starts and drops it when it ends, so a reload (a new
+ * snapshot swapped in by leo_worker_set_config) never changes what a request in flight sees. Snapshots come
+ * from a source: today the JSON file (leo_config_load_file); the control plane's Redis-published snapshot
+ * drops in beside it by producing the same struct through leo_config_parse_json.
+ *
+ * Parsing is strict: unknown fields and wrong types are errors that name the JSON path of the offending
+ * field ("providers[1].base_url: expected a string"). Secrets (provider API keys) are read from environment
+ * variables named in the file; the file itself never holds them. Tenant API keys are stored only as keyed
+ * hashes (leo_keyhash_*). Errors never contain a secret.
+ *
+ * The snapshot is per process and used from one thread (the worker's loop): refcounts are plain integers.
+ */
+#ifndef LEO_CONFIG_H
+#define LEO_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+#include "../common/http_server.h"
+#include "../common/keyhash.h"
+#include "../common/str.h"
+
+struct leo_provider_key {
+    char *env;   /* name of the environment variable it came from (safe to log) */
+    char *value; /* the secret; never log it */
+};
+
+struct leo_provider {
+    char *name;                     /* unique */
+    char *type;                     /* "openai" today */
+    char *base_url;                 /* without trailing slash, e.g. "https://api.openai.com/v1" */
+    struct leo_provider_key *keys;  /* may be empty (local servers, the mock) */
+    size_t nkeys;
+    uint64_t connect_timeout_ms;    /* default 10000 */
+    uint64_t first_byte_timeout_ms; /* default 120000 */
+    uint64_t total_timeout_ms;      /* default 600000 */
+};
+
+struct leo_deployment {
+    struct leo_provider *provider;  /* points into the same snapshot */
+    char *model;                    /* the model name sent upstream */
+};
+
+struct leo_model {
+    char *name;                     /* what clients send */
+    struct leo_deployment *deployments; /* ordered; at least one */
+    size_t ndeployments;
+};
+
+struct leo_price {
+    char *model;                    /* upstream model name (or prefix, see leo_config_price) */
+    double input_per_mtok;          /* USD per 1M input tokens */
+    double output_per_mtok;         /* USD per 1M output tokens */
+};
+
+struct leo_tenant_key {
+    uint8_t hash[LEO_KEYHASH_BYTES];
+    char *name;                     /* a label, safe to log */
+    struct leo_tenant *tenant;
+};
+
+struct leo_tenant {
+    char *id;                       /* unique, safe to log */
+    bool allow_byok;                /* X-API-Key + Authorization: Bearer → bearer goes upstream */
+    char **models;                  /* allowed client model names; NULL/0 = all */
+    size_t nmodels;
+    struct leo_tenant_key *keys;
+    size_t nkeys;
+};
+
+struct leo_config {
+    unsigned refs;
+    uint64_t version;               /* increases with every snapshot loaded by this process */
+    char *source;                   /* file path or other origin, for logs */
+
+    char *listen_host;              /* default "0.0.0.0" */
+    int listen_port;                /* default 8080 */
+    unsigned workers;               /* 0 = number of cores */
+    uint64_t drain_timeout_ms;      /* default 30000 */
+    struct leo_http_limits limits;
+    int log_level;                  /* enum leo_log_level */
+    bool access_log;                /* default true */
+    uint64_t default_max_tokens;    /* reserved for adapters that require max_tokens; default 4096 */
+
+    uint8_t key_hash_secret[LEO_KEYHASH_SECRET_BYTES];
+
+    struct leo_provider *providers;
+    size_t nproviders;
+    struct leo_model *models;
+    size_t nmodels;
+    struct leo_price *prices;       /* config overrides first, then the shipped defaults */
+    size_t nprices;
+    struct leo_tenant *tenants;
+    size_t ntenants;
+
+    /* private: lookup indexes */
+    void *_model_index;
+    void *_key_index;
+};
+
+/** Parses a JSON document into a new snapshot with refs = 1. On error returns LEO_ECONFIG and appends a
+ *  message naming the JSON path to err. source is a label for logs. */
+int leo_config_parse_json(const char *json, size_t len, const char *source, struct leo_config **out,
+                          struct leo_buf *err);
+/** Reads and parses a file. */
+int leo_config_load_file(const char *path, struct leo_config **out, struct leo_buf *err);
+
+/** Takes a reference. */
+struct leo_config *leo_config_ref(struct leo_config *cfg);
+/** Drops a reference; frees the snapshot at zero. NULL is a no-op. */
+void leo_config_unref(struct leo_config *cfg);
+
+/** The model a client asked for, or NULL. O(1). */
+const struct leo_model *leo_config_find_model(const struct leo_config *cfg, struct leo_str name);
+/** The tenant key whose keyed hash matches the presented key, or NULL. O(1) plus one hash computation. */
+const struct leo_tenant_key *leo_config_find_key(const struct leo_config *cfg, struct leo_str presented);
+/** True if the tenant may use the client model name. */
+bool leo_tenant_allows_model(const struct leo_tenant *t, struct leo_str model);
+/** Price for an upstream model: exact match first, then the longest configured name that is a prefix of it
+ *  followed by '-' (so "gpt-4o-mini-2024-07-18" prices as "gpt-4o-mini"). NULL if unknown. */
+const struct leo_price *leo_config_price(const struct leo_config *cfg, struct leo_str model);
+/** USD for the given usage at price p (0 if p is NULL). */
+double leo_price_cost(const struct leo_price *p, uint64_t input_tokens, uint64_t output_tokens);
+
+#endif
