@@ -1,0 +1,236 @@
+/*
+ * worker.c — a worker process: its loop, its signals, its snapshot and its drain.
+ */
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sodium.h>
+#include <sys/prctl.h>
+#include <signal.h>
+
+#include "../common/error.h"
+#include "../common/log.h"
+#include "../common/metrics.h"
+#include "handlers.h"
+
+int leo_parse_listen(const char *s, char *host, size_t hostsize, int *port)
+{
+    const char *colon;
+    size_t hlen;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (end == NULL || end[1] != ':')
+            return LEO_EINVAL;
+        hlen = (size_t)(end - s - 1);
+        if (hlen == 0 || hlen >= hostsize)
+            return LEO_EINVAL;
+        memcpy(host, s + 1, hlen);
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL)
+            return LEO_EINVAL;
+        hlen = (size_t)(colon - s);
+        if (hlen == 0 || hlen >= hostsize)
+            return LEO_EINVAL;
+        memcpy(host, s, hlen);
+    }
+    host[hlen] = '\0';
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || end == colon + 1 || p < 0 || p > 65535)
+        return LEO_EINVAL;
+    *port = (int)p;
+    return 0;
+}
+
+void leo_worker_request_id(struct leo_worker *w, char *out, size_t size)
+{
+    snprintf(out, size, "req_%s%08llx", w->id_prefix, (unsigned long long)(++w->next_request & 0xffffffffu));
+}
+
+void leo_worker_set_config(struct leo_worker *w, struct leo_config *cfg)
+{
+    struct leo_config *old = w->cfg;
+    w->cfg = cfg;
+    leo_log_setup((enum leo_log_level)cfg->log_level, NULL);
+    if (w->http)
+        leo_http_server_set_limits(w->http, &cfg->limits);
+    leo_metrics_gauge_set("leo_config_version", "", (double)cfg->version);
+    if (old && (strcmp(old->listen_host, cfg->listen_host) != 0 || old->listen_port != cfg->listen_port) &&
+        w->opts.listen == NULL)
+        leo_warn("config %s: a new listen address takes effect only after a restart", cfg->source);
+    leo_config_unref(old);
+}
+
+int leo_worker_reload(struct leo_worker *w)
+{
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_config *cfg = NULL;
+    int rc = leo_config_load_file(w->opts.config_path, &cfg, &err);
+    if (rc) {
+        leo_error("config reload rejected, still serving version %llu: %s",
+                  (unsigned long long)w->cfg->version, err.p);
+        leo_metrics_add("leo_config_reloads_total", "result=\"rejected\"", 1);
+        leo_buf_release(&err);
+        return rc;
+    }
+    leo_buf_release(&err);
+    leo_worker_set_config(w, cfg);
+    leo_metrics_add("leo_config_reloads_total", "result=\"applied\"", 1);
+    leo_info("config reloaded from %s (version %llu)", cfg->source, (unsigned long long)cfg->version);
+    return 0;
+}
+
+static void on_closed_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void stop_everything(struct leo_worker *w)
+{
+    if (w->http) {
+        leo_http_server_close(w->http, NULL, NULL);
+        w->http = NULL;
+    }
+    if (w->up) {
+        leo_upstream_close(w->up);
+        w->up = NULL;
+    }
+    uv_walk(w->loop, on_closed_walk, NULL);
+}
+
+static void drain_check(uv_check_t *c)
+{
+    struct leo_worker *w = c->data;
+    if (leo_http_server_inflight(w->http) > 0)
+        return;
+    leo_info("drained, exiting");
+    stop_everything(w);
+}
+
+static void drain_timeout(uv_timer_t *t)
+{
+    struct leo_worker *w = t->data;
+    leo_warn("drain timeout: closing %u requests still in flight", leo_http_server_inflight(w->http));
+    stop_everything(w);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct leo_worker *w = s->data;
+    if (signum == SIGHUP) {
+        leo_worker_reload(w);
+        return;
+    }
+    if (w->draining)
+        return;
+    w->draining = true;
+    leo_info("draining: %u requests in flight, up to %llu ms", leo_http_server_inflight(w->http),
+             (unsigned long long)w->cfg->drain_timeout_ms);
+    leo_http_server_drain(w->http);
+    uv_signal_stop(&w->_sighup);
+    uv_timer_start(&w->_drain_timer, drain_timeout, w->cfg->drain_timeout_ms, 0);
+    uv_check_start(&w->_drain_check, drain_check);
+}
+
+int leo_worker_run(const struct leo_worker_opts *opts)
+{
+    struct leo_worker w;
+    memset(&w, 0, sizeof(w));
+    w.opts = *opts;
+    uv_loop_t loop;
+    int rc = uv_loop_init(&loop);
+    if (rc)
+        return rc;
+    w.loop = &loop;
+
+    char role[32];
+    snprintf(role, sizeof(role), "worker-%u", opts->index);
+    leo_log_setup(LEO_LOG_INFO, role);
+    leo_metrics_attach(opts->index + 1);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+
+    uint8_t rnd[6];
+    randombytes_buf(rnd, sizeof(rnd));
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(w.id_prefix + 2 * i, 3, "%02x", rnd[i]);
+
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_config *cfg = NULL;
+    rc = leo_config_load_file(opts->config_path, &cfg, &err);
+    if (rc) {
+        leo_error("cannot load config: %s", err.p);
+        leo_buf_release(&err);
+        goto fail_config;
+    }
+    leo_buf_release(&err);
+    leo_worker_set_config(&w, cfg);
+
+    if (opts->listen) {
+        rc = leo_parse_listen(opts->listen, w.listen_host, sizeof(w.listen_host), &w.listen_port);
+        if (rc) {
+            leo_error("invalid --listen \"%s\": expected HOST:PORT", opts->listen);
+            goto fail_listen;
+        }
+    } else {
+        snprintf(w.listen_host, sizeof(w.listen_host), "%s", cfg->listen_host);
+        w.listen_port = cfg->listen_port;
+    }
+
+    w.up = leo_upstream_new(&loop);
+    if (w.up == NULL) {
+        rc = LEO_EIO;
+        leo_error("cannot initialise the upstream client");
+        goto fail_listen;
+    }
+    struct leo_http_server_opts so = {
+        .limits = cfg->limits,
+        .handler = leo_gw_handle,
+        .error_body = leo_gw_server_error_body,
+        .ud = &w,
+        .server_header = NULL,
+    };
+    w.http = leo_http_server_new(&loop, &so);
+    rc = leo_http_server_listen(w.http, w.listen_host, w.listen_port, true);
+    if (rc) {
+        leo_error("cannot listen on %s:%d: %s", w.listen_host, w.listen_port, leo_strerror(rc));
+        goto fail_server;
+    }
+
+    uv_signal_init(&loop, &w._sigterm);
+    uv_signal_init(&loop, &w._sigint);
+    uv_signal_init(&loop, &w._sighup);
+    w._sigterm.data = w._sigint.data = w._sighup.data = &w;
+    uv_signal_start(&w._sigterm, on_signal, SIGTERM);
+    uv_signal_start(&w._sigint, on_signal, SIGINT);
+    uv_signal_start(&w._sighup, on_signal, SIGHUP);
+    uv_timer_init(&loop, &w._drain_timer);
+    w._drain_timer.data = &w;
+    uv_unref((uv_handle_t *)&w._drain_timer);
+    uv_check_init(&loop, &w._drain_check);
+    w._drain_check.data = &w;
+
+    leo_info("listening on %s:%d (config version %llu)", w.listen_host, leo_http_server_port(w.http),
+             (unsigned long long)cfg->version);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* every handle has been closed by stop_everything */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    leo_config_unref(w.cfg);
+    uv_loop_close(&loop);
+    return 0;
+
+fail_server:
+    leo_http_server_close(w.http, NULL, NULL);
+    leo_upstream_close(w.up);
+    uv_run(&loop, UV_RUN_DEFAULT);
+fail_listen:
+    leo_config_unref(w.cfg);
+fail_config:
+    uv_loop_close(&loop);
+    return rc ? rc : LEO_ECONFIG;
+}

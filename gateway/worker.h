@@ -1,0 +1,63 @@
+/*
+ * worker.h — one gateway worker process: a libuv loop with the HTTP server, the upstream client and the
+ * current configuration snapshot.
+ *
+ * The supervisor forks N workers; each binds the same port with SO_REUSEPORT and serves on its own. A worker
+ * owns exactly one current snapshot (struct leo_config) and swaps it with leo_worker_set_config: requests in
+ * flight keep the snapshot they started with (each holds a reference). SIGHUP makes the worker reload its
+ * config file (an invalid file is logged and the old snapshot keeps serving); SIGTERM drains: stop accepting,
+ * let in-flight requests and streams finish up to drain_timeout_ms, then exit 0.
+ */
+#ifndef LEO_WORKER_H
+#define LEO_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../common/http_server.h"
+#include "config.h"
+#include "upstream.h"
+
+struct leo_worker_opts {
+    const char *config_path;   /* file source of snapshots */
+    const char *listen;        /* "host:port" override of the config's listen, or NULL */
+    unsigned index;            /* worker number, also its metrics slot */
+};
+
+struct leo_worker {
+    uv_loop_t *loop;
+    struct leo_http_server *http;
+    struct leo_upstream *up;
+    struct leo_config *cfg;    /* current snapshot (one reference held here) */
+    struct leo_worker_opts opts;
+    char listen_host[256];
+    int listen_port;
+    bool draining;
+    unsigned streams;          /* streaming responses in progress */
+    uint64_t next_request;     /* request counter for ids */
+    char id_prefix[16];        /* random per worker start */
+    /* private */
+    uv_signal_t _sigterm, _sigint, _sighup;
+    uv_timer_t _drain_timer;
+    uv_check_t _drain_check;
+};
+
+/** Runs a worker until it has drained after SIGTERM (returns 0) or fails to start (returns an error). The
+ *  first snapshot is loaded from opts->config_path. */
+int leo_worker_run(const struct leo_worker_opts *opts);
+
+/** Installs a new current snapshot (takes over the caller's reference) and applies what can change live
+ *  (HTTP limits, log level). */
+void leo_worker_set_config(struct leo_worker *w, struct leo_config *cfg);
+
+/** Reloads the file source; 0 on success, LEO_ECONFIG when the file is invalid (old snapshot kept). */
+int leo_worker_reload(struct leo_worker *w);
+
+/** Writes a new request id ("req_" + 24 hex) into out (at least 32 bytes). */
+void leo_worker_request_id(struct leo_worker *w, char *out, size_t size);
+
+/** Parses "host:port" / "[v6]:port"; 0 or LEO_EINVAL. */
+int leo_parse_listen(const char *s, char *host, size_t hostsize, int *port);
+
+#endif
