@@ -120,6 +120,14 @@ static void drain_timeout(uv_timer_t *t)
     stop_everything(w);
 }
 
+/* Connection counts live in the HTTP server; publishing them once a second keeps the hot path free of it. */
+static void gauge_tick(uv_timer_t *t)
+{
+    struct leo_worker *w = t->data;
+    if (w->http)
+        leo_metrics_gauge_set("leo_active_connections", "", (double)leo_http_server_connections(w->http));
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct leo_worker *w = s->data;
@@ -212,6 +220,10 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_timer_init(&loop, &w._drain_timer);
     w._drain_timer.data = &w;
     uv_unref((uv_handle_t *)&w._drain_timer);
+    uv_timer_init(&loop, &w._gauge_timer);
+    w._gauge_timer.data = &w;
+    uv_timer_start(&w._gauge_timer, gauge_tick, 1000, 1000);
+    uv_unref((uv_handle_t *)&w._gauge_timer);
     uv_check_init(&loop, &w._drain_check);
     w._drain_check.data = &w;
 

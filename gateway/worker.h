@@ -40,6 +40,7 @@ struct leo_worker {
     /* private */
     uv_signal_t _sigterm, _sigint, _sighup;
     uv_timer_t _drain_timer;
+    uv_timer_t _gauge_timer;
     uv_check_t _drain_check;
 };
 
