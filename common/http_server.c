@@ -786,7 +786,8 @@ static int headers_done(struct leo_http_conn *c)
     for (size_t i = 0; i < c->nspans; i++) {
         const struct hdr_span *s = &c->spans[i];
         c->hdrs[i].name = leo_str_n(c->hbuf.p + s->name_off, s->name_len);
-        c->hdrs[i].value = leo_str_n(c->hbuf.p + s->value_off, s->value_len);
+        /* llhttp strips leading whitespace of a value but keeps trailing whitespace, which is not part of it */
+        c->hdrs[i].value = leo_str_trim(leo_str_n(c->hbuf.p + s->value_off, s->value_len));
     }
     r->headers = c->hdrs;
     r->nheaders = c->nspans;

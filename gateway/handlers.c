@@ -48,7 +48,7 @@ void leo_gw_metrics_describe(void)
     leo_metrics_describe("leo_config_reloads_total", LEO_METRIC_COUNTER, "Configuration reloads, by result.");
     leo_metrics_describe("leo_worker_restarts_total", LEO_METRIC_COUNTER,
                          "Worker processes restarted by the supervisor after dying.");
-    leo_metrics_describe("leo_config_version", LEO_METRIC_GAUGE, "Version of the snapshot each worker serves.");
+    leo_metrics_describe("leo_config_version", LEO_METRIC_GAUGE, "Version of the snapshot each worker serves, by worker.");
 }
 
 /* ---- responses ---- */

@@ -58,7 +58,9 @@ void leo_worker_set_config(struct leo_worker *w, struct leo_config *cfg)
     leo_log_setup((enum leo_log_level)cfg->log_level, NULL);
     if (w->http)
         leo_http_server_set_limits(w->http, &cfg->limits);
-    leo_metrics_gauge_set("leo_config_version", "", (double)cfg->version);
+    char lbl[32];
+    snprintf(lbl, sizeof(lbl), "worker=\"%u\"", w->opts.index);
+    leo_metrics_gauge_set("leo_config_version", lbl, (double)cfg->version);
     if (old && (strcmp(old->listen_host, cfg->listen_host) != 0 || old->listen_port != cfg->listen_port) &&
         w->opts.listen == NULL)
         leo_warn("config %s: a new listen address takes effect only after a restart", cfg->source);
