@@ -9,6 +9,7 @@
  * A snapshot is built completely (indexes included) before it is handed out, and never changes afterwards.
  */
 #include "config.h"
+#include "providers/provider.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -32,8 +33,12 @@
 /* Provider types the gateway can talk to. A new adapter is one row here plus its code in gateway/providers/. */
 static const struct {
     const char *name;
+    const char *default_api_version; /* NULL: api_version not used; "": required */
 } provider_types[] = {
-    {"openai"}, /* the OpenAI Chat Completions API and compatible servers */
+    {"openai", NULL},             /* OpenAI and every compatible API: DeepSeek, Groq, Together, Mistral, vLLM, Ollama */
+    {"azure", ""},                /* Azure OpenAI: deployment path, api-key header, api-version parameter */
+    {"anthropic", "2023-06-01"},  /* the Anthropic Messages API */
+    {"gemini", NULL},             /* the Google Gemini API (generateContent) */
 };
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -576,7 +581,8 @@ static int parse_base_url(struct ctx *c, const json_t *o, struct leo_provider *p
 
 static int parse_provider(struct ctx *c, const json_t *o, struct leo_config *cfg, size_t idx)
 {
-    static const char *const fields[] = {"name", "type", "base_url", "api_keys", "api_key_env", "timeouts", NULL};
+    static const char *const fields[] = {"name",        "type",     "base_url",    "api_keys",
+                                         "api_key_env", "timeouts", "api_version", NULL};
     struct leo_provider *p = &cfg->providers[idx];
     p->connect_timeout_ms = 10000;
     p->first_byte_timeout_ms = 120000;
@@ -609,6 +615,18 @@ static int parse_provider(struct ctx *c, const json_t *o, struct leo_config *cfg
         return rc;
     }
     p->type = leo_strdup(type);
+    p->adapter = leo_adapter_find(type);
+    if (p->adapter == NULL)
+        return fail_at(c, "type", "provider type \"%s\" has no adapter in this build", type);
+    const char *api_version = provider_types[t].default_api_version;
+    if (api_version == NULL && json_object_get(o, "api_version") != NULL)
+        return fail_at(c, "api_version", "not used by provider type \"%s\"", type);
+    rc = get_string(c, o, "api_version", false, &api_version);
+    if (rc)
+        return rc;
+    if (api_version != NULL && api_version[0] == '\0')
+        return fail_at(c, "api_version", "required for provider type \"%s\"", type);
+    p->api_version = api_version ? leo_strdup(api_version) : NULL;
 
     rc = parse_base_url(c, o, p);
     if (rc)
@@ -913,6 +931,7 @@ static void config_free(struct leo_config *cfg)
         leo_free(p->keys);
         leo_free(p->name);
         leo_free(p->type);
+        leo_free(p->api_version);
         leo_free(p->base_url);
     }
     leo_free(cfg->providers);

@@ -26,6 +26,8 @@
 #include "../common/keyhash.h"
 #include "../common/str.h"
 
+struct leo_adapter;
+
 struct leo_provider_key {
     char *env;   /* name of the environment variable it came from (safe to log) */
     char *value; /* the secret; never log it */
@@ -33,7 +35,9 @@ struct leo_provider_key {
 
 struct leo_provider {
     char *name;                     /* unique */
-    char *type;                     /* "openai" today */
+    char *type;                     /* "openai", "azure", "anthropic" or "gemini" */
+    const struct leo_adapter *adapter; /* the wire format for type (gateway/providers/provider.h) */
+    char *api_version;              /* azure: the api-version query parameter; anthropic: anthropic-version */
     char *base_url;                 /* without trailing slash, e.g. "https://api.openai.com/v1" */
     struct leo_provider_key *keys;  /* may be empty (local servers, the mock) */
     size_t nkeys;

@@ -302,7 +302,7 @@ TEST(values_out_of_range)
     parse_fails("{\"providers\": [{\"name\": \"a b\", \"base_url\": \"http://a\"}]}",
                 "providers[0].name: must be 1 to 128 printable ASCII characters without spaces, quotes or backslashes");
     parse_fails("{\"providers\": [{\"name\": \"a\", \"type\": \"anthropicx\", \"base_url\": \"http://a\"}]}",
-                "providers[0].type: unknown provider type \"anthropicx\" (known: openai)");
+                "providers[0].type: unknown provider type \"anthropicx\" (known: openai, azure, anthropic, gemini)");
     parse_fails("{\"auth\": {\"key_hash_secret_env\": \"1BAD\"}}",
                 "auth.key_hash_secret_env: must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
 }
