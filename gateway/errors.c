@@ -1,4 +1,5 @@
 #include "errors.h"
+#include "providers/messages.h"
 
 #include <string.h>
 
@@ -45,5 +46,35 @@ void leo_openai_error_json(struct leo_buf *out, const char *message, const char 
     add_nullable(out, param);
     leo_buf_adds(out, ",\"code\":");
     add_nullable(out, code);
+    leo_buf_adds(out, "}}");
+}
+
+/* ---- the Anthropic dialect (declared in providers/messages.h) ---- */
+
+static const struct {
+    int status;
+    const char *type;
+} anthropic_types[] = {
+    {400, "invalid_request_error"}, {401, "authentication_error"}, {403, "permission_error"},
+    {404, "not_found_error"},       {405, "invalid_request_error"}, {408, "timeout_error"},
+    {413, "request_too_large"},     {429, "rate_limit_error"},      {431, "request_too_large"},
+    {500, "api_error"},             {502, "api_error"},             {503, "overloaded_error"},
+    {504, "timeout_error"},         {529, "overloaded_error"},      {0, NULL},
+};
+
+const char *leo_anthropic_error_type(int status)
+{
+    for (size_t i = 0; anthropic_types[i].status; i++)
+        if (anthropic_types[i].status == status)
+            return anthropic_types[i].type;
+    return status >= 500 ? "api_error" : "invalid_request_error";
+}
+
+void leo_anthropic_error_json(struct leo_buf *out, const char *type, const char *message)
+{
+    leo_buf_adds(out, "{\"type\":\"error\",\"error\":{\"type\":");
+    add_nullable(out, type);
+    leo_buf_adds(out, ",\"message\":");
+    add_nullable(out, message);
     leo_buf_adds(out, "}}");
 }

@@ -12,6 +12,7 @@
 #include "../common/log.h"
 #include "../common/metrics.h"
 #include "errors.h"
+#include "providers/messages.h"
 
 static const struct route {
     const char *method;
@@ -74,7 +75,10 @@ void leo_gw_error(struct leo_gw_req *g, int status, const char *param, const cha
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     struct leo_buf b = LEO_BUF_INIT;
-    leo_openai_error_json(&b, msg, leo_openai_error_type(status), param, code);
+    if (g->dialect == LEO_DIALECT_ANTHROPIC)
+        leo_anthropic_error_json(&b, leo_anthropic_error_type(status), msg);
+    else
+        leo_openai_error_json(&b, msg, leo_openai_error_type(status), param, code);
     if (g->error == NULL)
         g->error = leo_arena_strndup(&g->req->arena, msg, strlen(msg));
     leo_gw_respond_json(g, status, NULL, 0, b.p, b.len);

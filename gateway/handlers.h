@@ -14,6 +14,7 @@
 
 #include "../common/http_server.h"
 #include "config.h"
+#include "providers/provider.h"
 #include "worker.h"
 
 struct leo_gw_req {
@@ -21,6 +22,7 @@ struct leo_gw_req {
     struct leo_worker *w;
     struct leo_config *cfg;                 /* snapshot reference held for the request's life */
     const char *route;                      /* metrics label: the matched route pattern */
+    enum leo_dialect dialect;               /* the client's API dialect: errors are written in it */
     char id[32];                            /* x-leo-request-id */
     const struct leo_tenant_key *key;       /* after authentication */
     struct leo_str byok;                    /* bring-your-own provider key, if allowed and sent */
@@ -43,7 +45,8 @@ struct leo_gw_req {
 /** Sends a JSON response with the standard gateway headers (x-leo-request-id, content-type) plus extra. */
 void leo_gw_respond_json(struct leo_gw_req *g, int status, const struct leo_http_header *extra, size_t nextra,
                          const char *body, size_t len);
-/** Sends an OpenAI-shaped error; message is formatted printf-style. */
+/** Sends an error in the client's dialect (OpenAI-shaped, or Anthropic-shaped on /v1/messages routes);
+ *  message is formatted printf-style; param and code are used by the OpenAI shape only. */
 void leo_gw_error(struct leo_gw_req *g, int status, const char *param, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 /** Authenticates from Authorization: Bearer / X-API-Key; on failure sends 401 and returns false. Also
@@ -52,6 +55,10 @@ bool leo_gw_authenticate(struct leo_gw_req *g);
 
 /* Routes (handlers.c, chat.c). */
 void leo_route_chat_completions(struct leo_gw_req *g);
+void leo_route_messages(struct leo_gw_req *g);
+void leo_route_count_tokens(struct leo_gw_req *g);
+void leo_route_embeddings(struct leo_gw_req *g);
+void leo_route_completions(struct leo_gw_req *g);
 void leo_route_models(struct leo_gw_req *g);
 void leo_route_model_get(struct leo_gw_req *g);
 void leo_route_health(struct leo_gw_req *g);

@@ -51,6 +51,9 @@ void leo_messages_stream_error(struct leo_messages_stream *st, const char *type,
                                struct leo_buf *out);
 void leo_messages_stream_free(struct leo_messages_stream *st);
 
+/* The two error helpers below are implemented in gateway/errors.c (client-facing errors of both dialects),
+ * not in messages.c. */
+
 /** Appends an Anthropic-shaped error body: {"type":"error","error":{"type":type,"message":message}}. */
 void leo_anthropic_error_json(struct leo_buf *out, const char *type, const char *message);
 /** The Anthropic error type for an HTTP status (400 invalid_request_error, 401 authentication_error,
