@@ -86,13 +86,14 @@ int leo_worker_reload(struct leo_worker *w)
     return 0;
 }
 
-static void on_closed_walk(uv_handle_t *h, void *arg)
+static void close_if_open(uv_handle_t *h)
 {
-    (void)arg;
     if (!uv_is_closing(h))
         uv_close(h, NULL);
 }
 
+/* Closes the server, the upstream client and the worker's own handles; each module closes its own handles,
+ * so the loop ends once they all have. */
 static void stop_everything(struct leo_worker *w)
 {
     if (w->http) {
@@ -103,7 +104,12 @@ static void stop_everything(struct leo_worker *w)
         leo_upstream_close(w->up);
         w->up = NULL;
     }
-    uv_walk(w->loop, on_closed_walk, NULL);
+    close_if_open((uv_handle_t *)&w->_sigterm);
+    close_if_open((uv_handle_t *)&w->_sigint);
+    close_if_open((uv_handle_t *)&w->_sighup);
+    close_if_open((uv_handle_t *)&w->_drain_timer);
+    close_if_open((uv_handle_t *)&w->_gauge_timer);
+    close_if_open((uv_handle_t *)&w->_drain_check);
 }
 
 static void drain_check(uv_check_t *c)
