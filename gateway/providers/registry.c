@@ -4,12 +4,14 @@
  */
 #include <string.h>
 
+#include "anthropic.h"
 #include "openai.h"
 #include "provider.h"
 
 static const struct leo_adapter *const adapters[] = {
     &leo_adapter_openai,
     &leo_adapter_azure,
+    &leo_adapter_anthropic,
 };
 
 const struct leo_adapter *leo_adapter_find(const char *type)
