@@ -6,6 +6,7 @@
 #include <string.h>
 
 static const char reply_prefix[] = "mock reply to: ";
+static const char thinking_prefix[] = "mock thinking about: ";
 
 static bool is_space(unsigned char c)
 {
@@ -35,33 +36,39 @@ static bool contains_ci(struct leo_str hay, const char *needle)
     return false;
 }
 
-/* A growable step array in the arena: steps are counted first, then filled, so no reallocation. */
+/* A step array in the arena: steps are counted first, then filled, so no reallocation. The running token
+ * counts are kept while filling. */
 struct plan {
     struct mock_step *steps;
     size_t n;
+    unsigned out_tokens, think_tokens;
 };
 
 static void plan_add(struct plan *pl, enum mock_step_kind kind, unsigned call, size_t off, size_t len)
 {
     if (pl->steps != NULL)
-        pl->steps[pl->n] = (struct mock_step){kind, call, off, len};
+        pl->steps[pl->n] = (struct mock_step){kind, call, off, len, pl->out_tokens, pl->think_tokens};
     pl->n++;
 }
 
-/* Text pieces: each word together with the whitespace after it; leading whitespace joins the first piece,
- * so the pieces concatenate to the content exactly. */
-static void plan_text(struct plan *pl, struct leo_str content)
+/* Pieces of a text: each word together with the whitespace after it; leading whitespace joins the first piece,
+ * so the pieces concatenate to the text exactly and each holds one word (one token). */
+static void plan_pieces(struct plan *pl, enum mock_step_kind kind, struct leo_str text)
 {
     size_t i = 0;
-    while (i < content.len) {
+    while (i < text.len) {
         size_t start = i;
-        while (i < content.len && is_space((unsigned char)content.p[i]))
+        while (i < text.len && is_space((unsigned char)text.p[i]))
             i++;
-        while (i < content.len && !is_space((unsigned char)content.p[i]))
+        while (i < text.len && !is_space((unsigned char)text.p[i]))
             i++;
-        while (i < content.len && is_space((unsigned char)content.p[i]))
+        while (i < text.len && is_space((unsigned char)text.p[i]))
             i++;
-        plan_add(pl, MOCK_STEP_TEXT, 0, start, i - start);
+        unsigned words = mock_count_words(text.p + start, i - start);
+        pl->out_tokens += words;
+        if (kind == MOCK_STEP_THINK)
+            pl->think_tokens += words;
+        plan_add(pl, kind, 0, start, i - start);
     }
 }
 
@@ -80,18 +87,41 @@ static void plan_args(struct plan *pl, unsigned call, struct leo_str args)
 
 static void plan_all(struct plan *pl, const struct mock_reply *r)
 {
+    pl->out_tokens = pl->think_tokens = 0;
     plan_add(pl, MOCK_STEP_START, 0, 0, 0);
+    if (r->thinking.len) {
+        plan_add(pl, MOCK_STEP_THINK_START, 0, 0, 0);
+        plan_pieces(pl, MOCK_STEP_THINK, r->thinking);
+        plan_add(pl, MOCK_STEP_THINK_END, 0, 0, 0);
+    }
     if (r->tool_calls) {
         for (size_t c = 0; c < r->ncalls; c++) {
+            struct leo_str args = r->calls[c].arguments;
+            pl->out_tokens += 1 + mock_count_words(args.p, args.len);
             plan_add(pl, MOCK_STEP_CALL_START, (unsigned)c, 0, 0);
-            plan_args(pl, (unsigned)c, r->calls[c].arguments);
+            plan_args(pl, (unsigned)c, args);
+            plan_add(pl, MOCK_STEP_CALL_END, (unsigned)c, 0, 0);
         }
-    } else {
-        plan_text(pl, r->content);
+    } else if (r->content.len) {
+        plan_add(pl, MOCK_STEP_TEXT_START, 0, 0, 0);
+        plan_pieces(pl, MOCK_STEP_TEXT, r->content);
+        plan_add(pl, MOCK_STEP_TEXT_END, 0, 0, 0);
     }
     plan_add(pl, MOCK_STEP_FINISH, 0, 0, 0);
     plan_add(pl, MOCK_STEP_USAGE, 0, 0, 0);
     plan_add(pl, MOCK_STEP_DONE, 0, 0, 0);
+}
+
+/* prefix + text, NUL-terminated, in the arena */
+static struct leo_str prefixed(const char *prefix, struct leo_str text, struct leo_arena *a)
+{
+    size_t plen = strlen(prefix);
+    char *c = leo_arena_alloc(a, plen + text.len + 1);
+    memcpy(c, prefix, plen);
+    if (text.len)
+        memcpy(c + plen, text.p, text.len);
+    c[plen + text.len] = '\0';
+    return leo_str_n(c, plen + text.len);
 }
 
 static struct leo_str tool_arguments(struct leo_str text, struct leo_arena *a)
@@ -107,6 +137,11 @@ static struct leo_str tool_arguments(struct leo_str text, struct leo_arena *a)
     return out;
 }
 
+unsigned mock_prompt_tokens(const struct mock_chat *chat)
+{
+    return chat->prompt_words + MOCK_TOKENS_PER_MESSAGE * chat->nmessages + MOCK_TOKENS_PER_IMAGE * chat->images;
+}
+
 void mock_reply_build(const struct mock_chat *chat, uint64_t seq, int64_t created, struct leo_arena *a,
                       struct mock_reply *r)
 {
@@ -114,40 +149,43 @@ void mock_reply_build(const struct mock_chat *chat, uint64_t seq, int64_t create
     r->chat = chat;
     r->seq = seq;
     r->created = created;
-    r->prompt_tokens =
-        chat->prompt_words + MOCK_TOKENS_PER_MESSAGE * chat->nmessages + MOCK_TOKENS_PER_IMAGE * chat->images;
+    r->prompt_tokens = mock_prompt_tokens(chat);
+    r->thinking = r->content = leo_str_n("", 0);
 
-    size_t ncalls = 0;
-    if (chat->ntools > 0) {
-        if (contains_ci(chat->last_user, "parallel tools"))
-            ncalls = chat->ntools;
-        else if (contains_ci(chat->last_user, "call a tool"))
-            ncalls = 1;
-    }
-    if (ncalls > 0) {
-        r->tool_calls = true;
-        r->ncalls = ncalls;
-        r->calls = leo_arena_zalloc(a, ncalls * sizeof(*r->calls));
-        struct leo_str args = tool_arguments(chat->last_user, a);
-        for (size_t i = 0; i < ncalls; i++) {
-            snprintf(r->calls[i].id, sizeof(r->calls[i].id), "call_mock_%zu", i + 1);
-            r->calls[i].name = chat->tools[i];
-            r->calls[i].arguments = args;
-            r->completion_tokens += 1 + mock_count_words(args.p, args.len);
-        }
-        r->content = leo_str_n("", 0);
+    if (chat->blocked) {
+        r->blocked = true;
     } else {
-        size_t plen = sizeof(reply_prefix) - 1;
-        char *c = leo_arena_alloc(a, plen + chat->last_user.len + 1);
-        memcpy(c, reply_prefix, plen);
-        if (chat->last_user.len)
-            memcpy(c + plen, chat->last_user.p, chat->last_user.len);
-        c[plen + chat->last_user.len] = '\0';
-        r->content = leo_str_n(c, plen + chat->last_user.len);
-        r->completion_tokens = mock_count_words(r->content.p, r->content.len);
+        if (chat->thinking || contains_ci(chat->last_user, "think first")) {
+            r->thinking = prefixed(thinking_prefix, chat->last_user, a);
+            r->thinking_tokens = mock_count_words(r->thinking.p, r->thinking.len);
+            snprintf(r->signature, sizeof(r->signature), "mock-signature-%llu", (unsigned long long)seq);
+        }
+        size_t ncalls = 0;
+        if (chat->ntools > 0 && !chat->after_tool_result) {
+            if (contains_ci(chat->last_user, "parallel tools"))
+                ncalls = chat->ntools;
+            else if (contains_ci(chat->last_user, "call a tool"))
+                ncalls = 1;
+        }
+        if (ncalls > 0) {
+            r->tool_calls = true;
+            r->ncalls = ncalls;
+            r->calls = leo_arena_zalloc(a, ncalls * sizeof(*r->calls));
+            struct leo_str args = tool_arguments(chat->last_user, a);
+            for (size_t i = 0; i < ncalls; i++) {
+                snprintf(r->calls[i].id, sizeof(r->calls[i].id), "call_mock_%zu", i + 1);
+                r->calls[i].name = chat->tools[i];
+                r->calls[i].arguments = args;
+                r->completion_tokens += 1 + mock_count_words(args.p, args.len);
+            }
+        } else {
+            r->content = prefixed(reply_prefix, chat->last_user, a);
+            r->completion_tokens = mock_count_words(r->content.p, r->content.len);
+        }
+        r->completion_tokens += r->thinking_tokens;
     }
 
-    struct plan pl = {NULL, 0};
+    struct plan pl = {NULL, 0, 0, 0};
     plan_all(&pl, r); /* count */
     pl.steps = leo_arena_alloc(a, pl.n * sizeof(*pl.steps));
     pl.n = 0;

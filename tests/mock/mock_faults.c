@@ -24,6 +24,7 @@ static const struct {
     {"reset_before_headers", ITEM_FLAG, offsetof(struct mock_fault, reset_before_headers), 0, 0},
     {"malformed", ITEM_FLAG, offsetof(struct mock_fault, malformed), 0, 0},
     {"tool_then_reset", ITEM_FLAG, offsetof(struct mock_fault, tool_then_reset), 0, 0},
+    {"blocked", ITEM_FLAG, offsetof(struct mock_fault, blocked), 0, 0},
 };
 
 void mock_fault_init(struct mock_fault *f)
@@ -45,7 +46,7 @@ bool mock_fault_is_none(const struct mock_fault *f)
            f->retry_after_ms == none.retry_after_ms && f->delay_headers_ms == none.delay_headers_ms &&
            f->delay_events_ms == none.delay_events_ms && f->trickle_ms == none.trickle_ms &&
            f->reset_after_events == none.reset_after_events && !f->reset_before_headers && !f->malformed &&
-           !f->tool_then_reset;
+           !f->tool_then_reset && !f->blocked;
 }
 
 /* Strict decimal: digits only, no sign, no overflow beyond max. */

@@ -26,6 +26,7 @@ struct mock_fault {
     bool reset_before_headers; /* close without answering */
     bool malformed;            /* send a body (or one stream event) that is not valid JSON */
     bool tool_then_reset;      /* streams: cut after the first content or arguments delta */
+    bool blocked;              /* chat routes: answer with the format's refusal (content filter, safety block) */
 };
 
 /** Sets f to "no fault". */

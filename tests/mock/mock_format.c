@@ -1,5 +1,6 @@
 #include "mock_format.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,78 @@ void mock_events_add_sse_json(struct mock_events *ev, json_t *j, size_t flags)
     mock_json_append(&ev->data, j, flags);
     leo_buf_adds(&ev->data, "\n\n");
     mock_events_commit(ev);
+}
+
+void mock_events_add_framed(struct mock_events *ev, const char *before, const json_t *j, const char *after)
+{
+    leo_buf_adds(&ev->data, before);
+    mock_json_append(&ev->data, j, 0);
+    leo_buf_adds(&ev->data, after);
+    mock_events_commit(ev);
+}
+
+void mock_events_add_sse_named(struct mock_events *ev, const char *name, const json_t *j)
+{
+    leo_buf_addf(&ev->data, "event: %s\ndata: ", name);
+    mock_json_append(&ev->data, j, 0);
+    leo_buf_adds(&ev->data, "\n\n");
+    mock_events_commit(ev);
+}
+
+json_t *mock_json_load_object(const char *body, size_t len, struct mock_error *err)
+{
+    json_error_t je;
+    json_t *root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (root == NULL) {
+        mock_error_set(err, 400, NULL, "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
+                       je.column);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        mock_error_set(err, 400, NULL, "request body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+json_t *mock_json_span(struct leo_str s)
+{
+    json_t *j = json_stringn(s.p ? s.p : "", s.len);
+    if (j == NULL) /* only on out-of-memory: the chat's strings are valid UTF-8 */
+        abort();
+    return j;
+}
+
+/* FNV-1a over the input, seeded per dimension, then a splitmix64 finaliser so that nearby seeds give
+ * unrelated values. */
+static uint64_t dim_hash(const char *p, size_t len, unsigned dim)
+{
+    uint64_t h = 14695981039346656037ull ^ ((uint64_t)(dim + 1) * 0x9e3779b97f4a7c15ull);
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 1099511628211ull;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    return h;
+}
+
+void mock_embed(const char *p, size_t len, unsigned dims, float *v)
+{
+    double norm = 0;
+    for (unsigned d = 0; d < dims; d++) {
+        double x = (double)(dim_hash(p, len, d) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+        v[d] = (float)x;
+        norm += x * x;
+    }
+    norm = sqrt(norm);
+    if (norm > 0)
+        for (unsigned d = 0; d < dims; d++)
+            v[d] = (float)(v[d] / norm);
 }
 
 /* Length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes there are not one. Rejects overlong

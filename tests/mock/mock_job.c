@@ -26,22 +26,37 @@ struct mock_job {
     struct mock_events ev;
     size_t ev_next;
     bool ev_cut;                  /* cut the connection after the last event of ev */
+    bool cut_now;                 /* the cut step rendered no event: cut before the next one */
     bool malformed_pending;
+    unsigned rendered;            /* events rendered from steps so far */
     /* body source: pieces of a->body */
     size_t body_off;
     size_t piece_len;
 };
 
+/* The Retry-After seconds sent with a fault's status: the given value, 1 by default for 429, else none (-1). */
+static int retry_after_secs(const struct mock_fault *f)
+{
+    if (f->retry_after_s >= 0)
+        return f->retry_after_s;
+    return f->status == 429 ? 1 : -1;
+}
+
 static size_t build_headers(const struct mock_answer *a, struct leo_arena *arena, bool stream,
                             struct leo_http_header *h)
 {
     size_t n = 0;
-    h[n++] = (struct leo_http_header){LEO_STR_LIT("content-type"),
-                                      stream ? LEO_STR_LIT("text/event-stream") : leo_str_c(a->content_type)};
+    const char *ctype = a->content_type;
+    if (stream) {
+        ctype = a->fmt->stream_content_type ? a->fmt->stream_content_type(a->reply->chat) : NULL;
+        if (ctype == NULL)
+            ctype = "text/event-stream";
+    }
+    h[n++] = (struct leo_http_header){LEO_STR_LIT("content-type"), leo_str_c(ctype)};
     if (stream)
         h[n++] = (struct leo_http_header){LEO_STR_LIT("cache-control"), LEO_STR_LIT("no-cache")};
     if (a->fault.status) {
-        int secs = a->fault.retry_after_s >= 0 ? a->fault.retry_after_s : (a->fault.status == 429 ? 1 : -1);
+        int secs = retry_after_secs(&a->fault);
         char tmp[24];
         if (secs >= 0) {
             int len = snprintf(tmp, sizeof(tmp), "%d", secs);
@@ -54,7 +69,8 @@ static size_t build_headers(const struct mock_answer *a, struct leo_arena *arena
                                               leo_arena_strdup_str(arena, leo_str_n(tmp, (size_t)len))};
         }
     }
-    a->fmt->response_headers(a->seq, arena, h, &n);
+    if (a->fmt->response_headers != NULL)
+        a->fmt->response_headers(a->seq, arena, h, &n);
     return n;
 }
 
@@ -62,7 +78,7 @@ void mock_job_respond_error(struct leo_http_request *req, const struct mock_form
                             const char *message, const char *param)
 {
     struct leo_buf body = LEO_BUF_INIT;
-    fmt->render_error(status, message, param, &body);
+    fmt->render_error(status, message, param, -1, &body);
     struct mock_answer a = {
         .kind = MOCK_ANSWER_BODY, .fmt = fmt, .seq = seq, .status = status, .content_type = "application/json"};
     mock_fault_init(&a.fault);
@@ -98,16 +114,22 @@ static void job_finish(struct mock_job *job, void (*fn)(struct leo_http_request 
 
 /* ---- event sources ------------------------------------------------------------------------------------ */
 
-/* The next stream event without consuming it; false at the end of the plan. */
+/* The next stream event without consuming it; false at the end of the plan, or when the connection is to be
+ * cut before any further event (then *cut is true). */
 static bool stream_peek(struct mock_job *job, struct leo_str *out, bool *cut)
 {
     const struct mock_reply *r = job->a.reply;
+    *cut = false;
     while (job->ev_next == job->ev.n) {
+        if (job->cut_now) {
+            *cut = true;
+            return false;
+        }
         mock_events_reset(&job->ev);
         job->ev_next = 0;
         job->ev_cut = false;
-        if (job->malformed_pending && job->step == 1) {
-            /* the broken event goes right after the first step's events */
+        if (job->malformed_pending && job->rendered > 0) {
+            /* the broken event goes right after the events of the first step that rendered any */
             job->malformed_pending = false;
             job->a.fmt->render_malformed_event(r, &job->ev);
             continue;
@@ -115,7 +137,13 @@ static bool stream_peek(struct mock_job *job, struct leo_str *out, bool *cut)
         if (job->step == r->nsteps)
             return false;
         job->a.fmt->render_step(r, &r->steps[job->step], &job->ev);
-        job->ev_cut = job->a.fault.tool_then_reset && job->step == r->first_delta;
+        job->rendered += (unsigned)job->ev.n;
+        if (job->a.fault.tool_then_reset && job->step == r->first_delta) {
+            /* a format may render the first delta as no event of its own (Gemini sends a call whole at its
+             * start): the cut then follows the events already sent */
+            job->ev_cut = job->ev.n > 0;
+            job->cut_now = job->ev.n == 0;
+        }
         job->step++;
     }
     size_t start = job->ev_next ? job->ev.end[job->ev_next - 1] : 0;
@@ -126,12 +154,12 @@ static bool stream_peek(struct mock_job *job, struct leo_str *out, bool *cut)
 
 static bool body_peek(struct mock_job *job, struct leo_str *out, bool *cut)
 {
+    *cut = false;
     size_t rest = job->a.body.len - job->body_off;
     if (rest == 0)
         return false;
     job->piece_len = rest < MOCK_TRICKLE_PIECE ? rest : MOCK_TRICKLE_PIECE;
     *out = leo_str_n(job->a.body.p + job->body_off, job->piece_len);
-    *cut = false;
     return true;
 }
 
@@ -189,7 +217,7 @@ static void job_pump(struct mock_job *job)
         struct leo_str ev;
         bool cut;
         if (!job_peek(job, &ev, &cut)) {
-            job_finish(job, leo_http_stream_end);
+            job_finish(job, cut ? leo_http_abort : leo_http_stream_end);
             return;
         }
         int rc = leo_http_stream_write(job->req, ev.p, ev.len);
@@ -207,7 +235,7 @@ static void job_pump(struct mock_job *job)
         uint64_t pace = job_pace(job);
         /* with pacing, look ahead so that the last event is followed by the end at once, not after a pause */
         if (pace > 0 && !job_peek(job, &ev, &cut)) {
-            job_finish(job, leo_http_stream_end);
+            job_finish(job, cut ? leo_http_abort : leo_http_stream_end);
             return;
         }
         if (rc == 1) {
@@ -255,7 +283,7 @@ void mock_job_answer(uv_loop_t *loop, struct leo_http_request *req, const struct
         char msg[64];
         snprintf(msg, sizeof(msg), "mock fault: injected status %d", a.fault.status);
         struct leo_buf b = LEO_BUF_INIT;
-        a.fmt->render_error(a.fault.status, msg, NULL, &b);
+        a.fmt->render_error(a.fault.status, msg, NULL, retry_after_secs(&a.fault), &b);
         a.kind = MOCK_ANSWER_BODY;
         a.status = a.fault.status;
         a.content_type = "application/json";

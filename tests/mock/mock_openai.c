@@ -1,6 +1,5 @@
 #include "mock_openai.h"
 
-#include <math.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -41,7 +40,8 @@ static const struct {
     {"x-ratelimit-reset-tokens", "30ms"},
 };
 
-static void openai_render_error(int status, const char *message, const char *param, struct leo_buf *out)
+static void openai_render_error(int status, const char *message, const char *param, int retry_after_s,
+                                struct leo_buf *out)
 {
     const char *type = status >= 500 ? "server_error" : "invalid_request_error", *code = NULL;
     for (size_t i = 0; i < sizeof(error_kinds) / sizeof(error_kinds[0]); i++) {
@@ -74,23 +74,6 @@ static void openai_response_headers(uint64_t seq, struct leo_arena *a, struct le
 }
 
 /* ---- parsing ------------------------------------------------------------------------------------------ */
-
-static json_t *load_object(const char *body, size_t len, struct mock_error *err)
-{
-    json_error_t je;
-    json_t *root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    if (root == NULL) {
-        mock_error_set(err, 400, NULL, "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
-                       je.column);
-        return NULL;
-    }
-    if (!json_is_object(root)) {
-        json_decref(root);
-        mock_error_set(err, 400, NULL, "request body must be a JSON object");
-        return NULL;
-    }
-    return root;
-}
 
 static bool is_image_part(const char *type)
 {
@@ -148,6 +131,7 @@ static int parse_messages(json_t *messages, struct leo_arena *a, struct mock_cha
             break;
         chat->nmessages++;
         chat->prompt_words += mock_count_words(text.p, text.len);
+        chat->after_tool_result = strcmp(role, "tool") == 0 || strcmp(role, "function") == 0;
         if (strcmp(role, "user") == 0)
             chat->last_user = leo_arena_strdup_str(a, leo_buf_str(&text));
     }
@@ -171,12 +155,12 @@ static void parse_tools(json_t *tools, struct leo_arena *a, struct mock_chat *ch
     }
 }
 
-static int openai_parse_chat(struct leo_str path, const char *body, size_t len, struct leo_arena *a,
-                             struct mock_chat *chat, struct mock_error *err)
+static int openai_parse_chat(const struct leo_http_request *req, struct leo_arena *a, struct mock_chat *chat,
+                             struct mock_error *err)
 {
     memset(chat, 0, sizeof(*chat));
     chat->last_user = leo_str_n("", 0);
-    json_t *root = load_object(body, len, err);
+    json_t *root = mock_json_load_object(req->body.p, req->body.len, err);
     if (root == NULL)
         return err->status;
     int rc = 0;
@@ -214,6 +198,11 @@ static json_t *usage_json(const struct mock_reply *r)
     json_object_set_new(u, "prompt_tokens", json_integer(r->prompt_tokens));
     json_object_set_new(u, "completion_tokens", json_integer(r->completion_tokens));
     json_object_set_new(u, "total_tokens", json_integer((json_int_t)r->prompt_tokens + r->completion_tokens));
+    if (r->thinking_tokens) {
+        json_t *d = json_object();
+        json_object_set_new(d, "reasoning_tokens", json_integer(r->thinking_tokens));
+        json_object_set_new(u, "completion_tokens_details", d);
+    }
     return u;
 }
 
@@ -229,9 +218,9 @@ static json_t *reply_head(const struct mock_reply *r, const char *object)
     return o;
 }
 
-static json_t *span_string(struct leo_str s)
+static const char *finish_reason(const struct mock_reply *r)
 {
-    return json_stringn(s.p, s.len);
+    return r->blocked ? "content_filter" : r->tool_calls ? "tool_calls" : "stop";
 }
 
 static void openai_render_reply(const struct mock_reply *r, struct leo_buf *out)
@@ -244,7 +233,7 @@ static void openai_render_reply(const struct mock_reply *r, struct leo_buf *out)
         for (size_t i = 0; i < r->ncalls; i++) {
             json_t *fn = json_object();
             json_object_set_new(fn, "name", json_string(r->calls[i].name));
-            json_object_set_new(fn, "arguments", span_string(r->calls[i].arguments));
+            json_object_set_new(fn, "arguments", mock_json_span(r->calls[i].arguments));
             json_t *c = json_object();
             json_object_set_new(c, "id", json_string(r->calls[i].id));
             json_object_set_new(c, "type", json_string("function"));
@@ -253,12 +242,15 @@ static void openai_render_reply(const struct mock_reply *r, struct leo_buf *out)
         }
         json_object_set_new(msg, "tool_calls", calls);
     } else {
-        json_object_set_new(msg, "content", span_string(r->content));
+        json_object_set_new(msg, "content", r->blocked ? json_null() : mock_json_span(r->content));
     }
+    /* DeepSeek's reasoning field, the canonical form's extension */
+    if (r->thinking.len)
+        json_object_set_new(msg, "reasoning_content", mock_json_span(r->thinking));
     json_t *choice = json_object();
     json_object_set_new(choice, "index", json_integer(0));
     json_object_set_new(choice, "message", msg);
-    json_object_set_new(choice, "finish_reason", json_string(r->tool_calls ? "tool_calls" : "stop"));
+    json_object_set_new(choice, "finish_reason", json_string(finish_reason(r)));
     json_t *root = reply_head(r, "chat.completion");
     json_t *choices = json_array();
     json_array_append_new(choices, choice);
@@ -307,11 +299,22 @@ static void openai_render_step(const struct mock_reply *r, const struct mock_ste
         json_object_set_new(delta, "content", r->tool_calls ? json_null() : json_string(""));
         add_chunk(r, delta, NULL, ev);
         break;
+    case MOCK_STEP_THINK:
+        delta = json_object();
+        json_object_set_new(delta, "reasoning_content", json_stringn(r->thinking.p + s->off, s->len));
+        add_chunk(r, delta, NULL, ev);
+        break;
     case MOCK_STEP_TEXT:
         delta = json_object();
         json_object_set_new(delta, "content", json_stringn(r->content.p + s->off, s->len));
         add_chunk(r, delta, NULL, ev);
         break;
+    case MOCK_STEP_THINK_START:
+    case MOCK_STEP_THINK_END:
+    case MOCK_STEP_TEXT_START:
+    case MOCK_STEP_TEXT_END:
+    case MOCK_STEP_CALL_END:
+        break; /* OpenAI has no block boundaries */
     case MOCK_STEP_CALL_START:
         fields = json_object();
         json_object_set_new(fields, "index", json_integer(s->call));
@@ -330,7 +333,7 @@ static void openai_render_step(const struct mock_reply *r, const struct mock_ste
         add_chunk(r, tool_delta(fields, fn), NULL, ev);
         break;
     case MOCK_STEP_FINISH:
-        add_chunk(r, json_object(), r->tool_calls ? "tool_calls" : "stop", ev);
+        add_chunk(r, json_object(), finish_reason(r), ev);
         break;
     case MOCK_STEP_USAGE:
         if (r->chat->include_usage) {
@@ -366,11 +369,12 @@ const struct mock_format mock_openai_format = {
     .render_malformed_event = openai_render_malformed_event,
     .render_error = openai_render_error,
     .response_headers = openai_response_headers,
+    .stream_content_type = NULL,
 };
 
 /* ---- /v1/models --------------------------------------------------------------------------------------- */
 
-int mock_openai_models(const char *body, size_t len, struct leo_buf *out, struct mock_error *err)
+int mock_openai_models(const struct leo_http_request *req, struct leo_buf *out, struct mock_error *err)
 {
     json_t *data = json_array();
     for (size_t i = 0; i < sizeof(mock_models) / sizeof(mock_models[0]); i++) {
@@ -390,40 +394,6 @@ int mock_openai_models(const char *body, size_t len, struct leo_buf *out, struct
 }
 
 /* ---- /v1/embeddings ----------------------------------------------------------------------------------- */
-
-#define EMBEDDING_MAX_DIMS 4096
-
-/* FNV-1a over the input, seeded per dimension, then a splitmix64 finaliser so that nearby seeds give
- * unrelated values. */
-static uint64_t dim_hash(const char *p, size_t len, unsigned dim)
-{
-    uint64_t h = 14695981039346656037ull ^ ((uint64_t)(dim + 1) * 0x9e3779b97f4a7c15ull);
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)p[i];
-        h *= 1099511628211ull;
-    }
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9ull;
-    h ^= h >> 27;
-    h *= 0x94d049bb133111ebull;
-    h ^= h >> 31;
-    return h;
-}
-
-/* A unit-length vector of dims float32 values in [-1, 1] derived only from the input bytes. */
-static void embed(const char *p, size_t len, unsigned dims, float *v)
-{
-    double norm = 0;
-    for (unsigned d = 0; d < dims; d++) {
-        double x = (double)(dim_hash(p, len, d) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-        v[d] = (float)x;
-        norm += x * x;
-    }
-    norm = sqrt(norm);
-    if (norm > 0)
-        for (unsigned d = 0; d < dims; d++)
-            v[d] = (float)(v[d] / norm);
-}
 
 static json_t *embedding_value(const float *v, unsigned dims, bool base64)
 {
@@ -477,9 +447,9 @@ static int embedding_item(json_t *item, size_t index, struct leo_buf *text, unsi
     return mock_error_set(err, 400, "input", "input[%zu] must be a string or a non-empty array of integers", index);
 }
 
-int mock_openai_embeddings(const char *body, size_t len, struct leo_buf *out, struct mock_error *err)
+int mock_openai_embeddings(const struct leo_http_request *req, struct leo_buf *out, struct mock_error *err)
 {
-    json_t *root = load_object(body, len, err);
+    json_t *root = mock_json_load_object(req->body.p, req->body.len, err);
     if (root == NULL)
         return err->status;
     json_t *model = json_object_get(root, "model");
@@ -502,9 +472,9 @@ int mock_openai_embeddings(const char *body, size_t len, struct leo_buf *out, st
     }
     if (dims_j != NULL) {
         if (!json_is_integer(dims_j) || json_integer_value(dims_j) < 1 ||
-            json_integer_value(dims_j) > EMBEDDING_MAX_DIMS) {
+            json_integer_value(dims_j) > MOCK_EMBEDDING_MAX_DIMS) {
             rc = mock_error_set(err, 400, "dimensions", "\"dimensions\" must be an integer 1..%d",
-                                EMBEDDING_MAX_DIMS);
+                                MOCK_EMBEDDING_MAX_DIMS);
             goto out;
         }
         dims = (unsigned)json_integer_value(dims_j);
@@ -538,7 +508,7 @@ int mock_openai_embeddings(const char *body, size_t len, struct leo_buf *out, st
         if (rc)
             goto out;
         total += tokens;
-        embed(text.p, text.len, dims, v);
+        mock_embed(text.p, text.len, dims, v);
         json_t *e = json_object();
         json_object_set_new(e, "object", json_string("embedding"));
         json_object_set_new(e, "index", json_integer((json_int_t)i));

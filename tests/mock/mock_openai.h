@@ -14,16 +14,13 @@
 #include "common/buf.h"
 #include "mock_format.h"
 
-/** Default vector size of /v1/embeddings when the request has no "dimensions". */
-#define MOCK_EMBEDDING_DIMS 8
-
 extern const struct mock_format mock_openai_format;
 
-/** GET /v1/models: appends the model list to out. Returns 0 (never fails). */
-int mock_openai_models(const char *body, size_t len, struct leo_buf *out, struct mock_error *err);
+/** GET /v1/models (a mock_json_route_fn): appends the model list to out. Returns 0 (never fails). */
+int mock_openai_models(const struct leo_http_request *req, struct leo_buf *out, struct mock_error *err);
 
-/** POST /v1/embeddings: validates the request and appends the response to out. Returns 0 or an HTTP status
- *  with err filled (out is then untouched). */
-int mock_openai_embeddings(const char *body, size_t len, struct leo_buf *out, struct mock_error *err);
+/** POST /v1/embeddings (a mock_json_route_fn): validates the request and appends the response to out. Vectors
+ *  have MOCK_EMBEDDING_DIMS values unless "dimensions" asks otherwise. */
+int mock_openai_embeddings(const struct leo_http_request *req, struct leo_buf *out, struct mock_error *err);
 
 #endif

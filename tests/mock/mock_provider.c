@@ -6,11 +6,12 @@
  * Prints "mock provider listening on HOST:PORT" on stdout once it accepts connections; SIGTERM or SIGINT
  * close it cleanly with exit status 0. Behaviour is documented in docs/mock.md.
  *
- * Routes are a table: each names its wire format (mock_format.h), so other providers' formats are added as
- * rows. Every request outside /_mock/ is numbered (seq, from 1), recorded in the request log, and answered
- * through mock_job.c with the faults chosen by the x-mock-fault header or, for chat routes, by a
- * [[mock:<spec>]] marker in the last user message (the header wins when both are present). A request the
- * mock refuses (bad JSON, missing fields, an unknown fault item) is answered at once, without faults.
+ * Routes are a table: each names its wire format (mock_format.h): OpenAI, Anthropic Messages and Gemini. A
+ * route path may hold one '*' standing for a non-empty run of bytes without ':' (Gemini's model name). Every
+ * request outside /_mock/ is numbered (seq, from 1), recorded in the request log, and answered through
+ * mock_job.c with the faults chosen by the x-mock-fault header or, for chat routes, by a [[mock:<spec>]]
+ * marker in the last user message (the header wins when both are present). A request the mock refuses (bad
+ * JSON, missing fields, an unknown fault item) is answered at once, without faults, in its format's shape.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -22,17 +23,17 @@
 #include "common/alloc.h"
 #include "common/error.h"
 #include "common/http_server.h"
+#include "mock_anthropic.h"
 #include "mock_chat.h"
 #include "mock_faults.h"
 #include "mock_format.h"
+#include "mock_gemini.h"
 #include "mock_job.h"
 #include "mock_openai.h"
 #include "mock_reqlog.h"
 
 #define DEFAULT_HOST "127.0.0.1"
 #define DEFAULT_PORT 9100
-
-typedef int (*mock_json_route_fn)(const char *body, size_t len, struct leo_buf *out, struct mock_error *err);
 
 enum route_kind {
     ROUTE_CHAT, /* a chat request in the route's format; may stream */
@@ -49,6 +50,28 @@ static const struct mock_route {
     {"POST", "/v1/chat/completions", ROUTE_CHAT, &mock_openai_format, NULL},
     {"GET", "/v1/models", ROUTE_JSON, &mock_openai_format, mock_openai_models},
     {"POST", "/v1/embeddings", ROUTE_JSON, &mock_openai_format, mock_openai_embeddings},
+    {"POST", "/v1/messages", ROUTE_CHAT, &mock_anthropic_format, NULL},
+    {"POST", "/v1/messages/count_tokens", ROUTE_JSON, &mock_anthropic_format, mock_anthropic_count_tokens},
+    {"POST", "/v1beta/models/*:generateContent", ROUTE_CHAT, &mock_gemini_format, NULL},
+    {"POST", "/v1beta/models/*:streamGenerateContent", ROUTE_CHAT, &mock_gemini_format, NULL},
+    {"POST", "/v1beta/models/*:embedContent", ROUTE_JSON, &mock_gemini_format, mock_gemini_embed_content},
+    {"POST", "/v1beta/models/*:batchEmbedContents", ROUTE_JSON, &mock_gemini_format, mock_gemini_batch_embed},
+    {"POST", "/v1beta/models/*:countTokens", ROUTE_JSON, &mock_gemini_format, mock_gemini_count_tokens},
+    {"POST", "/v1/models/*:generateContent", ROUTE_CHAT, &mock_gemini_format, NULL},
+    {"POST", "/v1/models/*:streamGenerateContent", ROUTE_CHAT, &mock_gemini_format, NULL},
+    {"POST", "/v1/models/*:embedContent", ROUTE_JSON, &mock_gemini_format, mock_gemini_embed_content},
+    {"POST", "/v1/models/*:batchEmbedContents", ROUTE_JSON, &mock_gemini_format, mock_gemini_batch_embed},
+    {"POST", "/v1/models/*:countTokens", ROUTE_JSON, &mock_gemini_format, mock_gemini_count_tokens},
+};
+
+/* The format of the errors for a path no route matches: the family its prefix belongs to. */
+static const struct {
+    const char *prefix;
+    const struct mock_format *fmt;
+} fallback_formats[] = {
+    {"/v1beta/", &mock_gemini_format},
+    {"/v1/models/", &mock_gemini_format},
+    {"/v1/messages", &mock_anthropic_format},
 };
 
 struct mock_ctx {
@@ -89,11 +112,32 @@ static void handle_control(struct mock_ctx *ctx, struct leo_http_request *req)
 
 /* ---- API routes --------------------------------------------------------------------------------------- */
 
+/* path against a route pattern: literal bytes, and at most one '*' matching one or more bytes other than ':'. */
+static bool path_matches(struct leo_str path, const char *pattern)
+{
+    const char *star = strchr(pattern, '*');
+    if (star == NULL)
+        return leo_str_eqc(path, pattern);
+    size_t pre = (size_t)(star - pattern), post = strlen(star + 1);
+    if (path.len < pre + post + 1 || memcmp(path.p, pattern, pre) != 0 ||
+        memcmp(path.p + path.len - post, star + 1, post) != 0)
+        return false;
+    return memchr(path.p + pre, ':', path.len - pre - post) == NULL;
+}
+
+static const struct mock_format *fallback_format(struct leo_str path)
+{
+    for (size_t i = 0; i < sizeof(fallback_formats) / sizeof(fallback_formats[0]); i++)
+        if (leo_str_startswith(path, fallback_formats[i].prefix))
+            return fallback_formats[i].fmt;
+    return &mock_openai_format;
+}
+
 static const struct mock_route *find_route(const struct leo_http_request *req, bool *path_known)
 {
     *path_known = false;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        if (!leo_str_eqc(req->path, routes[i].path))
+        if (!path_matches(req->path, routes[i].path))
             continue;
         *path_known = true;
         if (leo_str_eqc(req->method, routes[i].method))
@@ -127,7 +171,7 @@ static void handle_api(struct mock_ctx *ctx, struct leo_http_request *req)
     if (rt == NULL) {
         snprintf(msg, sizeof(msg), path_known ? "method %.*s is not allowed on %.*s" : "no mock route for %.*s %.*s",
                  (int)req->method.len, req->method.p, (int)req->path.len, req->path.p);
-        mock_job_respond_error(req, &mock_openai_format, seq, path_known ? 405 : 404, msg, NULL);
+        mock_job_respond_error(req, fallback_format(req->path), seq, path_known ? 405 : 404, msg, NULL);
         return;
     }
 
@@ -142,7 +186,7 @@ static void handle_api(struct mock_ctx *ctx, struct leo_http_request *req)
     struct mock_error err;
     struct leo_buf out = LEO_BUF_INIT;
     if (rt->kind == ROUTE_JSON) {
-        if (rt->fn(req->body.p, req->body.len, &out, &err) != 0) {
+        if (rt->fn(req, &out, &err) != 0) {
             mock_job_respond_error(req, rt->fmt, seq, err.status, err.message, err.param);
             return;
         }
@@ -154,7 +198,7 @@ static void handle_api(struct mock_ctx *ctx, struct leo_http_request *req)
     }
 
     struct mock_chat *chat = leo_arena_zalloc(&req->arena, sizeof(*chat));
-    if (rt->fmt->parse_chat(req->path, req->body.p, req->body.len, &req->arena, chat, &err) != 0) {
+    if (rt->fmt->parse_chat(req, &req->arena, chat, &err) != 0) {
         mock_job_respond_error(req, rt->fmt, seq, err.status, err.message, err.param);
         return;
     }
@@ -162,6 +206,7 @@ static void handle_api(struct mock_ctx *ctx, struct leo_http_request *req)
         mock_job_respond_error(req, rt->fmt, seq, 400, msg, NULL);
         return;
     }
+    chat->blocked = ans.fault.blocked;
     struct mock_reply *reply = leo_arena_zalloc(&req->arena, sizeof(*reply));
     mock_reply_build(chat, seq, (int64_t)time(NULL), &req->arena, reply);
     if (chat->stream) {
@@ -188,7 +233,7 @@ static void on_request(struct leo_http_request *req, void *ud)
 static void on_error_body(int status, const char *message, struct leo_buf *body, const char **content_type,
                           void *ud)
 {
-    mock_openai_format.render_error(status, message, NULL, body);
+    mock_openai_format.render_error(status, message, NULL, -1, body);
     *content_type = "application/json";
 }
 
