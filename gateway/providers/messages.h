@@ -24,7 +24,8 @@
  *  Maps system (string or text blocks) to a system message, content blocks (text, image base64/url,
  *  tool_use, tool_result, thinking) to OpenAI messages/parts/tool_calls/tool messages, tools to function tools,
  *  tool_choice, stop_sequences → stop, max_tokens, temperature, top_p, top_k (dropped, documented),
- *  metadata.user_id → user, stream, thinking → reasoning_effort-free passthrough (documented). A field whose
+ *  metadata.user_id → user, stream, thinking {enabled, budget_tokens} → reasoning_effort (<=2048 low,
+ *  <=8192 medium, else high; disabled/adaptive → none). A field whose
  *  loss would change the meaning is LEO_EINVAL naming it. */
 json_t *leo_messages_to_canonical(json_t *req, struct leo_buf *err);
 
@@ -57,8 +58,8 @@ void leo_messages_stream_free(struct leo_messages_stream *st);
 /** Appends an Anthropic-shaped error body: {"type":"error","error":{"type":type,"message":message}}. */
 void leo_anthropic_error_json(struct leo_buf *out, const char *type, const char *message);
 /** The Anthropic error type for an HTTP status (400 invalid_request_error, 401 authentication_error,
- *  403 permission_error, 404 not_found_error, 413 request_too_large, 429 rate_limit_error, 500 api_error,
- *  529 overloaded_error, 502/503/504 api_error). */
+ *  403 permission_error, 404 not_found_error, 413 request_too_large, 429 rate_limit_error, 500/502 api_error,
+ *  503/529 overloaded_error, 408/504 timeout_error). */
 const char *leo_anthropic_error_type(int status);
 
 /** Usage carried by an Anthropic stream event (message_start's message.usage, message_delta's usage), for

@@ -81,7 +81,7 @@ static int openai_build_chat(json_t *canon, const struct leo_adapter_ctx *ctx, s
         json_object_set_new(so, "include_usage", json_true());
         json_object_set_new(req, "stream_options", so);
     }
-    char *s = json_dumps(req, JSON_COMPACT);
+    char *s = json_dumps(req, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(req);
     if (s == NULL)
         return LEO_EINVAL;
