@@ -22,6 +22,10 @@ static const struct route {
 } routes[] = {
     {"POST", "/v1/chat/completions", false, leo_route_chat_completions},
     {"POST", "/chat/completions", false, leo_route_chat_completions},
+    {"POST", "/v1/messages", false, leo_route_messages},
+    {"POST", "/v1/messages/count_tokens", false, leo_route_count_tokens},
+    {"POST", "/v1/embeddings", false, leo_route_embeddings},
+    {"POST", "/v1/completions", false, leo_route_completions},
     {"GET", "/v1/models", false, leo_route_models},
     {"GET", "/v1/models/", true, leo_route_model_get},
     {"GET", "/health", false, leo_route_health},

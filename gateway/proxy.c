@@ -290,7 +290,7 @@ static void relay_chunk(struct proxy *p, json_t *chunk)
         if (!p->client_wants_usage && json_is_array(choices) && json_array_size(choices) == 0 &&
             json_object_get(chunk, "usage") != NULL)
             return;
-        char *s = json_dumps(chunk, JSON_COMPACT);
+        char *s = json_dumps(chunk, JSON_COMPACT | JSON_REAL_PRECISION(15));
         if (s)
             leo_sse_append_event(&p->out, NULL, s, strlen(s));
         free(s);
@@ -538,7 +538,7 @@ static void finish_whole_ok(struct proxy *p)
                 goto out;
             }
         }
-        owned = json_dumps(out, JSON_COMPACT);
+        owned = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(15));
         if (out != root)
             json_decref(out);
         body = owned;
