@@ -281,6 +281,8 @@ static void finish(struct leo_gw_req *g, bool aborted)
         add_json_str(&b, "upstream_model", g->dep ? leo_str_c(g->dep->model) : (struct leo_str){NULL, 0});
         leo_buf_addf(&b, ",\"status\":%d,\"stream\":%s,\"byok\":%s", status, g->stream ? "true" : "false",
                      g->byok.len ? "true" : "false");
+        if (g->estimated_tokens)
+            leo_buf_addf(&b, ",\"estimated_tokens\":%llu", (unsigned long long)g->estimated_tokens);
         if (g->have_usage)
             leo_buf_addf(&b, ",\"prompt_tokens\":%llu,\"completion_tokens\":%llu,\"cost_usd\":%.8f",
                          (unsigned long long)g->prompt_tokens, (unsigned long long)g->completion_tokens,

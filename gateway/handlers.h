@@ -30,6 +30,7 @@ struct leo_gw_req {
     const struct leo_deployment *dep;       /* the deployment used, if any */
     int status;                             /* what the client got */
     bool stream;
+    uint64_t estimated_tokens;              /* the gateway's estimate of the input, before sending */
     uint64_t prompt_tokens, completion_tokens;
     bool have_usage;
     double cost_usd;

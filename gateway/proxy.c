@@ -817,7 +817,17 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     } else {
         p->ad->chat_url(prov, g->dep->model, g->stream, &url);
     }
+    /* the estimate every request gets before it is sent (quotas admit on it; providers' counts replace it) */
+    if (kind == KIND_CHAT)
+        g->estimated_tokens = leo_estimate_tokens(root);
     if (p->passthrough) {
+        if (kind == KIND_MESSAGES) {
+            json_t *c = leo_messages_to_canonical(root, &err);
+            if (c)
+                g->estimated_tokens = leo_estimate_tokens(c);
+            json_decref(c);
+            leo_buf_reset(&err);
+        }
         if (splice_body(p, root, &body) != 0) {
             leo_gw_error(g, 400, NULL, "invalid_request", "request body could not be rewritten");
             goto out;
@@ -828,8 +838,8 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
             leo_gw_error(g, 400, NULL, "unsupported_parameter", "%s", err.len ? err.p : "request cannot be translated");
             goto out;
         }
-        if (g->dialect == LEO_DIALECT_ANTHROPIC && g->stream)
-            p->input_estimate = leo_estimate_tokens(canon);
+        g->estimated_tokens = leo_estimate_tokens(canon);
+        p->input_estimate = g->estimated_tokens;
     }
 
     /* upstream request headers */
