@@ -41,6 +41,7 @@
  *     reasoning_signature of assistant messages (Gemini takes no thought text back), and any field not named
  *     here. Rejected (LEO_EINVAL): logprobs true / top_logprobs, audio output (audio, modalities other than
  *     text), the legacy functions / function_call, web_search_options, unknown roles and part types.
+ *     No safetySettings are sent: Gemini's defaults apply.
  *
  * Response (GenerateContentResponse → chat.completion): one choice per candidate; text parts concatenate into
  * content, parts marked "thought" into reasoning_content, functionCall parts become tool_calls with ids
@@ -50,7 +51,8 @@
  * before any candidate (promptFeedback.blockReason) is a choice with null content and "content_filter".
  * usageMetadata → usage: prompt_tokens = promptTokenCount + toolUsePromptTokenCount, completion_tokens =
  * candidatesTokenCount + thoughtsTokenCount, total_tokens = totalTokenCount, cached_tokens and
- * reasoning_tokens in the details objects.
+ * reasoning_tokens in the details objects. id, created and model come from the adapter context (Gemini's
+ * responseId and modelVersion are not used).
  *
  * Stream (each SSE event is a whole GenerateContentResponse): the first appearance of a candidate gives a
  * {role:"assistant",content:""} chunk; then one chunk per part (content, reasoning_content, or a tool_calls
@@ -60,7 +62,6 @@
  */
 #include "gemini.h"
 
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1043,7 +1044,7 @@ static int gemini_build_chat(json_t *canon, const struct leo_adapter_ctx *ctx, s
         json_object_set_new(req, "systemInstruction", json_pack("{sO}", "parts", b.system));
     if (json_object_size(gen))
         json_object_set(req, "generationConfig", gen);
-    char *s = json_dumps(req, JSON_COMPACT);
+    char *s = json_dumps(req, JSON_COMPACT | JSON_REAL_PRECISION(15));
     rc = s ? leo_buf_adds(body, s) : LEO_EINVAL;
     free(s);
 done:

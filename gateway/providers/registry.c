@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "anthropic.h"
+#include "gemini.h"
 #include "openai.h"
 #include "provider.h"
 
@@ -12,6 +13,7 @@ static const struct leo_adapter *const adapters[] = {
     &leo_adapter_openai,
     &leo_adapter_azure,
     &leo_adapter_anthropic,
+    &leo_adapter_gemini,
 };
 
 const struct leo_adapter *leo_adapter_find(const char *type)
