@@ -65,6 +65,7 @@ struct proxy {
     struct leo_stream_xlate *xl;       /* translation: upstream events → canonical chunks */
     struct leo_messages_stream *ms;    /* Anthropic clients: canonical chunks → Anthropic events */
     json_t *chunks;
+    json_t *req_json;                  /* the client's request, where the answer's translation needs it */
     struct leo_adapter_ctx ctx;
     char resp_id[48];
     uint64_t input_estimate;
@@ -134,6 +135,7 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
     if (p->ms)
         leo_messages_stream_free(p->ms);
     json_decref(p->chunks);
+    json_decref(p->req_json);
 }
 
 static void on_drain(struct leo_http_request *req)
@@ -511,8 +513,19 @@ static void finish_whole_ok(struct proxy *p)
     size_t len = p->body.len;
     char *owned = NULL;
 
-    if (p->passthrough || p->kind == KIND_EMBEDDINGS || p->kind == KIND_COMPLETIONS ||
-        p->kind == KIND_COUNT_TOKENS) {
+    if (p->req_json != NULL && p->kind == KIND_EMBEDDINGS) {
+        json_t *out = p->ad->parse_embeddings(body, len, p->req_json, &p->ctx, &p->usage, &err);
+        if (out == NULL) {
+            relay_error(p, 502, "upstream_invalid_response", "upstream \"%s\" returned unusable embeddings: %s",
+                        prov, err.p);
+            goto out;
+        }
+        owned = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9)); /* float32 precision */
+        json_decref(out);
+        body = owned;
+        len = owned ? strlen(owned) : 0;
+    } else if (p->passthrough || p->kind == KIND_EMBEDDINGS || p->kind == KIND_COMPLETIONS ||
+               p->kind == KIND_COUNT_TOKENS) {
         root = json_loadb(body, len, 0, NULL);
         if (!json_is_object(root)) {
             relay_error(p, 502, "upstream_invalid_response", "upstream \"%s\" returned an invalid JSON body", prov);
@@ -797,6 +810,15 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     const char *sub = kind_path(kind);
     if (sub != NULL) {
         /* embeddings, legacy completions and count_tokens exist only in their own dialect's APIs */
+        if (!p->passthrough && kind == KIND_EMBEDDINGS && p->ad->build_embeddings != NULL) {
+            p->ad->embeddings_url(prov, g->dep->model, &url);
+            if (p->ad->build_embeddings(root, &p->ctx, &body, &err) != 0) {
+                leo_gw_error(g, 400, "input", "unsupported_parameter", "%s", err.p);
+                goto out;
+            }
+            p->req_json = json_incref(root);
+            goto send;
+        }
         if (!p->passthrough) {
             if (kind == KIND_COUNT_TOKENS) {
                 answer_token_estimate(g, root);
@@ -842,6 +864,7 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
         p->input_estimate = g->estimated_tokens;
     }
 
+send:;
     /* upstream request headers */
     struct leo_http_header h[16];
     size_t n = 0;

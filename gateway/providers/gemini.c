@@ -67,6 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sodium.h>
 
 #include "../../common/alloc.h"
 #include "../../common/error.h"
@@ -138,7 +139,8 @@ static void error_text(json_t *e, char *out, size_t size)
 
 /* ---- URL and headers ---- */
 
-static int gemini_chat_url(const struct leo_provider *p, const char *model, bool stream, struct leo_buf *url)
+/* base_url + "/models/" + the escaped model name + suffix */
+static int model_url(const struct leo_provider *p, const char *model, const char *suffix, struct leo_buf *url)
 {
     /* Gemini's own resource names read "models/x"; accept that spelling in the configuration too. */
     if (strncmp(model, "models/", 7) == 0)
@@ -154,8 +156,13 @@ static int gemini_chat_url(const struct leo_provider *p, const char *model, bool
             rc = leo_buf_addf(url, "%%%02X", *s);
     }
     if (rc == 0)
-        rc = leo_buf_adds(url, stream ? ":streamGenerateContent?alt=sse" : ":generateContent");
+        rc = leo_buf_adds(url, suffix);
     return rc;
+}
+
+static int gemini_chat_url(const struct leo_provider *p, const char *model, bool stream, struct leo_buf *url)
+{
+    return model_url(p, model, stream ? ":streamGenerateContent?alt=sse" : ":generateContent", url);
 }
 
 static void gemini_auth(const struct leo_provider *p, struct leo_str key, struct leo_http_header *h, size_t *n,
@@ -1454,6 +1461,111 @@ static void gemini_error_message(const char *body, size_t len, char *out, size_t
     json_decref(root);
 }
 
+/* ---- embeddings: OpenAI /v1/embeddings ↔ batchEmbedContents ---- */
+
+static int gemini_embeddings_url(const struct leo_provider *p, const char *model, struct leo_buf *url)
+{
+    return model_url(p, model, ":batchEmbedContents", url);
+}
+
+/* input: a string or an array of strings (token-id arrays have no Gemini equivalent); dimensions →
+ * outputDimensionality; encoding_format and user are handled on the way back / dropped. */
+static int gemini_build_embeddings(json_t *req, const struct leo_adapter_ctx *ctx, struct leo_buf *body,
+                                   struct leo_buf *err)
+{
+    json_t *input = json_object_get(req, "input");
+    json_t *texts = json_is_string(input) ? json_pack("[O]", input) : json_incref(input);
+    size_t i;
+    json_t *t;
+    if (!json_is_array(texts) || json_array_size(texts) == 0) {
+        json_decref(texts);
+        leo_buf_adds(err, "input: must be a string or a non-empty array of strings for gemini");
+        return LEO_EINVAL;
+    }
+    json_t *dims = json_object_get(req, "dimensions");
+    const char *model = strncmp(ctx->model, "models/", 7) == 0 ? ctx->model + 7 : ctx->model;
+    json_t *requests = json_array();
+    json_array_foreach(texts, i, t)
+    {
+        if (!json_is_string(t)) {
+            leo_buf_addf(err, "input[%zu]: gemini embeds text only, not token arrays", i);
+            json_decref(requests);
+            json_decref(texts);
+            return LEO_EINVAL;
+        }
+        json_t *r = json_pack("{s:s+,s:{s:[{s:O}]}}", "model", "models/", model, "content", "parts", "text", t);
+        if (json_is_integer(dims))
+            json_object_set(r, "outputDimensionality", dims);
+        json_array_append_new(requests, r);
+    }
+    json_decref(texts);
+    json_t *root = json_pack("{s:o}", "requests", requests);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    int rc = s ? leo_buf_adds(body, s) : LEO_EINVAL;
+    free(s);
+    return rc;
+}
+
+/* The OpenAI list; vectors as float arrays, or as base64 of little-endian float32 when the client asked for
+ * encoding_format "base64" (the OpenAI SDKs' default). Gemini reports no usage for embeddings: the
+ * gateway's estimate (characters / 4) fills it, marked as an estimate in the docs. */
+static json_t *gemini_parse_embeddings(const char *body, size_t len, json_t *req, const struct leo_adapter_ctx *ctx,
+                                       struct leo_usage *u, struct leo_buf *err)
+{
+    json_t *root = json_loadb(body, len, 0, NULL);
+    json_t *embs = json_object_get(root, "embeddings");
+    if (!json_is_array(embs)) {
+        json_decref(root);
+        leo_buf_adds(err, "upstream returned no embeddings");
+        return NULL;
+    }
+    json_t *fmt = json_object_get(req, "encoding_format");
+    bool b64 = json_is_string(fmt) && strcmp(json_string_value(fmt), "base64") == 0;
+    json_t *data = json_array();
+    size_t i, j;
+    json_t *e, *v;
+    json_array_foreach(embs, i, e)
+    {
+        json_t *values = json_object_get(e, "values");
+        json_t *vec;
+        if (b64) {
+            size_t n = json_array_size(values);
+            unsigned char *raw = malloc(n * 4 + 1);
+            json_array_foreach(values, j, v)
+            {
+                float f = (float)json_number_value(v);
+                uint32_t bits;
+                memcpy(&bits, &f, 4);
+                for (int k = 0; k < 4; k++)
+                    raw[j * 4 + (size_t)k] = (unsigned char)(bits >> (8 * k));
+            }
+            size_t enc_len = sodium_base64_encoded_len(n * 4, sodium_base64_VARIANT_ORIGINAL);
+            char *enc = malloc(enc_len);
+            sodium_bin2base64(enc, enc_len, raw, n * 4, sodium_base64_VARIANT_ORIGINAL);
+            vec = json_string(enc);
+            free(raw);
+            free(enc);
+        } else {
+            vec = json_incref(json_is_array(values) ? values : json_array());
+        }
+        json_array_append_new(data, json_pack("{s:s,s:I,s:o}", "object", "embedding", "index", (json_int_t)i,
+                                              "embedding", vec));
+    }
+    json_decref(root);
+    /* the estimate: characters of the inputs / 4 */
+    uint64_t chars = 0;
+    json_t *input = json_object_get(req, "input");
+    if (json_is_string(input))
+        chars = json_string_length(input);
+    json_array_foreach(input, i, v) chars += json_is_string(v) ? json_string_length(v) : 0;
+    u->input_tokens = (chars + 3) / 4;
+    u->output_tokens = 0;
+    u->have = true;
+    return json_pack("{s:s,s:o,s:s,s:{s:I,s:I}}", "object", "list", "data", data, "model", ctx->model, "usage",
+                     "prompt_tokens", (json_int_t)u->input_tokens, "total_tokens", (json_int_t)u->input_tokens);
+}
+
 const struct leo_adapter leo_adapter_gemini = {
     .type = "gemini",
     .dialect = LEO_DIALECT_GEMINI,
@@ -1466,4 +1578,7 @@ const struct leo_adapter leo_adapter_gemini = {
     .stream_end = gemini_stream_end,
     .stream_free = gemini_stream_free,
     .error_message = gemini_error_message,
+    .embeddings_url = gemini_embeddings_url,
+    .build_embeddings = gemini_build_embeddings,
+    .parse_embeddings = gemini_parse_embeddings,
 };

@@ -88,6 +88,15 @@ struct leo_adapter {
 
     /** The human message of an upstream error body (empty when there is none); never includes headers. */
     void (*error_message)(const char *body, size_t len, char *out, size_t size);
+
+    /** Embeddings for formats whose API differs from OpenAI's /embeddings (NULL otherwise: OpenAI-compatible
+     *  upstreams get the client's body by passthrough). The URL; the upstream body for an OpenAI embeddings
+     *  request; the upstream answer → an OpenAI embeddings list (new reference), honouring the request's
+     *  encoding_format. */
+    int (*embeddings_url)(const struct leo_provider *p, const char *model, struct leo_buf *url);
+    int (*build_embeddings)(json_t *req, const struct leo_adapter_ctx *ctx, struct leo_buf *body, struct leo_buf *err);
+    json_t *(*parse_embeddings)(const char *body, size_t len, json_t *req, const struct leo_adapter_ctx *ctx,
+                                struct leo_usage *u, struct leo_buf *err);
 };
 
 /** The adapter for a provider type, or NULL. Types: "openai", "azure", "anthropic", "gemini"; every
