@@ -50,6 +50,7 @@ struct index {
     size_t mask; /* capacity - 1, capacity a power of two */
     uint64_t *hashes;
     const void **items;
+    const char **names; /* the name an item is filed under when it is not the item's own (model aliases) */
 };
 
 typedef bool (*index_eq_fn)(const void *item, const void *key);
@@ -63,6 +64,7 @@ static struct index *index_new(size_t n)
     ix->mask = cap - 1;
     ix->hashes = leo_calloc(cap, sizeof(*ix->hashes));
     ix->items = leo_calloc(cap, sizeof(*ix->items));
+    ix->names = leo_calloc(cap, sizeof(*ix->names));
     return ix;
 }
 
@@ -72,6 +74,7 @@ static void index_free(struct index *ix)
         return;
     leo_free(ix->hashes);
     leo_free(ix->items);
+    leo_free(ix->names);
     leo_free(ix);
 }
 
@@ -95,6 +98,29 @@ static void index_put(struct index *ix, uint64_t h, const void *item)
     ix->items[i] = item;
 }
 
+/* Files item under another name than its own (the name must live as long as the index). */
+static void index_put_named(struct index *ix, uint64_t h, const void *item, const char *name)
+{
+    size_t i = h & ix->mask;
+    while (ix->items[i] != NULL)
+        i = (i + 1) & ix->mask;
+    ix->hashes[i] = h;
+    ix->items[i] = item;
+    ix->names[i] = name;
+}
+
+/* A model by its name or one of its aliases. */
+static const struct leo_model *model_find(const struct index *ix, uint64_t h, struct leo_str name)
+{
+    for (size_t i = h & ix->mask;; i = (i + 1) & ix->mask) {
+        const struct leo_model *m = ix->items[i];
+        if (m == NULL)
+            return NULL;
+        if (ix->hashes[i] == h && leo_str_eqc(name, ix->names[i] ? ix->names[i] : m->name))
+            return m;
+    }
+}
+
 static uint64_t hash_str(struct leo_str s)
 {
     uint64_t h = 14695981039346656037ull; /* FNV-1a */
@@ -103,11 +129,6 @@ static uint64_t hash_str(struct leo_str s)
         h *= 1099511628211ull;
     }
     return h;
-}
-
-static bool model_eq(const void *item, const void *key)
-{
-    return leo_str_eqc(*(const struct leo_str *)key, ((const struct leo_model *)item)->name);
 }
 
 /* Key hashes are keyed BLAKE2b output, uniformly distributed: their first 8 bytes are a fine table hash. */
@@ -494,6 +515,162 @@ static int parse_defaults(struct ctx *c, const json_t *root, struct leo_config *
 }
 
 /* Reads the variable named at path.key into key; an unset or empty variable is an error that names it. */
+/* ---------------------------------------------------------------------------------------------------------
+ * Quotas, strategies, routing, Redis, alerts
+ */
+
+static const char *const strategy_names[] = {
+    [LEO_STRATEGY_WEIGHTED] = "weighted",
+    [LEO_STRATEGY_PRIORITY] = "priority",
+    [LEO_STRATEGY_LEAST_BUSY] = "least-busy",
+    [LEO_STRATEGY_LOWEST_LATENCY] = "lowest-latency",
+    [LEO_STRATEGY_LOWEST_COST] = "lowest-cost",
+};
+
+int leo_strategy_parse(const char *s)
+{
+    for (size_t i = 0; i < sizeof(strategy_names) / sizeof(strategy_names[0]); i++)
+        if (strcmp(strategy_names[i], s) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *leo_strategy_name(enum leo_strategy s)
+{
+    return (size_t)s < sizeof(strategy_names) / sizeof(strategy_names[0]) ? strategy_names[s] : "unknown";
+}
+
+#define QUOTA_MAX 1000000000000000ull
+
+/* obj[key] = {"rpm", "tpm", "tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month", "concurrency"};
+ * a deployment's limits take rpm, tpm and concurrency only. */
+static int parse_quota(struct ctx *c, const json_t *obj, const char *key, bool deployment, struct leo_quota *q)
+{
+    static const char *const all[] = {"rpm",         "tpm",           "tokens_per_day", "tokens_per_month",
+                                      "usd_per_day", "usd_per_month", "concurrency",    NULL};
+    static const char *const dep[] = {"rpm", "tpm", "concurrency", NULL};
+    int rc;
+    json_t *o = get_container(c, obj, key, JSON_OBJECT, false, &rc);
+    if (o == NULL)
+        return rc;
+    size_t old = path_key(c, key);
+    rc = open_object(c, o, deployment ? dep : all);
+    if (rc == 0)
+        rc = get_uint(c, o, "rpm", 0, QUOTA_MAX, &q->rpm);
+    if (rc == 0)
+        rc = get_uint(c, o, "tpm", 0, QUOTA_MAX, &q->tpm);
+    if (rc == 0)
+        rc = get_uint(c, o, "tokens_per_day", 0, QUOTA_MAX, &q->tokens_per_day);
+    if (rc == 0)
+        rc = get_uint(c, o, "tokens_per_month", 0, QUOTA_MAX, &q->tokens_per_month);
+    if (rc == 0)
+        rc = get_number(c, o, "usd_per_day", false, 0, 1e12, &q->usd_per_day);
+    if (rc == 0)
+        rc = get_number(c, o, "usd_per_month", false, 0, 1e12, &q->usd_per_month);
+    if (rc == 0)
+        rc = get_uint(c, o, "concurrency", 0, 1000000, &q->concurrency);
+    path_pop(c, old);
+    return rc;
+}
+
+static int parse_routing(struct ctx *c, const json_t *root, struct leo_config *cfg)
+{
+    static const char *const fields[] = {"max_attempts",    "backoff_base_ms",  "backoff_max_ms",
+                                         "deadline_ms",     "key_cooldown_ms",  "breaker_failures",
+                                         "breaker_open_ms", "hedge_after_ms",   NULL};
+    int rc;
+    json_t *o = get_container(c, root, "routing", JSON_OBJECT, false, &rc);
+    if (o == NULL)
+        return rc;
+    size_t old = path_key(c, "routing");
+    uint64_t attempts = cfg->routing.max_attempts, failures = cfg->routing.breaker_failures;
+    rc = open_object(c, o, fields);
+    if (rc == 0)
+        rc = get_uint(c, o, "max_attempts", 1, 20, &attempts);
+    if (rc == 0)
+        rc = get_uint(c, o, "backoff_base_ms", 0, 60000, &cfg->routing.backoff_base_ms);
+    if (rc == 0)
+        rc = get_uint(c, o, "backoff_max_ms", 0, 600000, &cfg->routing.backoff_max_ms);
+    if (rc == 0)
+        rc = get_uint(c, o, "deadline_ms", 0, 3600000, &cfg->routing.deadline_ms);
+    if (rc == 0)
+        rc = get_uint(c, o, "key_cooldown_ms", 0, 86400000, &cfg->routing.key_cooldown_ms);
+    if (rc == 0)
+        rc = get_uint(c, o, "breaker_failures", 1, 1000, &failures);
+    if (rc == 0)
+        rc = get_uint(c, o, "breaker_open_ms", 0, 3600000, &cfg->routing.breaker_open_ms);
+    if (rc == 0)
+        rc = get_uint(c, o, "hedge_after_ms", 0, 600000, &cfg->routing.hedge_after_ms);
+    cfg->routing.max_attempts = (unsigned)attempts;
+    cfg->routing.breaker_failures = (unsigned)failures;
+    path_pop(c, old);
+    return rc;
+}
+
+static int parse_redis(struct ctx *c, const json_t *root, struct leo_config *cfg)
+{
+    static const char *const fields[] = {"url", "password_env", "timeout_ms", "on_failure", NULL};
+    int rc;
+    json_t *o = get_container(c, root, "redis", JSON_OBJECT, false, &rc);
+    if (o == NULL)
+        return rc;
+    size_t old = path_key(c, "redis");
+    const char *url = NULL, *policy = NULL, *env = NULL;
+    rc = open_object(c, o, fields);
+    if (rc == 0)
+        rc = get_string(c, o, "url", true, &url);
+    if (rc == 0 && strncmp(url, "redis://", 8) != 0 && strncmp(url, "unix://", 7) != 0)
+        rc = fail_at(c, "url", "expected redis://host:port[/db] or unix:///path/to/socket[?db=N]");
+    if (rc == 0 && json_object_get(o, "password_env") != NULL) {
+        rc = get_env_name(c, o, "password_env", &env);
+        if (rc == 0) {
+            const char *pw = getenv(env);
+            if (pw == NULL || pw[0] == '\0')
+                rc = fail_at(c, "password_env", "environment variable \"%s\" is not set or empty", env);
+            else
+                cfg->redis.password = leo_strdup(pw);
+        }
+    }
+    if (rc == 0)
+        rc = get_uint(c, o, "timeout_ms", 1, 60000, &cfg->redis.timeout_ms);
+    if (rc == 0)
+        rc = get_string(c, o, "on_failure", false, &policy);
+    if (rc == 0 && policy) {
+        if (strcmp(policy, "open") == 0)
+            cfg->redis.fail_open = true;
+        else if (strcmp(policy, "closed") == 0)
+            cfg->redis.fail_open = false;
+        else
+            rc = fail_at(c, "on_failure", "expected \"open\" or \"closed\", got \"%.*s\"", NAME_MAX_LEN, policy);
+    }
+    if (rc == 0)
+        cfg->redis.url = leo_strdup(url);
+    path_pop(c, old);
+    return rc;
+}
+
+static int parse_alerts(struct ctx *c, const json_t *root, struct leo_config *cfg)
+{
+    static const char *const fields[] = {"threshold", "webhook_url", NULL};
+    int rc;
+    json_t *o = get_container(c, root, "alerts", JSON_OBJECT, false, &rc);
+    if (o == NULL)
+        return rc;
+    size_t old = path_key(c, "alerts");
+    const char *url = NULL;
+    rc = open_object(c, o, fields);
+    if (rc == 0)
+        rc = get_number(c, o, "threshold", false, 0, 1, &cfg->alerts.threshold);
+    if (rc == 0)
+        rc = get_string(c, o, "webhook_url", false, &url);
+    if (rc == 0 && url && strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+        rc = fail_at(c, "webhook_url", "expected an http:// or https:// URL");
+    if (rc == 0 && url)
+        cfg->alerts.webhook_url = leo_strdup(url);
+    path_pop(c, old);
+    return rc;
+}
+
 static int load_provider_key(struct ctx *c, const json_t *obj, const char *field, struct leo_provider_key *key)
 {
     const char *env = NULL;
@@ -510,7 +687,7 @@ static int load_provider_key(struct ctx *c, const json_t *obj, const char *field
 
 static int parse_provider_keys(struct ctx *c, const json_t *o, struct leo_provider *p)
 {
-    static const char *const key_fields[] = {"env", NULL};
+    static const char *const key_fields[] = {"env", "weight", NULL};
     int rc;
     json_t *shorthand = json_object_get(o, "api_key_env");
     json_t *arr = get_container(c, o, "api_keys", JSON_ARRAY, false, &rc);
@@ -521,6 +698,7 @@ static int parse_provider_keys(struct ctx *c, const json_t *o, struct leo_provid
     if (shorthand) {
         p->keys = leo_new(struct leo_provider_key);
         p->nkeys = 1;
+        p->keys[0].weight = 1;
         return load_provider_key(c, o, "api_key_env", &p->keys[0]);
     }
     if (arr == NULL || json_array_size(arr) == 0)
@@ -531,7 +709,11 @@ static int parse_provider_keys(struct ctx *c, const json_t *o, struct leo_provid
     for (size_t i = 0; rc == 0 && i < p->nkeys; i++) {
         size_t o2 = path_index(c, i);
         json_t *k = json_array_get(arr, i);
+        uint64_t weight = 1;
         rc = open_object(c, k, key_fields);
+        if (rc == 0)
+            rc = get_uint(c, k, "weight", 0, 1000000, &weight);
+        p->keys[i].weight = (unsigned)weight;
         if (rc == 0)
             rc = load_provider_key(c, k, "env", &p->keys[i]);
         path_pop(c, o2);
@@ -658,7 +840,7 @@ static int parse_providers(struct ctx *c, const json_t *root, struct leo_config 
 static int parse_deployment(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_model *m,
                             struct leo_deployment *d)
 {
-    static const char *const fields[] = {"provider", "model", NULL};
+    static const char *const fields[] = {"provider", "model", "weight", "priority", "limits", NULL};
     int rc = open_object(c, o, fields);
     if (rc)
         return rc;
@@ -675,12 +857,91 @@ static int parse_deployment(struct ctx *c, const json_t *o, struct leo_config *c
     if (rc)
         return rc;
     d->model = leo_strdup(upstream);
-    return 0;
+    uint64_t weight = 1, prio = 0;
+    rc = get_uint(c, o, "weight", 0, 1000000, &weight);
+    if (rc == 0)
+        rc = get_uint(c, o, "priority", 0, 1000, &prio);
+    if (rc == 0)
+        rc = parse_quota(c, o, "limits", true, &d->limits);
+    d->weight = (unsigned)weight;
+    d->priority = (int)prio;
+    struct leo_buf id = LEO_BUF_INIT;
+    leo_buf_addf(&id, "%s/%s", d->provider->name, d->model);
+    d->id = leo_buf_detach(&id, NULL);
+    for (struct leo_deployment *e = m->deployments; rc == 0 && e < d; e++)
+        if (strcmp(e->id, d->id) == 0)
+            rc = fail(c, "duplicate deployment \"%s\" in model \"%s\"", d->id, m->name);
+    return rc;
+}
+
+/* Stable sort by priority: the order within a group stays the configuration order. */
+static void sort_deployments(struct leo_model *m)
+{
+    for (size_t i = 1; i < m->ndeployments; i++) {
+        struct leo_deployment d = m->deployments[i];
+        size_t j = i;
+        while (j > 0 && m->deployments[j - 1].priority > d.priority) {
+            m->deployments[j] = m->deployments[j - 1];
+            j--;
+        }
+        m->deployments[j] = d;
+    }
+}
+
+static int parse_model_routing(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_model *m)
+{
+    const char *strategy = NULL;
+    uint64_t attempts = 0;
+    int rc = get_string(c, o, "strategy", false, &strategy);
+    if (rc == 0 && strategy) {
+        int st = leo_strategy_parse(strategy);
+        if (st < 0)
+            rc = fail_at(c, "strategy",
+                         "unknown strategy \"%.*s\" (known: weighted, priority, least-busy, lowest-latency, "
+                         "lowest-cost)",
+                         NAME_MAX_LEN, strategy);
+        else
+            m->strategy = (enum leo_strategy)st;
+    }
+    if (rc == 0)
+        rc = get_uint(c, o, "max_attempts", 1, 20, &attempts);
+    m->max_attempts = (unsigned)attempts;
+    if (rc == 0)
+        rc = get_uint(c, o, "hedge_after_ms", 0, 600000, &m->hedge_after_ms);
+    if (rc)
+        return rc;
+    json_t *arr = get_container(c, o, "aliases", JSON_ARRAY, false, &rc);
+    if (arr == NULL)
+        return rc;
+    size_t old = path_key(c, "aliases");
+    m->aliases = leo_calloc(json_array_size(arr) + 1, sizeof(*m->aliases));
+    for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
+        size_t o2 = path_index(c, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v) || !valid_name(json_string_value(v))) {
+            rc = fail(c, "expected a model name: %s", name_rule);
+        } else {
+            struct leo_str key = leo_str_c(json_string_value(v));
+            uint64_t h = hash_str(key);
+            const struct leo_model *dup = model_find(cfg->_model_index, h, key);
+            if (dup) {
+                rc = fail(c, "\"%s\" is already the name or an alias of models[%zu]", key.p,
+                          (size_t)(dup - cfg->models));
+            } else {
+                m->aliases[m->naliases++] = leo_strdup(key.p);
+                index_put_named(cfg->_model_index, h, m, m->aliases[m->naliases - 1]);
+            }
+        }
+        path_pop(c, o2);
+    }
+    path_pop(c, old);
+    return rc;
 }
 
 static int parse_model(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_model *m)
 {
-    static const char *const fields[] = {"name", "deployments", NULL};
+    static const char *const fields[] = {"name",         "deployments",    "aliases", "strategy",
+                                         "max_attempts", "hedge_after_ms", NULL};
     int rc = open_object(c, o, fields);
     if (rc)
         return rc;
@@ -690,7 +951,7 @@ static int parse_model(struct ctx *c, const json_t *o, struct leo_config *cfg, s
         return rc;
     struct leo_str key = leo_str_c(name);
     uint64_t h = hash_str(key);
-    const struct leo_model *dup = index_find(cfg->_model_index, h, model_eq, &key);
+    const struct leo_model *dup = model_find(cfg->_model_index, h, key);
     if (dup)
         return fail_at(c, "name", "duplicate model \"%s\" (also models[%zu])", name, (size_t)(dup - cfg->models));
     m->name = leo_strdup(name);
@@ -710,14 +971,22 @@ static int parse_model(struct ctx *c, const json_t *o, struct leo_config *cfg, s
         path_pop(c, o2);
     }
     path_pop(c, old);
-    return rc;
+    if (rc)
+        return rc;
+    sort_deployments(m);
+    return parse_model_routing(c, o, cfg, m);
 }
 
 static int parse_models(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     int rc;
     json_t *arr = get_container(c, root, "models", JSON_ARRAY, false, &rc);
-    cfg->_model_index = index_new(arr ? json_array_size(arr) : 0);
+    size_t names = 0;
+    for (size_t i = 0; arr && i < json_array_size(arr); i++) {
+        json_t *aliases = json_object_get(json_array_get(arr, i), "aliases");
+        names += 1 + (json_is_array(aliases) ? json_array_size(aliases) : 0);
+    }
+    cfg->_model_index = index_new(names);
     if (arr == NULL)
         return rc;
     size_t old = path_key(c, "models");
@@ -788,7 +1057,7 @@ static void key_location(const struct leo_config *cfg, const struct leo_tenant_k
 
 static int parse_tenant_keys(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_tenant *t)
 {
-    static const char *const fields[] = {"name", "hash", NULL};
+    static const char *const fields[] = {"name", "hash", "quotas", "admin", NULL};
     int rc;
     json_t *arr = get_container(c, o, "keys", JSON_ARRAY, false, &rc);
     if (arr == NULL)
@@ -808,6 +1077,10 @@ static int parse_tenant_keys(struct ctx *c, const json_t *o, struct leo_config *
             rc = get_string(c, k, "hash", true, &hash);
         if (rc == 0 && !valid_label(name))
             rc = fail_at(c, "name", "must be 1 to 128 characters without control characters");
+        if (rc == 0)
+            rc = parse_quota(c, k, "quotas", false, &tk->quota);
+        if (rc == 0)
+            rc = get_bool(c, k, "admin", &tk->admin);
         if (rc == 0 && leo_keyhash_parse(leo_str_c(hash), tk->hash) != 0)
             rc = fail_at(c, "hash", "expected \"kh1:\" followed by 64 lowercase hex digits (see leo-gateway hash-key)");
         if (rc == 0) {
@@ -848,7 +1121,7 @@ static int parse_tenant_models(struct ctx *c, const json_t *o, struct leo_config
             rc = expected(c, "a string");
         } else {
             struct leo_str name = leo_str_n(json_string_value(v), json_string_length(v));
-            if (index_find(cfg->_model_index, hash_str(name), model_eq, &name) == NULL)
+            if (model_find(cfg->_model_index, hash_str(name), name) == NULL)
                 rc =
                     fail(c, "unknown model \"%.*s\"", (int)(name.len > NAME_MAX_LEN ? NAME_MAX_LEN : name.len), name.p);
             else
@@ -862,7 +1135,8 @@ static int parse_tenant_models(struct ctx *c, const json_t *o, struct leo_config
 
 static int parse_tenant(struct ctx *c, const json_t *o, struct leo_config *cfg, size_t idx)
 {
-    static const char *const fields[] = {"id", "allow_byok", "models", "keys", NULL};
+    static const char *const fields[] = {"id", "allow_byok", "allow_route_override", "models", "keys", "quotas",
+                                         NULL};
     struct leo_tenant *t = &cfg->tenants[idx];
     int rc = open_object(c, o, fields);
     if (rc)
@@ -876,6 +1150,10 @@ static int parse_tenant(struct ctx *c, const json_t *o, struct leo_config *cfg, 
             return fail_at(c, "id", "duplicate tenant \"%s\" (also tenants[%zu])", id, i);
     t->id = leo_strdup(id);
     rc = get_bool(c, o, "allow_byok", &t->allow_byok);
+    if (rc == 0)
+        rc = get_bool(c, o, "allow_route_override", &t->allow_route_override);
+    if (rc == 0)
+        rc = parse_quota(c, o, "quotas", false, &t->quota);
     if (rc)
         return rc;
     rc = parse_tenant_models(c, o, cfg, t);
@@ -936,8 +1214,13 @@ static void config_free(struct leo_config *cfg)
     }
     leo_free(cfg->providers);
     for (size_t i = 0; i < cfg->nmodels; i++) {
-        for (size_t d = 0; d < cfg->models[i].ndeployments; d++)
+        for (size_t d = 0; d < cfg->models[i].ndeployments; d++) {
             leo_free(cfg->models[i].deployments[d].model);
+            leo_free(cfg->models[i].deployments[d].id);
+        }
+        for (size_t a = 0; a < cfg->models[i].naliases; a++)
+            leo_free(cfg->models[i].aliases[a]);
+        leo_free(cfg->models[i].aliases);
         leo_free(cfg->models[i].deployments);
         leo_free(cfg->models[i].name);
     }
@@ -959,6 +1242,12 @@ static void config_free(struct leo_config *cfg)
     index_free(cfg->_model_index);
     index_free(cfg->_key_index);
     sodium_memzero(cfg->key_hash_secret, sizeof(cfg->key_hash_secret));
+    leo_free(cfg->redis.url);
+    if (cfg->redis.password) {
+        sodium_memzero(cfg->redis.password, strlen(cfg->redis.password));
+        leo_free(cfg->redis.password);
+    }
+    leo_free(cfg->alerts.webhook_url);
     leo_free(cfg->listen_host);
     leo_free(cfg->source);
     leo_free(cfg);
@@ -991,14 +1280,15 @@ static int parse_process(struct ctx *c, const json_t *root, struct leo_config *c
 
 /* In dependency order: models refer to providers, tenants to models. */
 static int (*const sections[])(struct ctx *, const json_t *, struct leo_config *) = {
-    parse_listen,    parse_process, parse_limits, parse_auth,    parse_defaults,
-    parse_providers, parse_models,  parse_prices, parse_tenants,
+    parse_listen,    parse_process, parse_limits, parse_auth,    parse_defaults, parse_routing, parse_redis,
+    parse_alerts,    parse_providers, parse_models,  parse_prices, parse_tenants,
 };
 
 static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
-    static const char *const fields[] = {"listen", "workers",  "drain_timeout_ms", "log_level", "access_log", "limits",
-                                         "auth",   "defaults", "providers",        "models",    "prices",     "tenants",
+    static const char *const fields[] = {"listen",   "workers",   "drain_timeout_ms", "log_level", "access_log",
+                                         "limits",   "auth",      "defaults",         "routing",   "redis",
+                                         "alerts",   "providers", "models",           "prices",    "tenants",
                                          NULL};
     int rc = open_object(c, root, fields);
     for (size_t i = 0; rc == 0 && i < sizeof(sections) / sizeof(sections[0]); i++)
@@ -1035,6 +1325,15 @@ int leo_config_parse_json(const char *json, size_t len, const char *source, stru
     cfg->log_level = LEO_LOG_INFO;
     cfg->access_log = true;
     cfg->default_max_tokens = 4096;
+    cfg->routing.max_attempts = 3;
+    cfg->routing.backoff_base_ms = 100;
+    cfg->routing.backoff_max_ms = 2000;
+    cfg->routing.key_cooldown_ms = 30000;
+    cfg->routing.breaker_failures = 5;
+    cfg->routing.breaker_open_ms = 30000;
+    cfg->redis.timeout_ms = 50;
+    cfg->redis.fail_open = true;
+    cfg->alerts.threshold = 0.8;
 
     struct ctx c = {.err = err, .secret_env = "LEO_KEY_HASH_SECRET"};
     int rc = parse_root(&c, root, cfg);
@@ -1100,7 +1399,7 @@ void leo_config_unref(struct leo_config *cfg)
 
 const struct leo_model *leo_config_find_model(const struct leo_config *cfg, struct leo_str name)
 {
-    return index_find(cfg->_model_index, hash_str(name), model_eq, &name);
+    return model_find(cfg->_model_index, hash_str(name), name);
 }
 
 const struct leo_tenant_key *leo_config_find_key(const struct leo_config *cfg, struct leo_str presented)

@@ -29,9 +29,42 @@
 struct leo_adapter;
 
 struct leo_provider_key {
-    char *env;   /* name of the environment variable it came from (safe to log) */
-    char *value; /* the secret; never log it */
+    char *env;       /* name of the environment variable it came from (safe to log) */
+    char *value;     /* the secret; never log it */
+    unsigned weight; /* share of requests when a provider has several keys; default 1 */
 };
+
+/** Quotas and rate limits; 0 means "no limit" for every member. */
+struct leo_quota {
+    uint64_t rpm;              /* requests per minute */
+    uint64_t tpm;              /* tokens (input + output) per minute */
+    uint64_t tokens_per_day;   /* UTC days */
+    uint64_t tokens_per_month; /* UTC calendar months */
+    double usd_per_day;
+    double usd_per_month;
+    uint64_t concurrency;      /* requests in flight */
+};
+
+/** True when no member of q is set. */
+static inline bool leo_quota_empty(const struct leo_quota *q)
+{
+    return !q->rpm && !q->tpm && !q->tokens_per_day && !q->tokens_per_month && q->usd_per_day <= 0 &&
+           q->usd_per_month <= 0 && !q->concurrency;
+}
+
+/** How a deployment is chosen among those of equal priority. */
+enum leo_strategy {
+    LEO_STRATEGY_WEIGHTED,       /* random by weight (default) */
+    LEO_STRATEGY_PRIORITY,       /* configuration order */
+    LEO_STRATEGY_LEAST_BUSY,     /* fewest requests in flight */
+    LEO_STRATEGY_LOWEST_LATENCY, /* lowest EWMA of time to first byte */
+    LEO_STRATEGY_LOWEST_COST,    /* cheapest for the request's estimated tokens */
+};
+
+/** Parses a strategy name ("weighted", "priority", "least-busy", "lowest-latency", "lowest-cost"); -1 if unknown. */
+int leo_strategy_parse(const char *s);
+/** The name of a strategy. */
+const char *leo_strategy_name(enum leo_strategy s);
 
 struct leo_provider {
     char *name;                     /* unique */
@@ -49,12 +82,22 @@ struct leo_provider {
 struct leo_deployment {
     struct leo_provider *provider;  /* points into the same snapshot */
     char *model;                    /* the model name sent upstream */
+    unsigned weight;                /* default 1 */
+    int priority;                   /* lower is tried first; equal priorities form a group; default 0 */
+    struct leo_quota limits;        /* the provider's limits for this deployment (rpm, tpm, concurrency) */
+    char *id;                       /* "provider/model", unique within its model: names the deployment in
+                                       metrics, headers and the status API */
 };
 
 struct leo_model {
     char *name;                     /* what clients send */
-    struct leo_deployment *deployments; /* ordered; at least one */
+    struct leo_deployment *deployments; /* sorted by priority (stable); at least one */
     size_t ndeployments;
+    char **aliases;                 /* further names clients may send for this model ("smart", "fast", ...) */
+    size_t naliases;
+    enum leo_strategy strategy;     /* within a priority group */
+    unsigned max_attempts;          /* 0: routing.max_attempts */
+    uint64_t hedge_after_ms;        /* 0: routing.hedge_after_ms */
 };
 
 struct leo_price {
@@ -67,11 +110,15 @@ struct leo_tenant_key {
     uint8_t hash[LEO_KEYHASH_BYTES];
     char *name;                     /* a label, safe to log */
     struct leo_tenant *tenant;
+    struct leo_quota quota;         /* per-key quotas, on top of the tenant's */
+    bool admin;                     /* may call the gateway's operational APIs (/v1/status/...) */
 };
 
 struct leo_tenant {
     char *id;                       /* unique, safe to log */
     bool allow_byok;                /* X-API-Key + Authorization: Bearer → bearer goes upstream */
+    bool allow_route_override;      /* the x-leo-route header may pick a deployment */
+    struct leo_quota quota;         /* per-tenant quotas */
     char **models;                  /* allowed client model names; NULL/0 = all */
     size_t nmodels;
     struct leo_tenant_key *keys;
@@ -91,6 +138,29 @@ struct leo_config {
     int log_level;                  /* enum leo_log_level */
     bool access_log;                /* default true */
     uint64_t default_max_tokens;    /* reserved for adapters that require max_tokens; default 4096 */
+
+    struct {
+        unsigned max_attempts;      /* per request, across deployments and retries; default 3 */
+        uint64_t backoff_base_ms;   /* first retry delay (jittered, doubling); default 100 */
+        uint64_t backoff_max_ms;    /* default 2000 */
+        uint64_t deadline_ms;       /* a request's whole routing budget; default 0 = the providers' timeouts */
+        uint64_t key_cooldown_ms;   /* a key's cooldown after 429 without Retry-After; default 30000 */
+        unsigned breaker_failures;  /* consecutive failures that open a deployment's breaker; default 5 */
+        uint64_t breaker_open_ms;   /* how long it stays open before a half-open probe; default 30000 */
+        uint64_t hedge_after_ms;    /* 0 = no hedging */
+    } routing;
+
+    struct {
+        char *url;                  /* NULL: no Redis (standalone: in-process counters, one worker) */
+        char *password;             /* from the env var named by password_env; never log it */
+        uint64_t timeout_ms;        /* per command; default 50 */
+        bool fail_open;             /* when Redis is unreachable: true = admit on local counters (default) */
+    } redis;
+
+    struct {
+        double threshold;           /* fraction of a quota that fires an alert (0 = off); default 0.8 */
+        char *webhook_url;          /* POSTed a JSON alert; NULL = log only */
+    } alerts;
 
     uint8_t key_hash_secret[LEO_KEYHASH_SECRET_BYTES];
 

@@ -260,8 +260,8 @@ TEST(unknown_fields_name_their_path)
     parse_fails("{\"providers\": [{\"name\": \"a\", \"base_url\": \"http://a\", \"api_keys\": [{\"value\": \"x\"}]}]}",
                 "providers[0].api_keys[0].value: unknown field");
     parse_fails("{\"providers\": [{\"name\": \"a\", \"base_url\": \"http://a\"}],"
-                " \"models\": [{\"name\": \"m\", \"deployments\": [{\"provider\": \"a\", \"weight\": 2}]}]}",
-                "models[0].deployments[0].weight: unknown field");
+                " \"models\": [{\"name\": \"m\", \"deployments\": [{\"provider\": \"a\", \"wieght\": 2}]}]}",
+                "models[0].deployments[0].wieght: unknown field");
     parse_fails("{\"tenants\": [{\"id\": \"t\", \"keys\": [{\"name\": \"k\", \"hash\": \"" CI_HASH "\", \"x\": 1}]}]}",
                 "tenants[0].keys[0].x: unknown field");
     parse_fails("{\"prices\": {\"m\": {\"input\": 1, \"output\": 2, \"cached\": 0.5}}}",
