@@ -291,6 +291,8 @@ static void finish(struct leo_gw_req *g, bool aborted)
         if (g->upstream_status || g->upstream_ms > 0)
             leo_buf_addf(&b, ",\"upstream_status\":%d,\"upstream_ms\":%.3f,\"upstream_ttfb_ms\":%.3f",
                          g->upstream_status, g->upstream_ms, g->upstream_ttfb_ms);
+        if (g->attempts_log)
+            add_json_str(&b, "failed_attempts", leo_str_c(g->attempts_log));
         if (aborted)
             leo_buf_adds(&b, ",\"client_aborted\":true");
         if (g->error)

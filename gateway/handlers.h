@@ -38,6 +38,7 @@ struct leo_gw_req {
     double upstream_ms;                     /* time spent on the upstream call (to its end) */
     double upstream_ttfb_ms;
     const char *error;                      /* short reason for a failure, for the log (static or arena) */
+    const char *attempts_log;               /* failed attempts before the last, "deployment:outcome,..." */
     /** Called from on_close before the log line, to cancel outstanding work; may be NULL. */
     void (*on_close)(struct leo_gw_req *g, bool aborted);
     void *data;                             /* the route's own state */

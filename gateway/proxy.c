@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <jansson.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,12 @@ struct proxy {
     struct leo_messages_stream *ms;    /* Anthropic clients: canonical chunks → Anthropic events */
     json_t *chunks;
     json_t *req_json;                  /* the client's request, where the answer's translation needs it */
+    json_t *root;                      /* the client's parsed request, kept for further attempts */
+    json_t *canon;                     /* its canonical form, built once when a translation needs it */
+    int64_t created;
+    unsigned attempts, max_attempts;
+    uv_timer_t *retry_timer;           /* backoff between attempts; freed in its close callback */
+    struct leo_buf attempt_log;        /* "deployment:outcome" of each failed attempt, for the access log */
     struct leo_adapter_ctx ctx;
     char resp_id[48];
     uint64_t input_estimate;
@@ -73,6 +80,7 @@ struct proxy {
     size_t npass;
     char cost_s[32];
     char dep_s[256];
+    char attempts_s[8];
 };
 
 /* Upstream response headers relayed to the client; everything else (hop-by-hop, content-length, encodings,
@@ -136,6 +144,15 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
         leo_messages_stream_free(p->ms);
     json_decref(p->chunks);
     json_decref(p->req_json);
+    json_decref(p->root);
+    json_decref(p->canon);
+    if (p->retry_timer) {
+        uv_close((uv_handle_t *)p->retry_timer, (uv_close_cb)leo_free);
+        p->retry_timer = NULL;
+    }
+    if (p->attempt_log.len)
+        g->attempts_log = leo_arena_strndup(&g->req->arena, p->attempt_log.p, p->attempt_log.len);
+    leo_buf_release(&p->attempt_log);
 }
 
 static void on_drain(struct leo_http_request *req)
@@ -164,7 +181,8 @@ static size_t response_headers(struct proxy *p, struct leo_http_header *h, size_
 {
     size_t n = 0;
     h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-deployment"), leo_str_c(p->dep_s)};
-    h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-attempts"), LEO_STR_LIT("1")};
+    snprintf(p->attempts_s, sizeof(p->attempts_s), "%u", p->attempts);
+    h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-attempts"), leo_str_c(p->attempts_s)};
     if (with_cost)
         h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-cost-usd"), leo_str_c(p->cost_s)};
     for (size_t i = 0; i < p->npass && n < max; i++)
@@ -567,10 +585,65 @@ out:
     leo_buf_release(&err);
 }
 
+static int start_attempt(struct proxy *p);
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    start_attempt(t->data);
+}
+
+/* A failure before the client has received anything: try again — the next deployment of the model at once,
+ * or the same one after a jittered exponential backoff when it is the only one — while attempts and the
+ * deadline allow. Returns true when another attempt is under way. */
+static bool maybe_retry(struct proxy *p, int err, enum leo_upstream_stage stage, const char *what)
+{
+    struct leo_gw_req *g = p->g;
+    int st = g->upstream_status;
+    bool retryable = (err != 0 && err != LEO_ECANCELED && stage <= LEO_UP_HEADERS) || st == 429 || st >= 500 ||
+                     ((st == 401 || st == 403) && g->byok.len == 0);
+    if (!retryable || p->attempts >= p->max_attempts || p->kind == KIND_COUNT_TOKENS)
+        return false;
+    size_t idx = (size_t)(g->dep - g->model->deployments);
+    size_t next = (idx + 1) % g->model->ndeployments;
+    uint64_t delay = 0;
+    if (next == idx) {
+        uint64_t base = g->cfg->routing.backoff_base_ms << (p->attempts - 1 < 16 ? p->attempts - 1 : 16);
+        if (base > g->cfg->routing.backoff_max_ms)
+            base = g->cfg->routing.backoff_max_ms;
+        delay = base / 2 + (base > 1 ? randombytes_uniform((uint32_t)(base / 2 + 1)) : 0);
+    }
+    uint64_t elapsed = (uv_hrtime() - g->req->start_ns) / 1000000;
+    if (g->cfg->routing.deadline_ms && elapsed + delay >= g->cfg->routing.deadline_ms)
+        return false;
+    leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", g->dep->id, what);
+    g->dep = &g->model->deployments[next];
+    leo_buf_release(&p->body);
+    leo_sse_parser_release(&p->sse);
+    leo_sse_parser_init(&p->sse, MAX_SSE_EVENT, on_sse_event, p);
+    if (delay == 0) {
+        start_attempt(p);
+        return true;
+    }
+    if (p->retry_timer == NULL) {
+        p->retry_timer = leo_malloc(sizeof(*p->retry_timer));
+        uv_timer_init(g->w->loop, p->retry_timer);
+        p->retry_timer->data = p;
+    }
+    uv_timer_start(p->retry_timer, on_retry_timer, delay, 0);
+    return true;
+}
+
 static void finish_whole(struct proxy *p, int err, enum leo_upstream_stage stage, const char *msg)
 {
     struct leo_gw_req *g = p->g;
     const char *prov = g->dep->provider->name;
+    char what[32];
+    if (err != 0)
+        snprintf(what, sizeof(what), "%s", err == LEO_ETIMEOUT ? "timeout" : err == LEO_ECONNECT ? "connect" : "error");
+    else
+        snprintf(what, sizeof(what), "%d", g->upstream_status);
+    if ((err != 0 || g->upstream_status < 200 || g->upstream_status >= 300) && maybe_retry(p, err, stage, what))
+        return;
     if (err == LEO_ETIMEOUT) {
         relay_error(p, 504, "upstream_timeout", "upstream \"%s\" timed out: %s", prov, msg);
         return;
@@ -763,54 +836,32 @@ static void answer_token_estimate(struct leo_gw_req *g, json_t *root)
     leo_buf_release(&err);
 }
 
-static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
+/* Builds and starts the upstream call for the deployment chosen for this attempt. Returns 0 when the transfer
+ * started; otherwise the response (an error) has been sent. */
+static int start_attempt(struct proxy *p)
 {
-    g->dialect = kind == KIND_MESSAGES || kind == KIND_COUNT_TOKENS ? LEO_DIALECT_ANTHROPIC : LEO_DIALECT_OPENAI;
-    if (!leo_gw_authenticate(g))
-        return;
+    struct leo_gw_req *g = p->g;
     struct leo_http_request *req = g->req;
-    json_error_t jerr;
-    json_t *root = json_loadb(req->body.p, req->body.len, 0, &jerr);
-    json_t *canon = NULL;
-    struct leo_buf body = LEO_BUF_INIT, url = LEO_BUF_INIT, err = LEO_BUF_INIT;
-    if (root == NULL) {
-        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
-                     jerr.text);
-        return;
-    }
-    if (!json_is_object(root)) {
-        leo_gw_error(g, 400, NULL, "invalid_request", "request body must be a JSON object");
-        goto out;
-    }
-    if (!check_request(g, kind, root))
-        goto out;
-    g->stream = json_is_true(json_object_get(root, "stream")) && kind != KIND_EMBEDDINGS &&
-                kind != KIND_COUNT_TOKENS;
-    g->dep = &g->model->deployments[0];
+    json_t *root = p->root;
     const struct leo_provider *prov = g->dep->provider;
+    struct leo_buf body = LEO_BUF_INIT, url = LEO_BUF_INIT, err = LEO_BUF_INIT;
+    int rc = -1;
 
-    struct proxy *p = leo_arena_zalloc(&req->arena, sizeof(*p));
-    p->g = g;
-    p->kind = kind;
     p->ad = prov->adapter;
-    p->body = (struct leo_buf)LEO_BUF_INIT;
-    p->out = (struct leo_buf)LEO_BUF_INIT;
-    g->data = p;
-    g->on_close = proxy_close;
-    req->on_drain = on_drain;
-    leo_sse_parser_init(&p->sse, MAX_SSE_EVENT, on_sse_event, p);
-    snprintf(p->dep_s, sizeof(p->dep_s), "%s/%s", prov->name, g->dep->model);
-    snprintf(p->resp_id, sizeof(p->resp_id), "%s%s", g->dialect == LEO_DIALECT_ANTHROPIC ? "msg_" : "chatcmpl-",
-             g->id + 4);
-    p->ctx = (struct leo_adapter_ctx){g->dep->model, g->cfg->default_max_tokens, p->resp_id, (int64_t)time(NULL)};
-    p->client_wants_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
     p->passthrough = p->ad->dialect == g->dialect;
+    p->ctx = (struct leo_adapter_ctx){g->dep->model, g->cfg->default_max_tokens, p->resp_id, p->created};
+    p->npass = 0;
+    p->upstream_complete = false;
+    g->upstream_status = 0;
+    g->upstream_ttfb_ms = 0;
+    json_decref(p->req_json);
+    p->req_json = NULL;
+    snprintf(p->dep_s, sizeof(p->dep_s), "%s/%s", prov->name, g->dep->model);
 
     /* the upstream URL and body */
-    const char *sub = kind_path(kind);
+    const char *sub = kind_path(p->kind);
     if (sub != NULL) {
-        /* embeddings, legacy completions and count_tokens exist only in their own dialect's APIs */
-        if (!p->passthrough && kind == KIND_EMBEDDINGS && p->ad->build_embeddings != NULL) {
+        if (!p->passthrough && p->kind == KIND_EMBEDDINGS && p->ad->build_embeddings != NULL) {
             p->ad->embeddings_url(prov, g->dep->model, &url);
             if (p->ad->build_embeddings(root, &p->ctx, &body, &err) != 0) {
                 leo_gw_error(g, 400, "input", "unsupported_parameter", "%s", err.p);
@@ -819,8 +870,9 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
             p->req_json = json_incref(root);
             goto send;
         }
+        /* embeddings, legacy completions and count_tokens exist only in their own dialect's APIs */
         if (!p->passthrough) {
-            if (kind == KIND_COUNT_TOKENS) {
+            if (p->kind == KIND_COUNT_TOKENS) {
                 answer_token_estimate(g, root);
                 goto out;
             }
@@ -829,38 +881,28 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
                          prov->type, sub);
             goto out;
         }
-        if (p->ad->chat_url != NULL && strcmp(prov->type, "azure") == 0) {
-            /* Azure: same deployment path as chat, other operation */
+        if (strcmp(prov->type, "azure") == 0)
+            /* Azure: the same deployment path as chat, another operation */
             leo_buf_addf(&url, "%s/openai/deployments/%s/%s?api-version=%s", prov->base_url, g->dep->model, sub,
                          prov->api_version);
-        } else {
+        else
             leo_buf_addf(&url, "%s/%s", prov->base_url, sub);
-        }
     } else {
         p->ad->chat_url(prov, g->dep->model, g->stream, &url);
     }
-    /* the estimate every request gets before it is sent (quotas admit on it; providers' counts replace it) */
-    if (kind == KIND_CHAT)
-        g->estimated_tokens = leo_estimate_tokens(root);
     if (p->passthrough) {
-        if (kind == KIND_MESSAGES) {
-            json_t *c = leo_messages_to_canonical(root, &err);
-            if (c)
-                g->estimated_tokens = leo_estimate_tokens(c);
-            json_decref(c);
-            leo_buf_reset(&err);
-        }
         if (splice_body(p, root, &body) != 0) {
             leo_gw_error(g, 400, NULL, "invalid_request", "request body could not be rewritten");
             goto out;
         }
     } else {
-        canon = g->dialect == LEO_DIALECT_ANTHROPIC ? leo_messages_to_canonical(root, &err) : json_incref(root);
-        if (canon == NULL || p->ad->build_chat(canon, &p->ctx, &body, &err) != 0) {
+        if (p->canon == NULL)
+            p->canon = g->dialect == LEO_DIALECT_ANTHROPIC ? leo_messages_to_canonical(root, &err) : json_incref(root);
+        if (p->canon == NULL || p->ad->build_chat(p->canon, &p->ctx, &body, &err) != 0) {
             leo_gw_error(g, 400, NULL, "unsupported_parameter", "%s", err.len ? err.p : "request cannot be translated");
             goto out;
         }
-        g->estimated_tokens = leo_estimate_tokens(canon);
+        g->estimated_tokens = leo_estimate_tokens(p->canon);
         p->input_estimate = g->estimated_tokens;
     }
 
@@ -870,7 +912,7 @@ send:;
     size_t n = 0;
     struct leo_str key = g->byok;
     if (key.len == 0 && prov->nkeys)
-        key = leo_str_c(prov->keys[g->w->next_request % prov->nkeys].value);
+        key = leo_str_c(prov->keys[(g->w->next_request + p->attempts) % prov->nkeys].value);
     h[n++] = (struct leo_http_header){LEO_STR_LIT("Content-Type"), LEO_STR_LIT("application/json")};
     h[n++] = (struct leo_http_header){LEO_STR_LIT("Accept"),
                                       g->stream ? LEO_STR_LIT("text/event-stream") : LEO_STR_LIT("application/json")};
@@ -899,16 +941,74 @@ send:;
         .first_byte_timeout_ms = prov->first_byte_timeout_ms,
         .total_timeout_ms = prov->total_timeout_ms,
     };
+    p->attempts++;
     p->t_start = uv_hrtime();
     p->xfer = leo_upstream_start(g->w->up, &ur, &up_cbs, p);
     if (p->xfer == NULL)
         relay_error(p, 502, "upstream_unreachable", "upstream \"%s\" could not be started", prov->name);
+    else
+        rc = 0;
 out:
-    json_decref(canon);
-    json_decref(root);
     leo_buf_release(&body);
     leo_buf_release(&url);
     leo_buf_release(&err);
+    return rc;
+}
+
+static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
+{
+    g->dialect = kind == KIND_MESSAGES || kind == KIND_COUNT_TOKENS ? LEO_DIALECT_ANTHROPIC : LEO_DIALECT_OPENAI;
+    if (!leo_gw_authenticate(g))
+        return;
+    struct leo_http_request *req = g->req;
+    json_error_t jerr;
+    json_t *root = json_loadb(req->body.p, req->body.len, 0, &jerr);
+    if (root == NULL) {
+        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
+                     jerr.text);
+        return;
+    }
+    if (!json_is_object(root)) {
+        leo_gw_error(g, 400, NULL, "invalid_request", "request body must be a JSON object");
+        json_decref(root);
+        return;
+    }
+    if (!check_request(g, kind, root)) {
+        json_decref(root);
+        return;
+    }
+    g->stream = json_is_true(json_object_get(root, "stream")) && kind != KIND_EMBEDDINGS &&
+                kind != KIND_COUNT_TOKENS;
+
+    struct proxy *p = leo_arena_zalloc(&req->arena, sizeof(*p));
+    p->g = g;
+    p->kind = kind;
+    p->root = root; /* owned by p from here on, released in proxy_close */
+    p->body = (struct leo_buf)LEO_BUF_INIT;
+    p->out = (struct leo_buf)LEO_BUF_INIT;
+    g->data = p;
+    g->on_close = proxy_close;
+    req->on_drain = on_drain;
+    leo_sse_parser_init(&p->sse, MAX_SSE_EVENT, on_sse_event, p);
+    snprintf(p->resp_id, sizeof(p->resp_id), "%s%s", g->dialect == LEO_DIALECT_ANTHROPIC ? "msg_" : "chatcmpl-",
+             g->id + 4);
+    p->created = (int64_t)time(NULL);
+    p->client_wants_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
+    p->max_attempts = g->model->max_attempts ? g->model->max_attempts : g->cfg->routing.max_attempts;
+
+    /* the estimate every request gets before it is sent (quotas admit on it; providers' counts replace it) */
+    if (kind == KIND_CHAT) {
+        g->estimated_tokens = leo_estimate_tokens(root);
+    } else if (kind == KIND_MESSAGES) {
+        struct leo_buf err = LEO_BUF_INIT;
+        json_t *c = leo_messages_to_canonical(root, &err);
+        if (c)
+            g->estimated_tokens = leo_estimate_tokens(c);
+        json_decref(c);
+        leo_buf_release(&err);
+    }
+    g->dep = &g->model->deployments[0];
+    start_attempt(p);
 }
 
 void leo_route_chat_completions(struct leo_gw_req *g)
