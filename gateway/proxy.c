@@ -822,7 +822,12 @@ static bool check_request(struct leo_gw_req *g, enum proxy_kind kind, json_t *ro
 static void answer_token_estimate(struct leo_gw_req *g, json_t *root)
 {
     struct leo_buf err = LEO_BUF_INIT;
-    json_t *canon = leo_messages_to_canonical(root, &err);
+    /* count_tokens requests carry no max_tokens, which the Messages translation requires: lend it one */
+    json_t *copy = json_copy(root);
+    if (json_object_get(copy, "max_tokens") == NULL)
+        json_object_set_new(copy, "max_tokens", json_integer(1));
+    json_t *canon = leo_messages_to_canonical(copy, &err);
+    json_decref(copy);
     if (canon == NULL) {
         leo_gw_error(g, 400, NULL, "invalid_request", "%s", err.p);
         leo_buf_release(&err);

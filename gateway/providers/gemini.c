@@ -1463,6 +1463,15 @@ static void gemini_error_message(const char *body, size_t len, char *out, size_t
 
 /* ---- embeddings: OpenAI /v1/embeddings ↔ batchEmbedContents ---- */
 
+/* Code points of UTF-8 text, as the token estimator counts them (gateway/tokens.h). */
+static uint64_t utf8_chars(const char *s, size_t len)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
 static int gemini_embeddings_url(const struct leo_provider *p, const char *model, struct leo_buf *url)
 {
     return model_url(p, model, ":batchEmbedContents", url);
@@ -1531,7 +1540,7 @@ static json_t *gemini_parse_embeddings(const char *body, size_t len, json_t *req
         json_t *vec;
         if (b64) {
             size_t n = json_array_size(values);
-            unsigned char *raw = malloc(n * 4 + 1);
+            unsigned char *raw = leo_malloc(n * 4 + 1);
             json_array_foreach(values, j, v)
             {
                 float f = (float)json_number_value(v);
@@ -1541,11 +1550,11 @@ static json_t *gemini_parse_embeddings(const char *body, size_t len, json_t *req
                     raw[j * 4 + (size_t)k] = (unsigned char)(bits >> (8 * k));
             }
             size_t enc_len = sodium_base64_encoded_len(n * 4, sodium_base64_VARIANT_ORIGINAL);
-            char *enc = malloc(enc_len);
+            char *enc = leo_malloc(enc_len);
             sodium_bin2base64(enc, enc_len, raw, n * 4, sodium_base64_VARIANT_ORIGINAL);
             vec = json_string(enc);
-            free(raw);
-            free(enc);
+            leo_free(raw);
+            leo_free(enc);
         } else {
             vec = json_incref(json_is_array(values) ? values : json_array());
         }
@@ -1557,8 +1566,8 @@ static json_t *gemini_parse_embeddings(const char *body, size_t len, json_t *req
     uint64_t chars = 0;
     json_t *input = json_object_get(req, "input");
     if (json_is_string(input))
-        chars = json_string_length(input);
-    json_array_foreach(input, i, v) chars += json_is_string(v) ? json_string_length(v) : 0;
+        chars = utf8_chars(json_string_value(input), json_string_length(input));
+    json_array_foreach(input, i, v) chars += json_is_string(v) ? utf8_chars(json_string_value(v), json_string_length(v)) : 0;
     u->input_tokens = (chars + 3) / 4;
     u->output_tokens = 0;
     u->have = true;
