@@ -1,0 +1,1936 @@
+/*
+ * api.c — routes, authentication, validation and the SQL behind each endpoint of the admin API.
+ *
+ * A request becomes a `struct call`, allocated apart from the HTTP request because it may outlive it: when
+ * the client goes away while a query or a password hash is running, the HTTP server ends the request, and
+ * the call is freed when that work comes back (call->pending counts it). Handlers chain steps through
+ * run_query() / run_work(), each naming the function that continues.
+ *
+ * SQL builds the JSON of the objects it returns (json_build_object), so what a client sees is exactly what
+ * the row holds; C adds only what never reaches the database (a new key's secret) or derives from it (the
+ * masked key). Every write is a single statement whose CTEs change the rows and append the audit entry, so
+ * the two commit together. Parameters are always passed separately from the SQL text.
+ */
+#include "api.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/alloc.h"
+#include "../common/error.h"
+#include "../common/log.h"
+#include "auth.h"
+
+#define SESSION_TTL_DEFAULT_S (12 * 3600)
+#define PAGE_DEFAULT 50
+#define PAGE_MAX 200
+#define NAME_MAX_CHARS 128
+#define TENANT_NAME_MAX_CHARS 200
+#define EMAIL_MAX 254
+#define MODELS_MAX 256
+#define MODEL_NAME_MAX 128
+#define KEY_PREFIX "sk-leo-"
+#define KEY_RANDOM_BYTES 30 /* 40 URL-safe base64 characters, as `leo-gateway hash-key --generate` makes */
+#define KEY_DISPLAY_PREFIX 7
+#define THROTTLE_WINDOW_S (15 * 60)
+/* 15 significant digits print 0.1 as 0.1, not 0.10000000000000001 */
+#define DUMP_ORDERED (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15))
+#define DUMP_SORTED (JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15))
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* SQL                                                                                                     */
+
+#define RFC3339(x) "(to_json(" x ")#>>'{}')"
+#define CURSOR_US(a) "(extract(epoch FROM " a ".created_at) * 1000000)::bigint"
+/* keyset pagination on (created_at, id); $us and $id NULL for the first page */
+#define AFTER(a, us, id)                                                                                               \
+    "($" us "::bigint IS NULL OR (" a ".created_at, " a ".id) > ('epoch'::timestamptz + $" us                          \
+    "::bigint * interval '1 microsecond', $" id "::uuid))"
+#define IN_ALLOWED(expr, p) "(" expr ")::text IN (SELECT jsonb_array_elements_text($" p "::jsonb))"
+
+#define TENANT_JSON(a)                                                                                                 \
+    "json_build_object('id', " a ".id, 'slug', " a ".slug, 'name', " a ".name, 'status', " a ".status,"                \
+    " 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
+
+#define KEY_JSON(a)                                                                                                    \
+    "json_build_object('id', " a ".id, 'tenant_id', " a ".tenant_id, 'name', " a ".name, 'prefix', " a ".prefix,"      \
+    " 'last4', " a ".last4, 'status', " a ".status, 'expired', coalesce(" a ".expires_at <= now(), false),"            \
+    " 'expires_at', " a ".expires_at, 'allowed_models', " a ".allowed_models, 'limits', " a ".limits,"                 \
+    " 'created_by', " a ".created_by, 'created_at', " a ".created_at, 'updated_at', " a ".updated_at,"                 \
+    " 'revoked_at', " a ".revoked_at, 'rotated_from', " a ".rotated_from)::text"
+
+#define MODELS_FROM(p)                                                                                                 \
+    "CASE WHEN $" p "::jsonb IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text($" p "::jsonb)) END"
+
+enum stmt {
+    S_AUTH,
+    S_LOGIN_LOOKUP,
+    S_LOGIN_OK,
+    S_LOGIN_FAIL,
+    S_LOGOUT,
+    S_TENANT_LIST,
+    S_TENANT_CREATE,
+    S_TENANT_GET,
+    S_TENANT_PATCH,
+    S_USER_CREATE,
+    S_USER_LIST,
+    S_KEY_LIST,
+    S_KEY_GET,
+    S_KEY_CREATE,
+    S_KEY_PATCH,
+    S_KEY_REVOKE,
+    S_KEY_ROTATE,
+    S_AUDIT_LIST,
+    S_COUNT
+};
+
+/* clang-format off */
+static const struct leo_db_stmt stmts[S_COUNT] = {
+    /* $1 token hash (hex) */
+    [S_AUTH] = {"auth",
+        "SELECT u.id, u.email, " RFC3339("s.expires_at") ", " RFC3339("u.created_at") ","
+        " coalesce((SELECT json_agg(json_build_object('role', m.role, 'tenant_id', m.tenant_id)"
+        " ORDER BY m.created_at) FROM memberships m WHERE m.user_id = u.id), '[]'::json)::text"
+        " FROM sessions s JOIN users u ON u.id = s.user_id"
+        " WHERE s.token_hash = decode($1::text, 'hex') AND s.revoked_at IS NULL AND s.expires_at > now()"
+        " AND NOT u.disabled"},
+
+    /* $1 email, $2 client address → user id, password hash, seconds until the pair may try again */
+    [S_LOGIN_LOOKUP] = {"login_lookup",
+        "SELECT u.id, u.password_hash,"
+        " (SELECT ceil(extract(epoch FROM f.at + interval '15 minutes' - now()))::int"
+        " FROM login_failures f WHERE f.email = $1::text AND f.remote_addr = $2::text"
+        " AND f.at > now() - interval '15 minutes' ORDER BY f.at DESC OFFSET 4 LIMIT 1)"
+        " FROM (SELECT 1) one LEFT JOIN users u ON u.email = $1::text AND NOT u.disabled"},
+
+    /* $1 token hash, $2 user id, $3 ttl seconds, $4 client address, $5 email */
+    [S_LOGIN_OK] = {"login_ok",
+        "WITH s AS (INSERT INTO sessions (token_hash, user_id, expires_at, remote_addr)"
+        " VALUES (decode($1::text, 'hex'), $2::uuid, now() + $3::int * interval '1 second', $4::text)"
+        " RETURNING id, expires_at),"
+        " d AS (DELETE FROM login_failures WHERE email = $5::text AND remote_addr = $4::text),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT 'user:' || $2::text, 'session.login', 'user:' || $2::text,"
+        " jsonb_build_object('session_id', s.id, 'remote_addr', $4::text) FROM s)"
+        " SELECT " RFC3339("s.expires_at") " FROM s"},
+
+    /* $1 email, $2 client address */
+    [S_LOGIN_FAIL] = {"login_fail",
+        "WITH old AS (DELETE FROM login_failures WHERE at < now() - interval '1 hour')"
+        " INSERT INTO login_failures (email, remote_addr) VALUES ($1::text, $2::text)"},
+
+    /* $1 token hash, $2 user id */
+    [S_LOGOUT] = {"logout",
+        "WITH s AS (UPDATE sessions SET revoked_at = now()"
+        " WHERE token_hash = decode($1::text, 'hex') AND revoked_at IS NULL RETURNING id),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT 'user:' || $2::text, 'session.logout', 'user:' || $2::text,"
+        " jsonb_build_object('session_id', s.id) FROM s)"
+        " SELECT count(*) FROM s"},
+
+    /* $1 allowed tenant ids (jsonb array, NULL for all), $2/$3 cursor, $4 limit */
+    [S_TENANT_LIST] = {"tenant_list",
+        "SELECT " TENANT_JSON("t") ", " CURSOR_US("t") ", t.id FROM tenants t"
+        " WHERE ($1::jsonb IS NULL OR " IN_ALLOWED("t.id", "1") ")"
+        " AND " AFTER("t", "2", "3") " ORDER BY t.created_at, t.id LIMIT $4::int"},
+
+    /* $1 slug, $2 name, $3 status, $4 actor */
+    [S_TENANT_CREATE] = {"tenant_create",
+        "WITH t AS (INSERT INTO tenants (slug, name, status) VALUES ($1::text, $2::text, $3::text) RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $4::text, 'tenant.create', 'tenant:' || t.id,"
+        " jsonb_build_object('slug', t.slug, 'name', t.name, 'status', t.status) FROM t)"
+        " SELECT " TENANT_JSON("t") " FROM t"},
+
+    /* $1 tenant id */
+    [S_TENANT_GET] = {"tenant_get",
+        "SELECT " TENANT_JSON("t") " FROM tenants t WHERE t.id = $1::uuid"},
+
+    /* $1 tenant id, $2 name or NULL, $3 status or NULL, $4 actor, $5 the change (jsonb) */
+    [S_TENANT_PATCH] = {"tenant_patch",
+        "WITH t AS (UPDATE tenants SET name = coalesce($2::text, name), status = coalesce($3::text, status),"
+        " updated_at = now() WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $4::text, 'tenant.update', 'tenant:' || t.id, $5::jsonb FROM t)"
+        " SELECT " TENANT_JSON("t") " FROM t"},
+
+    /* $1 email, $2 password hash, $3 role, $4 tenant id or NULL, $5 actor */
+    [S_USER_CREATE] = {"user_create",
+        "WITH u AS (INSERT INTO users (email, password_hash) VALUES ($1::text, $2::text) RETURNING *),"
+        " m AS (INSERT INTO memberships (user_id, tenant_id, role) SELECT u.id, $4::uuid, $3::text FROM u),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $5::text, 'user.create', 'user:' || u.id,"
+        " jsonb_build_object('email', u.email, 'role', $3::text, 'tenant_id', $4::uuid) FROM u)"
+        " SELECT json_build_object('id', u.id, 'email', u.email, 'disabled', u.disabled,"
+        " 'created_at', u.created_at, 'memberships',"
+        " json_build_array(json_build_object('role', $3::text, 'tenant_id', $4::uuid)))::text FROM u"},
+
+    /* $1 allowed tenant ids or NULL, $2/$3 cursor, $4 limit */
+    [S_USER_LIST] = {"user_list",
+        "SELECT json_build_object('id', u.id, 'email', u.email, 'disabled', u.disabled,"
+        " 'created_at', u.created_at, 'memberships', coalesce((SELECT json_agg(json_build_object("
+        "'role', m.role, 'tenant_id', m.tenant_id) ORDER BY m.created_at) FROM memberships m"
+        " WHERE m.user_id = u.id AND ($1::jsonb IS NULL OR " IN_ALLOWED("m.tenant_id", "1") ")),"
+        " '[]'::json))::text, " CURSOR_US("u") ", u.id FROM users u"
+        " WHERE ($1::jsonb IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = u.id"
+        " AND " IN_ALLOWED("m.tenant_id", "1") "))"
+        " AND " AFTER("u", "2", "3") " ORDER BY u.created_at, u.id LIMIT $4::int"},
+
+    /* $1 tenant id, $2/$3 cursor, $4 limit; no row: no such tenant; a row of NULLs: no keys */
+    [S_KEY_LIST] = {"key_list",
+        "SELECT " KEY_JSON("k") ", " CURSOR_US("k") ", k.id FROM tenants t"
+        " LEFT JOIN LATERAL (SELECT * FROM api_keys k WHERE k.tenant_id = t.id"
+        " AND " AFTER("k", "2", "3") " ORDER BY k.created_at, k.id LIMIT $4::int) k ON true"
+        " WHERE t.id = $1::uuid ORDER BY k.created_at, k.id"},
+
+    /* $1 tenant id, $2 key id */
+    [S_KEY_GET] = {"key_get",
+        "SELECT " KEY_JSON("k") " FROM api_keys k WHERE k.id = $2::uuid AND k.tenant_id = $1::uuid"},
+
+    /* $1 tenant, $2 name, $3 hash, $4 prefix, $5 last4, $6 expires_at, $7 models (jsonb array or NULL),
+     * $8 limits (jsonb), $9 creator (user id), $10 actor */
+    [S_KEY_CREATE] = {"key_create",
+        "WITH k AS (INSERT INTO api_keys (tenant_id, name, key_hash, prefix, last4, expires_at,"
+        " allowed_models, limits, created_by) VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::text,"
+        " $6::timestamptz, " MODELS_FROM("7") ", $8::jsonb, $9::uuid) RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $10::text, 'key.create', 'key:' || k.id, jsonb_build_object('tenant_id', k.tenant_id,"
+        " 'name', k.name, 'prefix', k.prefix, 'last4', k.last4) FROM k)"
+        " SELECT " KEY_JSON("k") " FROM k"},
+
+    /* $1 tenant, $2 key, $3 name or NULL, $4 status or NULL, $5 set models?, $6 models or NULL,
+     * $7 limits or NULL, $8 set expiry?, $9 expires_at or NULL, $10 actor, $11 the change (jsonb)
+     * → the key (NULL when not changed), its status before (NULL when it does not exist) */
+    [S_KEY_PATCH] = {"key_patch",
+        "WITH cur AS (SELECT status FROM api_keys WHERE id = $2::uuid AND tenant_id = $1::uuid),"
+        " k AS (UPDATE api_keys SET name = coalesce($3::text, name), status = coalesce($4::text, status),"
+        " allowed_models = CASE WHEN $5::bool THEN " MODELS_FROM("6") " ELSE allowed_models END,"
+        " limits = coalesce($7::jsonb, limits),"
+        " expires_at = CASE WHEN $8::bool THEN $9::timestamptz ELSE expires_at END, updated_at = now()"
+        " WHERE id = $2::uuid AND tenant_id = $1::uuid AND status <> 'revoked' RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $10::text, 'key.update', 'key:' || k.id,"
+        " jsonb_build_object('tenant_id', k.tenant_id, 'changes', $11::jsonb) FROM k)"
+        " SELECT (SELECT " KEY_JSON("k") " FROM k), (SELECT status FROM cur)"},
+
+    /* $1 tenant, $2 key, $3 actor → the key, its status before */
+    [S_KEY_REVOKE] = {"key_revoke",
+        "WITH cur AS (SELECT status FROM api_keys WHERE id = $2::uuid AND tenant_id = $1::uuid),"
+        " k AS (UPDATE api_keys SET status = 'revoked', revoked_at = now(), updated_at = now()"
+        " WHERE id = $2::uuid AND tenant_id = $1::uuid AND status <> 'revoked' RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $3::text, 'key.revoke', 'key:' || k.id,"
+        " jsonb_build_object('tenant_id', k.tenant_id, 'name', k.name) FROM k)"
+        " SELECT (SELECT " KEY_JSON("k") " FROM k), (SELECT status FROM cur)"},
+
+    /* $1 tenant, $2 key, $3 new hash, $4 prefix, $5 last4, $6 creator, $7 actor → the new key, the old key's
+     * status before */
+    [S_KEY_ROTATE] = {"key_rotate",
+        "WITH cur AS (SELECT status FROM api_keys WHERE id = $2::uuid AND tenant_id = $1::uuid),"
+        " old AS (UPDATE api_keys SET status = 'revoked', revoked_at = now(), updated_at = now()"
+        " WHERE id = $2::uuid AND tenant_id = $1::uuid AND status <> 'revoked' RETURNING *),"
+        " k AS (INSERT INTO api_keys (tenant_id, name, key_hash, prefix, last4, status, expires_at,"
+        " allowed_models, limits, created_by, rotated_from) SELECT o.tenant_id, o.name, $3::text,"
+        " $4::text, $5::text, (SELECT status FROM cur), o.expires_at, o.allowed_models, o.limits,"
+        " $6::uuid, o.id FROM old o RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $7::text, 'key.rotate', 'key:' || old.id, jsonb_build_object('tenant_id', old.tenant_id,"
+        " 'name', old.name, 'new_key_id', k.id, 'prefix', k.prefix, 'last4', k.last4) FROM old, k)"
+        " SELECT (SELECT " KEY_JSON("k") " FROM k), (SELECT status FROM cur)"},
+
+    /* $1 action, $2 since, $3 until, $4 before id, $5 limit, $6 target, $7 actor (all but $5 may be NULL) */
+    [S_AUDIT_LIST] = {"audit_list",
+        "SELECT json_build_object('id', l.id, 'at', l.at, 'actor', l.actor, 'action', l.action,"
+        " 'target', l.target, 'details', l.details, 'hash', encode(l.hash, 'hex'))::text, l.id"
+        " FROM audit_log l WHERE ($1::text IS NULL OR l.action = $1::text)"
+        " AND ($2::timestamptz IS NULL OR l.at >= $2::timestamptz)"
+        " AND ($3::timestamptz IS NULL OR l.at < $3::timestamptz)"
+        " AND ($4::bigint IS NULL OR l.id < $4::bigint)"
+        " AND ($6::text IS NULL OR l.target = $6::text) AND ($7::text IS NULL OR l.actor = $7::text)"
+        " ORDER BY l.id DESC LIMIT $5::int"},
+};
+/* clang-format on */
+
+const struct leo_db_stmt *leo_api_statements(size_t *n)
+{
+    *n = S_COUNT;
+    return stmts;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Calls                                                                                                   */
+
+struct leo_api {
+    uv_loop_t *loop;
+    struct leo_db *db;
+    uint8_t key_secret[LEO_KEYHASH_SECRET_BYTES];
+    unsigned session_ttl_s;
+    unsigned busy;
+};
+
+struct call;
+typedef void (*call_step)(struct call *c);
+typedef void (*query_step)(struct call *c, const struct leo_db_result *r);
+
+enum scope {
+    SCOPE_PUBLIC,  /* no authentication */
+    SCOPE_SESSION, /* any signed-in user */
+    SCOPE_GLOBAL,  /* the permission from a global role */
+    SCOPE_TENANT,  /* the permission for the {tenant} of the path */
+    SCOPE_ANY,     /* the permission for some tenant; the handler limits what it shows */
+    SCOPE_BODY,    /* the permission for the tenant named in the body; the handler checks it */
+};
+
+struct route {
+    const char *method;
+    const char *pattern; /* segments; "{tenant}" and "{key}" capture UUIDs */
+    unsigned perm;       /* the permission the endpoint needs; 0 for public and session-only routes */
+    enum scope scope;
+    call_step run;
+};
+
+struct call {
+    struct leo_api *api;
+    struct leo_http_request *req; /* NULL once the client is gone */
+    const struct route *route;
+    int pending; /* a query or a work item is running */
+    uint64_t t0;
+    json_t *body;
+    char tenant_id[LEO_UUID_TEXT_LEN + 1];
+    char key_id[LEO_UUID_TEXT_LEN + 1];
+    char token_hash[2 * LEO_SESSION_HASH_BYTES + 1];
+    char actor[8 + LEO_UUID_TEXT_LEN]; /* "user:<id>" */
+    struct leo_principal who;
+    bool authenticated;
+    char session_expires[48];
+    char user_created_at[48];
+    query_step next;
+
+    /* multi-step handlers */
+    uv_work_t work;
+    call_step after_work;
+    call_step work_fn;
+    char *password; /* wiped before it is freed */
+    size_t password_len;
+    char *pwhash; /* from the database, or made by the work */
+    bool verified;
+    char email[EMAIL_MAX + 1];
+    char user_id[LEO_UUID_TEXT_LEN + 1];
+    const char *role;
+    const char *body_tenant; /* points into body */
+    char secret[sizeof(KEY_PREFIX) + 48];
+    int limit; /* page size of a list */
+};
+
+static void call_free(struct call *c)
+{
+    if (c->body)
+        json_decref(c->body);
+    if (c->password) {
+        sodium_memzero(c->password, c->password_len);
+        leo_free(c->password);
+    }
+    leo_free(c->pwhash);
+    leo_free(c->who.memberships);
+    sodium_memzero(c->secret, sizeof(c->secret));
+    leo_free(c);
+}
+
+static void on_request_close(struct leo_http_request *req, bool aborted)
+{
+    struct call *c = req->data;
+    c->req = NULL;
+    if (c->pending == 0)
+        call_free(c);
+}
+
+/* Called first by every continuation: false (and the call freed) when the client has gone meanwhile. */
+static bool call_resume(struct call *c)
+{
+    c->pending--;
+    c->api->busy--;
+    if (c->req == NULL) {
+        call_free(c);
+        return false;
+    }
+    return true;
+}
+
+static void access_log(struct call *c, int status)
+{
+    struct leo_http_request *req = c->req;
+    char ts[40];
+    leo_log_timestamp(ts, sizeof(ts));
+    struct leo_buf b = LEO_BUF_INIT;
+    leo_buf_addf(&b, "{\"ts\":\"%s\",\"type\":\"access\",\"method\":\"", ts);
+    leo_buf_add_json_escaped(&b, req->method.p, req->method.len);
+    leo_buf_adds(&b, "\",\"path\":\"");
+    leo_buf_add_json_escaped(&b, req->path.p, req->path.len);
+    leo_buf_addf(&b, "\",\"status\":%d,\"ms\":%.3f,\"remote\":\"", status, (double)(uv_hrtime() - c->t0) / 1e6);
+    leo_buf_add_json_escaped(&b, req->remote_addr, strlen(req->remote_addr));
+    leo_buf_adds(&b, "\",\"user\":");
+    if (c->authenticated)
+        leo_buf_addf(&b, "\"%s\"}", c->who.user_id);
+    else
+        leo_buf_adds(&b, "null}");
+    leo_log_line(b.p, b.len);
+    leo_buf_release(&b);
+}
+
+static void respond_extra(struct call *c, int status, const char *body, size_t len, const struct leo_http_header *extra,
+                          size_t nextra)
+{
+    struct leo_http_header h[6];
+    size_t n = 0;
+    if (len) {
+        h[n++] = (struct leo_http_header){LEO_STR_LIT("Content-Type"), LEO_STR_LIT("application/json")};
+    }
+    h[n++] = (struct leo_http_header){LEO_STR_LIT("Cache-Control"), LEO_STR_LIT("no-store")};
+    for (size_t i = 0; i < nextra && n < sizeof(h) / sizeof(h[0]); i++)
+        h[n++] = extra[i];
+    access_log(c, status);
+    leo_http_respond(c->req, status, h, n, body, len);
+}
+
+static void respond(struct call *c, int status, const char *body, size_t len)
+{
+    respond_extra(c, status, body, len, NULL, 0);
+}
+
+static void respond_json(struct call *c, int status, json_t *j)
+{
+    char *s = json_dumps(j, DUMP_ORDERED);
+    json_decref(j);
+    respond(c, status, s, strlen(s));
+    free(s); /* jansson's allocation */
+}
+
+/* status → error type; the first matching row wins */
+static const struct {
+    int status;
+    const char *type;
+} error_types[] = {
+    {400, "invalid_request_error"}, {401, "authentication_error"},  {403, "permission_error"},
+    {404, "not_found_error"},       {405, "invalid_request_error"}, {408, "timeout_error"},
+    {409, "conflict_error"},        {413, "invalid_request_error"}, {429, "rate_limit_error"},
+    {431, "invalid_request_error"}, {503, "service_unavailable"},   {0, NULL},
+};
+
+static const char *error_type(int status)
+{
+    for (size_t i = 0; error_types[i].status; i++)
+        if (error_types[i].status == status)
+            return error_types[i].type;
+    return status >= 500 ? "server_error" : "invalid_request_error";
+}
+
+static json_t *error_json(int status, const char *code, const char *param, const char *message)
+{
+    return json_pack("{s:{s:s,s:s,s:s?,s:s}}", "error", "message", message, "type", error_type(status), "param", param,
+                     "code", code);
+}
+
+static void fail_extra(struct call *c, int status, const char *code, const char *param,
+                       const struct leo_http_header *extra, size_t nextra, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+static void fail_extra(struct call *c, int status, const char *code, const char *param,
+                       const struct leo_http_header *extra, size_t nextra, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_t *j = error_json(status, code, param, msg);
+    char *s = json_dumps(j, DUMP_ORDERED);
+    json_decref(j);
+    respond_extra(c, status, s, strlen(s), extra, nextra);
+    free(s);
+}
+
+#define fail(c, status, code, param, ...) fail_extra((c), (status), (code), (param), NULL, 0, __VA_ARGS__)
+
+void leo_api_error_body(int status, const char *message, struct leo_buf *body, const char **content_type, void *ud)
+{
+    const char *code = status == 408   ? "request_timeout"
+                       : status == 413 ? "body_too_large"
+                       : status == 431 ? "headers_too_large"
+                                       : "bad_request";
+    json_t *j = error_json(status, code, NULL, message);
+    char *s = json_dumps(j, DUMP_ORDERED);
+    json_decref(j);
+    leo_buf_adds(body, s);
+    free(s);
+    *content_type = "application/json";
+}
+
+/* Database errors a handler expects, by SQLSTATE and constraint; everything else is a 500 (logged) or,
+ * for lost connections, a 503. */
+static const struct {
+    const char *sqlstate;
+    const char *constraint; /* NULL matches any */
+    int status;
+    const char *code;
+    const char *param;
+    const char *message;
+} db_errors[] = {
+    {"23505", "tenants_slug_key", 409, "already_exists", "slug", "a tenant with this slug already exists"},
+    {"23505", "users_email_key", 409, "already_exists", "email", "a user with this email already exists"},
+    {"23505", "api_keys_key_hash_key", 409, "already_exists", NULL, "key collision, try again"},
+    {"23503", "memberships_tenant_id_fkey", 400, "invalid_value", "tenant_id", "tenant does not exist"},
+    {"23503", "api_keys_tenant_id_fkey", 404, "not_found", NULL, "tenant not found"},
+    {"23514", NULL, 400, "invalid_value", NULL, "a value is out of range"},
+    {"22P02", NULL, 400, "invalid_value", NULL, "a value has the wrong format"},
+    {"22007", NULL, 400, "invalid_value", NULL, "a value has the wrong format"},
+    {"22008", NULL, 400, "invalid_value", NULL, "a date is out of range"},
+};
+
+static void fail_db(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err != LEO_EUPSTREAM) {
+        leo_warn("%s %.*s: database unavailable: %s", c->route->method, (int)c->req->path.len, c->req->path.p,
+                 r->message);
+        fail(c, 503, "database_unavailable", NULL, "the database is unavailable, try again");
+        return;
+    }
+    for (size_t i = 0; i < sizeof(db_errors) / sizeof(db_errors[0]); i++) {
+        if (strcmp(db_errors[i].sqlstate, r->sqlstate) != 0)
+            continue;
+        if (db_errors[i].constraint && strcmp(db_errors[i].constraint, r->constraint) != 0)
+            continue;
+        fail(c, db_errors[i].status, db_errors[i].code, db_errors[i].param, "%s", db_errors[i].message);
+        return;
+    }
+    leo_error("%s %s: database error %s: %s", c->route->method, c->route->pattern, r->sqlstate, r->message);
+    fail(c, 500, "internal_error", NULL, "internal error");
+}
+
+static void on_query(const struct leo_db_result *r, void *ud)
+{
+    struct call *c = ud;
+    if (!call_resume(c))
+        return;
+    c->next(c, r);
+}
+
+static void run_query(struct call *c, enum stmt s, const char *const *params, int n, query_step next)
+{
+    c->next = next;
+    c->pending++;
+    c->api->busy++;
+    leo_db_query(c->api->db, s, params, n, on_query, c);
+}
+
+static void on_work(uv_work_t *w)
+{
+    struct call *c = w->data;
+    c->work_fn(c);
+}
+
+static void on_work_done(uv_work_t *w, int status)
+{
+    struct call *c = w->data;
+    if (!call_resume(c))
+        return;
+    c->after_work(c);
+}
+
+/* Runs fn on the libuv thread pool (it must touch nothing but the call's own fields), then after on the
+ * loop. */
+static void run_work(struct call *c, call_step fn, call_step after)
+{
+    c->work.data = c;
+    c->work_fn = fn;
+    c->after_work = after;
+    c->pending++;
+    c->api->busy++;
+    int rc = uv_queue_work(c->api->loop, &c->work, on_work, on_work_done);
+    if (rc != 0) {
+        c->pending--;
+        c->api->busy--;
+        leo_error("cannot queue work: %s", uv_strerror(rc));
+        fail(c, 500, "internal_error", NULL, "internal error");
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Validation                                                                                              */
+
+/* Checks that every member of the body is one of allowed; 400 naming the first other one. */
+static int body_fields(struct call *c, const char *const *allowed)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(c->body, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; allowed[i]; i++)
+            if (strcmp(allowed[i], key) == 0)
+                ok = true;
+        if (!ok) {
+            fail(c, 400, "unknown_field", key, "%s: unknown field", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static bool has_control(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return true;
+    return false;
+}
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p & 0xc0) != 0x80)
+            n++;
+    return n;
+}
+
+/* A string member: *out NULL when absent (or null when null_ok); 400 when required and missing, not a string,
+ * too short or long (in characters), or containing control characters. */
+static int body_string(struct call *c, const char *field, bool required, size_t min, size_t max, const char **out)
+{
+    json_t *v = json_object_get(c->body, field);
+    *out = NULL;
+    if (v == NULL || json_is_null(v)) {
+        if (required) {
+            fail(c, 400, "missing_field", field, "%s: required", field);
+            return -1;
+        }
+        return 0;
+    }
+    if (!json_is_string(v)) {
+        fail(c, 400, "invalid_type", field, "%s: expected a string", field);
+        return -1;
+    }
+    const char *s = json_string_value(v);
+    size_t n = utf8_chars(s);
+    if (strlen(s) != json_string_length(v)) {
+        fail(c, 400, "invalid_value", field, "%s: must not contain NUL characters", field);
+        return -1;
+    }
+    if (n < min || n > max) {
+        fail(c, 400, "invalid_value", field, "%s: must be %zu to %zu characters long", field, min, max);
+        return -1;
+    }
+    if (has_control(s)) {
+        fail(c, 400, "invalid_value", field, "%s: must not contain control characters", field);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+/* A value of a fixed set ("active" | "disabled"...). */
+static int body_enum(struct call *c, const char *field, const char *const *values, const char **out)
+{
+    if (body_string(c, field, false, 1, 64, out) != 0)
+        return -1;
+    if (*out == NULL)
+        return 0;
+    for (size_t i = 0; values[i]; i++)
+        if (strcmp(values[i], *out) == 0)
+            return 0;
+    struct leo_buf b = LEO_BUF_INIT;
+    for (size_t i = 0; values[i]; i++)
+        leo_buf_addf(&b, "%s\"%s\"", i ? ", " : "", values[i]);
+    fail(c, 400, "invalid_value", field, "%s: must be one of %s", field, b.p);
+    leo_buf_release(&b);
+    return -1;
+}
+
+static bool slug_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 64 || !(islower((unsigned char)s[0]) || isdigit((unsigned char)s[0])))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!(islower(ch) || isdigit(ch) || ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Lower-cases an email address into out; false when it is not plausibly one (one '@' with text on both
+ * sides, no spaces or control characters, at most EMAIL_MAX bytes). */
+static bool email_normalise(const char *in, char out[EMAIL_MAX + 1])
+{
+    size_t n = strlen(in);
+    if (n < 3 || n > EMAIL_MAX)
+        return false;
+    const char *at = strchr(in, '@');
+    if (at == NULL || at == in || at == in + n - 1 || strchr(at + 1, '@'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch <= 0x20 || ch == 0x7f)
+            return false;
+        out[i] = (char)tolower(ch);
+    }
+    out[n] = '\0';
+    return true;
+}
+
+static bool all_digits(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isdigit((unsigned char)s[i]))
+            return false;
+    return n > 0;
+}
+
+/* The value of n (at most 9) decimal digits, or -1. */
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* Strict RFC 3339 date-time ("2026-01-31T12:00:00Z", fraction and numeric offset allowed); seconds since
+ * the epoch in *t. */
+static bool rfc3339_parse(const char *s, time_t *t)
+{
+    size_t n = strlen(s);
+    if (n < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' || s[16] != ':')
+        return false;
+    int Y = digits(s, 4), M = digits(s + 5, 2), D = digits(s + 8, 2);
+    int h = digits(s + 11, 2), m = digits(s + 14, 2), sec = digits(s + 17, 2);
+    if (Y < 1970 || Y > 9999 || M < 1 || M > 12 || D < 1 || D > 31 || h < 0 || h > 23 || m < 0 || m > 59 || sec < 0 ||
+        sec > 60)
+        return false;
+    const char *p = s + 19;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return false;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    long off = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if ((*p == '+' || *p == '-') && strlen(p) == 6) {
+        int oh = digits(p + 1, 2), om = p[3] == ':' ? digits(p + 4, 2) : -1;
+        if (oh < 0 || oh > 23 || om < 0 || om > 59)
+            return false;
+        off = (*p == '-' ? -1 : 1) * (oh * 3600L + om * 60L);
+        p += 6;
+    } else {
+        return false;
+    }
+    if (*p != '\0')
+        return false;
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (D > mdays[M - 1] || (M == 2 && D == 29 && !((Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0)))
+        return false;
+    struct tm tm = {
+        .tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h, .tm_min = m, .tm_sec = sec > 59 ? 59 : sec};
+    *t = timegm(&tm) - off;
+    return true;
+}
+
+/* The query string: each name of `names` may appear once; values (percent-decoded, in the request's arena)
+ * land in the same position of `values` (NULL when absent). 400 on an unknown name, a repeated one or a bad
+ * escape. */
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+static char *url_decode(struct leo_arena *a, const char *p, size_t n)
+{
+    char *out = leo_arena_alloc(a, n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (ch == '+') {
+            ch = ' ';
+        } else if (ch == '%') {
+            int hi = n - i >= 3 ? hexval(p[i + 1]) : -1, lo = n - i >= 3 ? hexval(p[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return NULL;
+            ch = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        out[o++] = ch;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int query_params(struct call *c, const char *const *names, const char **values)
+{
+    for (size_t i = 0; names[i]; i++)
+        values[i] = NULL;
+    struct leo_str q = c->req->query;
+    size_t i = 0;
+    while (i < q.len) {
+        size_t end = i;
+        while (end < q.len && q.p[end] != '&')
+            end++;
+        if (end > i) {
+            const char *eq = memchr(q.p + i, '=', end - i);
+            size_t klen = eq ? (size_t)(eq - (q.p + i)) : end - i;
+            char *k = url_decode(&c->req->arena, q.p + i, klen);
+            char *v = eq ? url_decode(&c->req->arena, eq + 1, (size_t)(q.p + end - eq - 1)) : "";
+            if (k == NULL || v == NULL) {
+                fail(c, 400, "invalid_value", k, "malformed query string");
+                return -1;
+            }
+            size_t j = 0;
+            while (names[j] && strcmp(names[j], k) != 0)
+                j++;
+            if (names[j] == NULL) {
+                fail(c, 400, "unknown_parameter", k, "%s: unknown query parameter", k);
+                return -1;
+            }
+            if (values[j]) {
+                fail(c, 400, "invalid_value", k, "%s: given more than once", k);
+                return -1;
+            }
+            if (has_control(v)) {
+                fail(c, 400, "invalid_value", k, "%s: must not contain control characters", k);
+                return -1;
+            }
+            values[j] = v;
+        }
+        i = end + 1;
+    }
+    return 0;
+}
+
+/* limit: 1..PAGE_MAX, default PAGE_DEFAULT; written as text with one more row than the page (to know whether
+ * another page follows). */
+static int page_limit(struct call *c, const char *v, int *limit, char text[16])
+{
+    *limit = PAGE_DEFAULT;
+    if (v) {
+        int n = (int)strlen(v) <= 3 ? digits(v, (int)strlen(v)) : -1;
+        if (v[0] == '\0' || n < 1 || n > PAGE_MAX) {
+            fail(c, 400, "invalid_value", "limit", "limit: must be a whole number from 1 to %d", PAGE_MAX);
+            return -1;
+        }
+        *limit = n;
+    }
+    snprintf(text, 16, "%d", *limit + 1);
+    return 0;
+}
+
+/* Cursors are opaque to clients: URL-safe base64 of "<created_at in µs>,<uuid>" (or "<id>" for the audit
+ * log). */
+static void cursor_encode(const char *plain, struct leo_buf *out)
+{
+    size_t n = strlen(plain);
+    char enc[128];
+    sodium_bin2base64(enc, sizeof(enc), (const unsigned char *)plain, n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    leo_buf_adds(out, enc);
+}
+
+static bool cursor_decode(const char *v, char *plain, size_t size)
+{
+    size_t n = 0;
+    if (strlen(v) > 100 || sodium_base642bin((unsigned char *)plain, size - 1, v, strlen(v), NULL, &n, NULL,
+                                             sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0)
+        return false;
+    plain[n] = '\0';
+    return true;
+}
+
+/* Splits a keyset cursor into its two parameters (written into us[24] and id[37]); NULLs when absent. */
+static int keyset_cursor(struct call *c, const char *v, char us[24], char id[LEO_UUID_TEXT_LEN + 1], const char **p_us,
+                         const char **p_id)
+{
+    *p_us = *p_id = NULL;
+    if (v == NULL)
+        return 0;
+    char plain[80];
+    const char *comma;
+    if (!cursor_decode(v, plain, sizeof(plain)) || (comma = strchr(plain, ',')) == NULL ||
+        (size_t)(comma - plain) >= 24 || comma == plain || !leo_uuid_valid(leo_str_c(comma + 1))) {
+        fail(c, 400, "invalid_value", "cursor", "cursor: not a cursor from this list");
+        return -1;
+    }
+    size_t n = (size_t)(comma - plain);
+    if (!all_digits(plain, n) && !(n > 1 && plain[0] == '-' && all_digits(plain + 1, n - 1))) {
+        fail(c, 400, "invalid_value", "cursor", "cursor: not a cursor from this list");
+        return -1;
+    }
+    memcpy(us, plain, n);
+    us[n] = '\0';
+    memcpy(id, comma + 1, LEO_UUID_TEXT_LEN + 1);
+    *p_us = us;
+    *p_id = id;
+    return 0;
+}
+
+/* Writes {"data":[rows...],"next_cursor":...} for a keyset page: column 0 of each row is the object's JSON,
+ * columns 1 and 2 its cursor fields (or column 1 alone when cursor_cols is 1). Rows beyond limit only say
+ * that another page exists. */
+static void respond_page(struct call *c, PGresult *res, int limit, int cursor_cols, json_t *(*decorate)(json_t *))
+{
+    int n = PQntuples(res);
+    struct leo_buf b = LEO_BUF_INIT;
+    leo_buf_adds(&b, "{\"data\":[");
+    int shown = 0;
+    for (int i = 0; i < n && shown < limit; i++) {
+        /* a row without an id is the LEFT JOIN of a tenant that has no keys */
+        if (PQgetisnull(res, i, 0) || (cursor_cols == 2 && PQgetisnull(res, i, 2)))
+            continue;
+        if (shown)
+            leo_buf_addch(&b, ',');
+        /* re-encoded so every response has the same compact form (PostgreSQL's json text has spaces) */
+        json_t *j = json_loads(PQgetvalue(res, i, 0), 0, NULL);
+        if (j && decorate)
+            j = decorate(j);
+        char *s = j ? json_dumps(j, DUMP_ORDERED) : NULL;
+        json_decref(j);
+        leo_buf_adds(&b, s ? s : "null");
+        free(s);
+        shown++;
+    }
+    leo_buf_adds(&b, "],\"next_cursor\":");
+    if (n > limit) {
+        int last = limit - 1;
+        char plain[80];
+        if (cursor_cols == 2)
+            snprintf(plain, sizeof(plain), "%s,%s", PQgetvalue(res, last, 1), PQgetvalue(res, last, 2));
+        else
+            snprintf(plain, sizeof(plain), "%s", PQgetvalue(res, last, 1));
+        leo_buf_addch(&b, '"');
+        cursor_encode(plain, &b);
+        leo_buf_addch(&b, '"');
+    } else {
+        leo_buf_adds(&b, "null");
+    }
+    leo_buf_addch(&b, '}');
+    respond(c, 200, b.p, b.len);
+    leo_buf_release(&b);
+}
+
+/* A JSON array of the tenants for which the caller holds perm, or NULL when a global role grants it for
+ * all. The caller frees the string (leo_free). */
+static char *allowed_tenants(struct call *c, unsigned perm)
+{
+    if (leo_principal_can(&c->who, perm, NULL))
+        return NULL;
+    struct leo_buf b = LEO_BUF_INIT;
+    leo_buf_addch(&b, '[');
+    size_t n = 0;
+    for (size_t i = 0; i < c->who.nmemberships; i++) {
+        const struct leo_membership *m = &c->who.memberships[i];
+        if (m->tenant_id[0] && (leo_role_perms(m->role) & perm) == perm)
+            leo_buf_addf(&b, "%s\"%s\"", n++ ? "," : "", m->tenant_id);
+    }
+    leo_buf_addch(&b, ']');
+    return leo_buf_detach(&b, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Authentication                                                                                          */
+
+static void dispatch_route(struct call *c);
+
+static void auth_done(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) != 1) {
+        fail(c, 401, "invalid_session", NULL, "the session is unknown, expired or revoked: sign in again");
+        return;
+    }
+    PGresult *res = r->res;
+    snprintf(c->who.user_id, sizeof(c->who.user_id), "%s", PQgetvalue(res, 0, 0));
+    snprintf(c->who.email, sizeof(c->who.email), "%s", PQgetvalue(res, 0, 1));
+    snprintf(c->session_expires, sizeof(c->session_expires), "%s", PQgetvalue(res, 0, 2));
+    snprintf(c->user_created_at, sizeof(c->user_created_at), "%s", PQgetvalue(res, 0, 3));
+    snprintf(c->actor, sizeof(c->actor), "user:%s", c->who.user_id);
+    json_t *ms = json_loads(PQgetvalue(res, 0, 4), 0, NULL);
+    size_t n = json_is_array(ms) ? json_array_size(ms) : 0;
+    c->who.memberships = leo_calloc(n ? n : 1, sizeof(struct leo_membership));
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(ms, i);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const char *tenant = json_string_value(json_object_get(m, "tenant_id"));
+        int rr = role ? leo_role_parse(leo_str_c(role)) : -1;
+        if (rr < 0)
+            continue; /* a role this binary does not know grants nothing */
+        struct leo_membership *dst = &c->who.memberships[c->who.nmemberships++];
+        dst->role = (enum leo_role)rr;
+        snprintf(dst->tenant_id, sizeof(dst->tenant_id), "%s", tenant ? tenant : "");
+    }
+    json_decref(ms);
+    c->authenticated = true;
+    dispatch_route(c);
+}
+
+/* Looks up the bearer token's session, then continues with the route. */
+static void authenticate(struct call *c)
+{
+    const struct leo_http_header *h = leo_http_header_find(c->req, "authorization");
+    struct leo_str v = h ? leo_str_trim(h->value) : (struct leo_str){NULL, 0};
+    if (v.len < 7 || strncasecmp(v.p, "Bearer ", 7) != 0) {
+        fail(c, 401, "missing_session", NULL, "authentication required: send Authorization: Bearer <token>");
+        return;
+    }
+    struct leo_str token = leo_str_trim(leo_str_n(v.p + 7, v.len - 7));
+    leo_session_token_hash_hex(token, c->token_hash);
+    const char *params[] = {c->token_hash};
+    run_query(c, S_AUTH, params, 1, auth_done);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Login, logout, me                                                                                        */
+
+static void login_ok_done(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err || PQntuples(r->res) != 1) {
+        if (r->err)
+            fail_db(c, r);
+        else
+            fail(c, 401, "invalid_credentials", NULL, "invalid email or password");
+        return;
+    }
+    json_t *j = json_pack("{s:s,s:s,s:{s:s,s:s}}", "token", c->secret, "expires_at", PQgetvalue(r->res, 0, 0), "user",
+                          "id", c->user_id, "email", c->email);
+    sodium_memzero(c->secret, sizeof(c->secret));
+    respond_json(c, 200, j);
+}
+
+static void login_fail_done(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    fail(c, 401, "invalid_credentials", NULL, "invalid email or password");
+}
+
+static void login_verify(struct call *c)
+{
+    c->verified = leo_password_verify(c->pwhash, leo_str_n(c->password, c->password_len));
+}
+
+static void login_verified(struct call *c)
+{
+    sodium_memzero(c->password, c->password_len);
+    if (!c->verified) {
+        const char *params[] = {c->email, c->req->remote_addr};
+        run_query(c, S_LOGIN_FAIL, params, 2, login_fail_done);
+        return;
+    }
+    char token_hash[2 * LEO_SESSION_HASH_BYTES + 1], ttl[16];
+    _Static_assert(sizeof(((struct call *)0)->secret) > LEO_SESSION_TOKEN_LEN, "secret buffer too small");
+    leo_session_token_new(c->secret);
+    leo_session_token_hash_hex(leo_str_c(c->secret), token_hash);
+    snprintf(ttl, sizeof(ttl), "%u", c->api->session_ttl_s);
+    const char *params[] = {token_hash, c->user_id, ttl, c->req->remote_addr, c->email};
+    run_query(c, S_LOGIN_OK, params, 5, login_ok_done);
+}
+
+static void login_looked_up(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (!PQgetisnull(r->res, 0, 2)) {
+        long wait = strtol(PQgetvalue(r->res, 0, 2), NULL, 10);
+        char retry[24];
+        snprintf(retry, sizeof(retry), "%ld", wait < 1 ? 1 : wait > THROTTLE_WINDOW_S ? THROTTLE_WINDOW_S : wait);
+        struct leo_http_header h = {LEO_STR_LIT("Retry-After"), leo_str_c(retry)};
+        fail_extra(c, 429, "too_many_attempts", NULL, &h, 1,
+                   "too many failed sign-in attempts for this account from this address: try again in %s seconds",
+                   retry);
+        return;
+    }
+    if (!PQgetisnull(r->res, 0, 0)) {
+        snprintf(c->user_id, sizeof(c->user_id), "%s", PQgetvalue(r->res, 0, 0));
+        c->pwhash = leo_strdup(PQgetvalue(r->res, 0, 1));
+    }
+    /* an unknown account is verified against a dummy hash: same time, same answer */
+    run_work(c, login_verify, login_verified);
+}
+
+static void h_login(struct call *c)
+{
+    static const char *const fields[] = {"email", "password", NULL};
+    const char *email, *password;
+    if (body_fields(c, fields) != 0 || body_string(c, "email", true, 1, EMAIL_MAX, &email) != 0)
+        return;
+    json_t *pw = json_object_get(c->body, "password");
+    if (pw == NULL || json_is_null(pw)) {
+        fail(c, 400, "missing_field", "password", "password: required");
+        return;
+    }
+    if (!json_is_string(pw)) {
+        fail(c, 400, "invalid_type", "password", "password: expected a string");
+        return;
+    }
+    password = json_string_value(pw);
+    size_t plen = json_string_length(pw);
+    if (plen > LEO_PASSWORD_MAX) {
+        fail(c, 400, "invalid_value", "password", "password: must be at most %d bytes long", LEO_PASSWORD_MAX);
+        return;
+    }
+    if (!email_normalise(email, c->email)) {
+        fail(c, 400, "invalid_value", "email", "email: not an email address");
+        return;
+    }
+    c->password = leo_malloc(plen + 1);
+    memcpy(c->password, password, plen + 1);
+    c->password_len = plen;
+    const char *params[] = {c->email, c->req->remote_addr};
+    run_query(c, S_LOGIN_LOOKUP, params, 2, login_looked_up);
+}
+
+static void logout_done(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond(c, 204, NULL, 0);
+}
+
+static void h_logout(struct call *c)
+{
+    const char *params[] = {c->token_hash, c->who.user_id};
+    run_query(c, S_LOGOUT, params, 2, logout_done);
+}
+
+static void h_me(struct call *c)
+{
+    json_t *ms = json_array();
+    for (size_t i = 0; i < c->who.nmemberships; i++) {
+        const struct leo_membership *m = &c->who.memberships[i];
+        json_array_append_new(ms, json_pack("{s:s,s:s?}", "role", leo_role_name(m->role), "tenant_id",
+                                            m->tenant_id[0] ? m->tenant_id : NULL));
+    }
+    json_t *j =
+        json_pack("{s:{s:s,s:s,s:s},s:o,s:{s:s}}", "user", "id", c->who.user_id, "email", c->who.email, "created_at",
+                  c->user_created_at, "memberships", ms, "session", "expires_at", c->session_expires);
+    respond_json(c, 200, j);
+}
+
+static void h_health(struct call *c)
+{
+    unsigned up = leo_db_connected(c->api->db);
+    json_t *j = json_pack("{s:s,s:i}", "status", up ? "ok" : "database_unavailable", "database_connections", up);
+    respond_json(c, up ? 200 : 503, j);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Tenants                                                                                                 */
+
+static const char *const tenant_statuses[] = {"active", "disabled", NULL};
+
+static void one_object_done(struct call *c, const struct leo_db_result *r, int status, const char *what)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) != 1 || PQgetisnull(r->res, 0, 0)) {
+        fail(c, 404, "not_found", NULL, "%s not found", what);
+        return;
+    }
+    json_t *j = json_loads(PQgetvalue(r->res, 0, 0), 0, NULL);
+    if (j == NULL) {
+        fail(c, 500, "internal_error", NULL, "internal error");
+        return;
+    }
+    respond_json(c, status, j);
+}
+
+static void tenant_created(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 201, "tenant");
+}
+
+static void tenant_found(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 200, "tenant");
+}
+
+static void tenants_listed(struct call *c, const struct leo_db_result *r);
+
+static void h_tenants_list(struct call *c)
+{
+    static const char *const names[] = {"limit", "cursor", NULL};
+    const char *v[2], *p_us, *p_id;
+    char lim[16], us[24], id[LEO_UUID_TEXT_LEN + 1];
+    int limit;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[0], &limit, lim) != 0 ||
+        keyset_cursor(c, v[1], us, id, &p_us, &p_id) != 0)
+        return;
+    char *allowed = allowed_tenants(c, LEO_PERM_TENANTS_READ);
+    const char *params[] = {allowed, p_us, p_id, lim};
+    c->limit = limit; /* the page size, for the continuation */
+    run_query(c, S_TENANT_LIST, params, 4, tenants_listed);
+    leo_free(allowed);
+}
+
+static void tenants_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+static void h_tenant_create(struct call *c)
+{
+    static const char *const fields[] = {"slug", "name", "status", NULL};
+    const char *slug, *name, *status;
+    if (body_fields(c, fields) != 0 || body_string(c, "slug", true, 1, 64, &slug) != 0)
+        return;
+    if (!slug_valid(slug)) {
+        fail(c, 400, "invalid_value", "slug",
+             "slug: 1 to 64 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit");
+        return;
+    }
+    if (body_string(c, "name", true, 1, TENANT_NAME_MAX_CHARS, &name) != 0 ||
+        body_enum(c, "status", tenant_statuses, &status) != 0)
+        return;
+    const char *params[] = {slug, name, status ? status : "active", c->actor};
+    run_query(c, S_TENANT_CREATE, params, 4, tenant_created);
+}
+
+static void h_tenant_get(struct call *c)
+{
+    const char *params[] = {c->tenant_id};
+    run_query(c, S_TENANT_GET, params, 1, tenant_found);
+}
+
+static void h_tenant_patch(struct call *c)
+{
+    static const char *const fields[] = {"name", "status", NULL};
+    const char *name, *status;
+    if (json_object_get(c->body, "slug")) {
+        fail(c, 400, "immutable_field", "slug", "slug: cannot be changed");
+        return;
+    }
+    if (body_fields(c, fields) != 0 || body_string(c, "name", false, 1, TENANT_NAME_MAX_CHARS, &name) != 0 ||
+        body_enum(c, "status", tenant_statuses, &status) != 0)
+        return;
+    if (name == NULL && status == NULL) {
+        fail(c, 400, "empty_change", NULL, "the body changes nothing: give name or status");
+        return;
+    }
+    char *change = json_dumps(c->body, DUMP_SORTED);
+    const char *params[] = {c->tenant_id, name, status, c->actor, change};
+    run_query(c, S_TENANT_PATCH, params, 5, tenant_found);
+    free(change);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Users                                                                                                   */
+
+static void user_created(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 201, "user");
+}
+
+static void user_hash(struct call *c)
+{
+    char out[LEO_PASSWORD_HASH_MAX];
+    if (leo_password_hash(leo_str_n(c->password, c->password_len), out) == 0)
+        c->pwhash = leo_strdup(out);
+    sodium_memzero(out, sizeof(out));
+}
+
+static void user_hashed(struct call *c)
+{
+    sodium_memzero(c->password, c->password_len);
+    if (c->pwhash == NULL) {
+        leo_error("password hashing failed (out of memory?)");
+        fail(c, 500, "internal_error", NULL, "internal error");
+        return;
+    }
+    const char *params[] = {c->email, c->pwhash, c->role, c->body_tenant, c->actor};
+    run_query(c, S_USER_CREATE, params, 5, user_created);
+}
+
+static void h_user_create(struct call *c)
+{
+    static const char *const fields[] = {"email", "password", "role", "tenant_id", NULL};
+    const char *email, *password, *role, *tenant;
+    if (body_fields(c, fields) != 0 || body_string(c, "email", true, 1, EMAIL_MAX, &email) != 0 ||
+        body_string(c, "role", true, 1, 64, &role) != 0 || body_string(c, "tenant_id", false, 1, 64, &tenant) != 0)
+        return;
+    if (!email_normalise(email, c->email)) {
+        fail(c, 400, "invalid_value", "email", "email: not an email address");
+        return;
+    }
+    int r = leo_role_parse(leo_str_c(role));
+    if (r < 0) {
+        fail(c, 400, "invalid_value", "role",
+             "role: must be one of owner, admin, operator, viewer, tenant_admin, tenant_member");
+        return;
+    }
+    if (leo_role_is_global((enum leo_role)r) && tenant) {
+        fail(c, 400, "invalid_value", "tenant_id", "tenant_id: must be left out for the global role \"%s\"", role);
+        return;
+    }
+    if (!leo_role_is_global((enum leo_role)r) && !tenant) {
+        fail(c, 400, "missing_field", "tenant_id", "tenant_id: required for the tenant role \"%s\"", role);
+        return;
+    }
+    if (tenant && !leo_uuid_valid(leo_str_c(tenant))) {
+        fail(c, 400, "invalid_value", "tenant_id", "tenant_id: not a tenant id");
+        return;
+    }
+    /* the permission applies to the tenant named in the body (or globally) */
+    if (!leo_principal_can(&c->who, LEO_PERM_USERS_WRITE, tenant)) {
+        fail(c, 403, "forbidden", NULL, "this account may not create users %s",
+             tenant ? "in this tenant" : "with global roles");
+        return;
+    }
+    if (!leo_principal_can_grant(&c->who, (enum leo_role)r, tenant)) {
+        fail(c, 403, "forbidden", "role", "role: this account may not grant the role \"%s\"", role);
+        return;
+    }
+    json_t *pw = json_object_get(c->body, "password");
+    if (pw == NULL || json_is_null(pw)) {
+        fail(c, 400, "missing_field", "password", "password: required");
+        return;
+    }
+    if (!json_is_string(pw)) {
+        fail(c, 400, "invalid_type", "password", "password: expected a string");
+        return;
+    }
+    password = json_string_value(pw);
+    const char *why;
+    if (leo_password_policy(leo_str_n(password, json_string_length(pw)), &why) != 0) {
+        fail(c, 400, "invalid_value", "password", "password: %s", why);
+        return;
+    }
+    c->password_len = json_string_length(pw);
+    c->password = leo_malloc(c->password_len + 1);
+    memcpy(c->password, password, c->password_len + 1);
+    c->role = leo_role_name((enum leo_role)r);
+    c->body_tenant = tenant;
+    run_work(c, user_hash, user_hashed);
+}
+
+static void users_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+static void h_users_list(struct call *c)
+{
+    static const char *const names[] = {"limit", "cursor", NULL};
+    const char *v[2], *p_us, *p_id;
+    char lim[16], us[24], id[LEO_UUID_TEXT_LEN + 1];
+    int limit;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[0], &limit, lim) != 0 ||
+        keyset_cursor(c, v[1], us, id, &p_us, &p_id) != 0)
+        return;
+    char *allowed = allowed_tenants(c, LEO_PERM_USERS_READ);
+    const char *params[] = {allowed, p_us, p_id, lim};
+    c->limit = limit;
+    run_query(c, S_USER_LIST, params, 4, users_listed);
+    leo_free(allowed);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* API keys                                                                                                */
+
+/* Adds "masked" ("sk-…abcd") to a key object, made by leo_secret_mask from the stored prefix and last four:
+ * the secret itself is gone, so a stand-in with the same first and last characters is masked instead. */
+static json_t *key_decorate(json_t *k)
+{
+    const char *prefix = json_string_value(json_object_get(k, "prefix"));
+    const char *last4 = json_string_value(json_object_get(k, "last4"));
+    char stand_in[32], masked[32];
+    snprintf(stand_in, sizeof(stand_in), "%s.%s", prefix ? prefix : "", last4 ? last4 : "");
+    leo_secret_mask(leo_str_c(stand_in), masked, sizeof(masked));
+    json_object_set_new(k, "masked", json_string(masked));
+    return k;
+}
+
+static void respond_key(struct call *c, int status, const char *json, bool with_secret)
+{
+    json_t *k = json_loads(json, 0, NULL);
+    if (k == NULL) {
+        fail(c, 500, "internal_error", NULL, "internal error");
+        return;
+    }
+    key_decorate(k);
+    if (with_secret)
+        json_object_set_new(k, "secret", json_string(c->secret));
+    sodium_memzero(c->secret, sizeof(c->secret));
+    respond_json(c, status, k);
+}
+
+/* Makes a new secret in c->secret and its hash, display prefix and last four. */
+static void key_new(struct call *c, char hash[LEO_KEYHASH_TEXT_LEN + 1], char prefix[KEY_DISPLAY_PREFIX + 1],
+                    char last4[5])
+{
+    unsigned char raw[KEY_RANDOM_BYTES];
+    randombytes_buf(raw, sizeof(raw));
+    memcpy(c->secret, KEY_PREFIX, sizeof(KEY_PREFIX) - 1);
+    sodium_bin2base64(c->secret + sizeof(KEY_PREFIX) - 1, sizeof(c->secret) - (sizeof(KEY_PREFIX) - 1), raw,
+                      sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof(raw));
+    size_t n = strlen(c->secret);
+    uint8_t h[LEO_KEYHASH_BYTES];
+    leo_keyhash(c->api->key_secret, leo_str_n(c->secret, n), h);
+    leo_keyhash_format(h, hash);
+    memcpy(prefix, c->secret, KEY_DISPLAY_PREFIX);
+    prefix[KEY_DISPLAY_PREFIX] = '\0';
+    memcpy(last4, c->secret + n - 4, 4);
+    last4[4] = '\0';
+}
+
+/* The members a key create or update may carry, checked and serialised for the statement. */
+struct key_fields {
+    const char *name;
+    const char *status;
+    bool set_models, set_limits, set_expires;
+    char *models; /* JSON array text or NULL (all models); jansson's allocation */
+    char *limits; /* JSON object text; jansson's allocation */
+    const char *expires_at;
+};
+
+static void key_fields_release(struct key_fields *f)
+{
+    free(f->models);
+    free(f->limits);
+}
+
+/* The gateway's quota members (docs/configuration.md): name, whether a fraction is allowed, the maximum. */
+static const struct {
+    const char *name;
+    bool fraction;
+    double max;
+} limit_fields[] = {
+    {"rpm", false, 1e15},
+    {"tpm", false, 1e15},
+    {"tokens_per_day", false, 1e15},
+    {"tokens_per_month", false, 1e15},
+    {"usd_per_day", true, 1e12},
+    {"usd_per_month", true, 1e12},
+    {"concurrency", false, 1e6},
+};
+
+static int key_limits(struct call *c, json_t *v, struct key_fields *f)
+{
+    if (!json_is_object(v)) {
+        fail(c, 400, "invalid_type", "limits", "limits: expected an object");
+        return -1;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x)
+    {
+        size_t i = 0, n = sizeof(limit_fields) / sizeof(limit_fields[0]);
+        while (i < n && strcmp(limit_fields[i].name, k) != 0)
+            i++;
+        char param[96];
+        snprintf(param, sizeof(param), "limits.%s", k);
+        if (i == n) {
+            fail(c, 400, "unknown_field", param, "%s: unknown field", param);
+            return -1;
+        }
+        if (!json_is_number(x) || (!limit_fields[i].fraction && !json_is_integer(x))) {
+            fail(c, 400, "invalid_type", param, "%s: expected %s", param,
+                 limit_fields[i].fraction ? "a number" : "a whole number");
+            return -1;
+        }
+        double d = json_number_value(x);
+        if (!(d >= 0 && d <= limit_fields[i].max)) {
+            fail(c, 400, "invalid_value", param, "%s: must be between 0 and %.0f", param, limit_fields[i].max);
+            return -1;
+        }
+    }
+    f->limits = json_dumps(v, DUMP_SORTED);
+    f->set_limits = true;
+    return 0;
+}
+
+static int key_models(struct call *c, json_t *v, struct key_fields *f)
+{
+    f->set_models = true;
+    if (json_is_null(v))
+        return 0; /* every model */
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > MODELS_MAX) {
+        fail(c, 400, "invalid_value", "allowed_models",
+             "allowed_models: expected null or an array of 1 to %d model names", MODELS_MAX);
+        return -1;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(v, i, m)
+    {
+        char param[48];
+        snprintf(param, sizeof(param), "allowed_models[%zu]", i);
+        const char *s = json_string_value(m);
+        if (s == NULL || strlen(s) != json_string_length(m) || s[0] == '\0' || strlen(s) > MODEL_NAME_MAX ||
+            has_control(s)) {
+            fail(c, 400, "invalid_value", param, "%s: expected a model name of 1 to %d characters", param,
+                 MODEL_NAME_MAX);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(json_string_value(json_array_get(v, j)), s) == 0) {
+                fail(c, 400, "invalid_value", param, "%s: \"%s\" is listed twice", param, s);
+                return -1;
+            }
+        }
+    }
+    f->models = json_dumps(v, DUMP_SORTED);
+    return 0;
+}
+
+static int key_expiry(struct call *c, json_t *v, struct key_fields *f)
+{
+    f->set_expires = true;
+    if (json_is_null(v))
+        return 0;
+    time_t t;
+    const char *s = json_string_value(v);
+    if (s == NULL || !rfc3339_parse(s, &t)) {
+        fail(c, 400, "invalid_value", "expires_at",
+             "expires_at: expected an RFC 3339 date-time such as \"2030-01-31T00:00:00Z\", or null");
+        return -1;
+    }
+    if (t <= time(NULL)) {
+        fail(c, 400, "invalid_value", "expires_at", "expires_at: must be in the future");
+        return -1;
+    }
+    f->expires_at = s;
+    return 0;
+}
+
+static int key_body(struct call *c, bool create, struct key_fields *f)
+{
+    static const char *const create_fields[] = {"name", "expires_at", "allowed_models", "limits", NULL};
+    static const char *const patch_fields[] = {"name", "status", "expires_at", "allowed_models", "limits", NULL};
+    static const char *const statuses[] = {"active", "disabled", NULL};
+    memset(f, 0, sizeof(*f));
+    if (body_fields(c, create ? create_fields : patch_fields) != 0 ||
+        body_string(c, "name", create, 1, NAME_MAX_CHARS, &f->name) != 0)
+        return -1;
+    if (!create && body_enum(c, "status", statuses, &f->status) != 0)
+        return -1;
+    json_t *v;
+    if ((v = json_object_get(c->body, "allowed_models")) && key_models(c, v, f) != 0)
+        return -1;
+    if ((v = json_object_get(c->body, "limits")) && key_limits(c, v, f) != 0)
+        return -1;
+    if ((v = json_object_get(c->body, "expires_at")) && key_expiry(c, v, f) != 0)
+        return -1;
+    return 0;
+}
+
+static void key_created(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        sodium_memzero(c->secret, sizeof(c->secret));
+        fail_db(c, r);
+        return;
+    }
+    respond_key(c, 201, PQgetvalue(r->res, 0, 0), true);
+}
+
+static void h_key_create(struct call *c)
+{
+    struct key_fields f;
+    if (key_body(c, true, &f) != 0) {
+        key_fields_release(&f);
+        return;
+    }
+    char hash[LEO_KEYHASH_TEXT_LEN + 1], prefix[KEY_DISPLAY_PREFIX + 1], last4[5];
+    key_new(c, hash, prefix, last4);
+    const char *params[] = {c->tenant_id,   f.name,       hash,     prefix,
+                            last4,          f.expires_at, f.models, f.limits ? f.limits : "{}",
+                            c->who.user_id, c->actor};
+    run_query(c, S_KEY_CREATE, params, 10, key_created);
+    key_fields_release(&f);
+}
+
+static void key_found(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) != 1) {
+        fail(c, 404, "not_found", NULL, "key not found");
+        return;
+    }
+    respond_key(c, 200, PQgetvalue(r->res, 0, 0), false);
+}
+
+static void h_key_get(struct call *c)
+{
+    const char *params[] = {c->tenant_id, c->key_id};
+    run_query(c, S_KEY_GET, params, 2, key_found);
+}
+
+static void keys_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) == 0) {
+        fail(c, 404, "not_found", NULL, "tenant not found");
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, key_decorate);
+}
+
+static void h_keys_list(struct call *c)
+{
+    static const char *const names[] = {"limit", "cursor", NULL};
+    const char *v[2], *p_us, *p_id;
+    char lim[16], us[24], id[LEO_UUID_TEXT_LEN + 1];
+    int limit;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[0], &limit, lim) != 0 ||
+        keyset_cursor(c, v[1], us, id, &p_us, &p_id) != 0)
+        return;
+    const char *params[] = {c->tenant_id, p_us, p_id, lim};
+    c->limit = limit;
+    run_query(c, S_KEY_LIST, params, 4, keys_listed);
+}
+
+/* The statements that change a key return (the key or NULL, its status before or NULL). */
+static void key_changed(struct call *c, const struct leo_db_result *r, bool with_secret)
+{
+    if (r->err) {
+        sodium_memzero(c->secret, sizeof(c->secret));
+        fail_db(c, r);
+        return;
+    }
+    if (PQgetisnull(r->res, 0, 1)) {
+        fail(c, 404, "not_found", NULL, "key not found");
+        return;
+    }
+    if (PQgetisnull(r->res, 0, 0)) {
+        fail(c, 409, "key_revoked", NULL, "the key is revoked and cannot be changed");
+        return;
+    }
+    respond_key(c, 200, PQgetvalue(r->res, 0, 0), with_secret);
+}
+
+static void key_updated(struct call *c, const struct leo_db_result *r)
+{
+    key_changed(c, r, false);
+}
+
+static void key_rotated(struct call *c, const struct leo_db_result *r)
+{
+    key_changed(c, r, true);
+}
+
+static void h_key_patch(struct call *c)
+{
+    struct key_fields f;
+    if (key_body(c, false, &f) != 0) {
+        key_fields_release(&f);
+        return;
+    }
+    if (!f.name && !f.status && !f.set_models && !f.set_limits && !f.set_expires) {
+        fail(c, 400, "empty_change", NULL,
+             "the body changes nothing: give name, status, expires_at, allowed_models or limits");
+        key_fields_release(&f);
+        return;
+    }
+    char *change = json_dumps(c->body, DUMP_SORTED);
+    const char *params[] = {c->tenant_id,
+                            c->key_id,
+                            f.name,
+                            f.status,
+                            f.set_models ? "true" : "false",
+                            f.models,
+                            f.limits,
+                            f.set_expires ? "true" : "false",
+                            f.expires_at,
+                            c->actor,
+                            change};
+    run_query(c, S_KEY_PATCH, params, 11, key_updated);
+    free(change);
+    key_fields_release(&f);
+}
+
+static void h_key_revoke(struct call *c)
+{
+    if (json_object_size(c->body) != 0) {
+        const char *k = json_object_iter_key(json_object_iter(c->body));
+        fail(c, 400, "unknown_field", k, "%s: unknown field", k);
+        return;
+    }
+    const char *params[] = {c->tenant_id, c->key_id, c->actor};
+    run_query(c, S_KEY_REVOKE, params, 3, key_updated);
+}
+
+static void h_key_rotate(struct call *c)
+{
+    if (json_object_size(c->body) != 0) {
+        const char *k = json_object_iter_key(json_object_iter(c->body));
+        fail(c, 400, "unknown_field", k, "%s: unknown field", k);
+        return;
+    }
+    char hash[LEO_KEYHASH_TEXT_LEN + 1], prefix[KEY_DISPLAY_PREFIX + 1], last4[5];
+    key_new(c, hash, prefix, last4);
+    const char *params[] = {c->tenant_id, c->key_id, hash, prefix, last4, c->who.user_id, c->actor};
+    run_query(c, S_KEY_ROTATE, params, 7, key_rotated);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Audit log                                                                                               */
+
+static void audit_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 1, NULL);
+}
+
+static void h_audit_list(struct call *c)
+{
+    static const char *const names[] = {"action", "since", "until", "limit", "cursor", "target", "actor", NULL};
+    const char *v[7];
+    char lim[16], before[24];
+    int limit;
+    time_t t;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[3], &limit, lim) != 0)
+        return;
+    if (v[1] && !rfc3339_parse(v[1], &t)) {
+        fail(c, 400, "invalid_value", "since", "since: expected an RFC 3339 date-time");
+        return;
+    }
+    if (v[2] && !rfc3339_parse(v[2], &t)) {
+        fail(c, 400, "invalid_value", "until", "until: expected an RFC 3339 date-time");
+        return;
+    }
+    const char *p_before = NULL;
+    if (v[4]) {
+        size_t n;
+        if (!cursor_decode(v[4], before, sizeof(before)) || (n = strlen(before)) == 0 || n > 18 ||
+            !all_digits(before, n)) {
+            fail(c, 400, "invalid_value", "cursor", "cursor: not a cursor from this list");
+            return;
+        }
+        p_before = before;
+    }
+    for (int i = 0; i < 7; i++) {
+        if (v[i] && strlen(v[i]) > 512) {
+            fail(c, 400, "invalid_value", names[i], "%s: at most 512 characters", names[i]);
+            return;
+        }
+    }
+    const char *params[] = {v[0], v[1], v[2], p_before, lim, v[5], v[6]};
+    c->limit = limit;
+    run_query(c, S_AUDIT_LIST, params, 7, audit_listed);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Routing                                                                                                 */
+
+static const struct route routes[] = {
+    {"GET", "/admin/v1/health", 0, SCOPE_PUBLIC, h_health},
+    {"POST", "/admin/v1/login", 0, SCOPE_PUBLIC, h_login},
+    {"POST", "/admin/v1/logout", 0, SCOPE_SESSION, h_logout},
+    {"GET", "/admin/v1/me", 0, SCOPE_SESSION, h_me},
+    {"GET", "/admin/v1/tenants", LEO_PERM_TENANTS_READ, SCOPE_ANY, h_tenants_list},
+    {"POST", "/admin/v1/tenants", LEO_PERM_TENANTS_WRITE, SCOPE_GLOBAL, h_tenant_create},
+    {"GET", "/admin/v1/tenants/{tenant}", LEO_PERM_TENANTS_READ, SCOPE_TENANT, h_tenant_get},
+    {"PATCH", "/admin/v1/tenants/{tenant}", LEO_PERM_TENANTS_WRITE, SCOPE_TENANT, h_tenant_patch},
+    {"GET", "/admin/v1/users", LEO_PERM_USERS_READ, SCOPE_ANY, h_users_list},
+    {"POST", "/admin/v1/users", LEO_PERM_USERS_WRITE, SCOPE_BODY, h_user_create},
+    {"GET", "/admin/v1/tenants/{tenant}/keys", LEO_PERM_KEYS_READ, SCOPE_TENANT, h_keys_list},
+    {"POST", "/admin/v1/tenants/{tenant}/keys", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_create},
+    {"GET", "/admin/v1/tenants/{tenant}/keys/{key}", LEO_PERM_KEYS_READ, SCOPE_TENANT, h_key_get},
+    {"PATCH", "/admin/v1/tenants/{tenant}/keys/{key}", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_patch},
+    {"POST", "/admin/v1/tenants/{tenant}/keys/{key}/revoke", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_revoke},
+    {"POST", "/admin/v1/tenants/{tenant}/keys/{key}/rotate", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_rotate},
+    {"GET", "/admin/v1/audit", LEO_PERM_AUDIT_READ, SCOPE_GLOBAL, h_audit_list},
+};
+
+#define NROUTES (sizeof(routes) / sizeof(routes[0]))
+
+/* Matches path against a pattern; captures {tenant} and {key} as raw segments. */
+static bool match(const char *pattern, struct leo_str path, struct leo_str *tenant, struct leo_str *key)
+{
+    const char *p = pattern;
+    size_t i = 0;
+    while (*p) {
+        if (*p == '{') {
+            const char *close = strchr(p, '}');
+            size_t seg = i;
+            while (i < path.len && path.p[i] != '/')
+                i++;
+            if (i == seg)
+                return false;
+            struct leo_str v = leo_str_n(path.p + seg, i - seg);
+            if (strncmp(p, "{tenant}", 8) == 0)
+                *tenant = v;
+            else
+                *key = v;
+            p = close + 1;
+            continue;
+        }
+        if (i >= path.len || path.p[i] != *p)
+            return false;
+        p++;
+        i++;
+    }
+    return i == path.len;
+}
+
+/* Continues with the route once the caller is known: scope and permission first, then the handler. */
+static void dispatch_route(struct call *c)
+{
+    const struct route *rt = c->route;
+    bool allowed = true;
+    switch (rt->scope) {
+    case SCOPE_PUBLIC:
+    case SCOPE_SESSION: break;
+    case SCOPE_GLOBAL: allowed = leo_principal_can(&c->who, rt->perm, NULL); break;
+    case SCOPE_TENANT: allowed = leo_principal_can(&c->who, rt->perm, c->tenant_id); break;
+    case SCOPE_ANY:
+    case SCOPE_BODY: allowed = leo_principal_can_anywhere(&c->who, rt->perm); break;
+    }
+    if (!allowed) {
+        fail(c, 403, "forbidden", NULL, "this account lacks the permission \"%s\"%s", leo_perm_name(rt->perm),
+             rt->scope == SCOPE_TENANT ? " for this tenant" : "");
+        return;
+    }
+    rt->run(c);
+}
+
+void leo_api_handle(struct leo_http_request *req, void *ud)
+{
+    struct leo_api *api = ud;
+    struct call *c = leo_new(struct call);
+    c->api = api;
+    c->req = req;
+    c->t0 = req->start_ns ? req->start_ns : uv_hrtime();
+    req->data = c;
+    req->on_close = on_request_close;
+
+    const struct route *found = NULL;
+    bool path_known = false;
+    struct leo_str tenant = {NULL, 0}, key = {NULL, 0};
+    for (size_t i = 0; i < NROUTES; i++) {
+        struct leo_str t = {NULL, 0}, k = {NULL, 0};
+        if (!match(routes[i].pattern, req->path, &t, &k))
+            continue;
+        path_known = true;
+        if (leo_str_eqc(req->method, routes[i].method)) {
+            found = &routes[i];
+            tenant = t;
+            key = k;
+            break;
+        }
+    }
+    static const struct route not_found = {"", "", 0, SCOPE_PUBLIC, NULL};
+    if (found == NULL) {
+        c->route = &not_found;
+        if (path_known)
+            fail(c, 405, "method_not_allowed", NULL, "method %.*s is not allowed here", (int)req->method.len,
+                 req->method.p);
+        else
+            fail(c, 404, "not_found", NULL, "no such endpoint");
+        return;
+    }
+    c->route = found;
+    if (tenant.p) {
+        if (!leo_uuid_valid(tenant)) {
+            fail(c, 404, "not_found", NULL, "tenant not found");
+            return;
+        }
+        for (size_t i = 0; i < tenant.len; i++)
+            c->tenant_id[i] = (char)tolower((unsigned char)tenant.p[i]);
+    }
+    if (key.p) {
+        if (!leo_uuid_valid(key)) {
+            fail(c, 404, "not_found", NULL, "key not found");
+            return;
+        }
+        for (size_t i = 0; i < key.len; i++)
+            c->key_id[i] = (char)tolower((unsigned char)key.p[i]);
+    }
+    if (leo_str_eqc(req->method, "POST") || leo_str_eqc(req->method, "PATCH")) {
+        if (req->body.len == 0) {
+            c->body = json_object();
+        } else {
+            json_error_t e;
+            c->body = json_loadb(req->body.p, req->body.len, JSON_REJECT_DUPLICATES, &e);
+            if (c->body == NULL) {
+                fail(c, 400, "invalid_json", NULL, "invalid JSON at line %d, column %d: %s", e.line, e.column, e.text);
+                return;
+            }
+            if (!json_is_object(c->body)) {
+                fail(c, 400, "invalid_json", NULL, "the body must be a JSON object");
+                return;
+            }
+        }
+    } else {
+        c->body = json_object();
+    }
+    if (found->scope == SCOPE_PUBLIC)
+        found->run(c);
+    else
+        authenticate(c);
+}
+
+struct leo_api *leo_api_new(const struct leo_api_opts *opts)
+{
+    struct leo_api *api = leo_new(struct leo_api);
+    api->loop = opts->loop;
+    api->db = opts->db;
+    memcpy(api->key_secret, opts->key_hash_secret, sizeof(api->key_secret));
+    api->session_ttl_s = opts->session_ttl_s ? opts->session_ttl_s : SESSION_TTL_DEFAULT_S;
+    return api;
+}
+
+unsigned leo_api_busy(const struct leo_api *api)
+{
+    return api->busy;
+}
+
+void leo_api_free(struct leo_api *api)
+{
+    if (api == NULL)
+        return;
+    sodium_memzero(api->key_secret, sizeof(api->key_secret));
+    leo_free(api);
+}

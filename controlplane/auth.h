@@ -1,0 +1,109 @@
+/*
+ * auth.h — who may do what in the admin API: roles, permissions, the principal behind a session, passwords
+ * and session tokens.
+ *
+ * Invariants:
+ * - Roles map to permissions through one table (auth.c); no code asks "is this an admin", only "does this
+ *   principal hold permission P for tenant T".
+ * - Global roles (owner, admin, operator, viewer) hold their permissions for every tenant and for the
+ *   endpoints that belong to no tenant. Tenant roles (tenant_admin, tenant_member) hold theirs only for the
+ *   tenant of the membership.
+ * - A principal may grant a role (create a user with it) only when the role's permissions are a subset of
+ *   what the principal holds in the same scope, so nobody can create an account stronger than their own.
+ * - Passwords are hashed with libsodium's crypto_pwhash_str (argon2id). Session tokens are 32 random bytes
+ *   in URL-safe base64 behind the "leo_sess_" prefix; only their BLAKE2b-256 hash is ever stored.
+ */
+#ifndef LEO_CP_AUTH_H
+#define LEO_CP_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/str.h"
+
+/** Permissions; an endpoint needs exactly one. */
+enum leo_perm {
+    LEO_PERM_TENANTS_READ = 1u << 0,
+    LEO_PERM_TENANTS_WRITE = 1u << 1,
+    LEO_PERM_USERS_READ = 1u << 2,
+    LEO_PERM_USERS_WRITE = 1u << 3,
+    LEO_PERM_KEYS_READ = 1u << 4,
+    LEO_PERM_KEYS_WRITE = 1u << 5,
+    LEO_PERM_AUDIT_READ = 1u << 6,
+    LEO_PERM_OWNERS = 1u << 7, /* grant the owner role */
+};
+
+enum leo_role {
+    LEO_ROLE_OWNER,
+    LEO_ROLE_ADMIN,
+    LEO_ROLE_OPERATOR,
+    LEO_ROLE_VIEWER,
+    LEO_ROLE_TENANT_ADMIN,
+    LEO_ROLE_TENANT_MEMBER,
+    LEO_ROLE_COUNT
+};
+
+/** The role named s, or -1. */
+int leo_role_parse(struct leo_str s);
+/** "owner", "tenant_admin", ...; static storage. */
+const char *leo_role_name(enum leo_role r);
+/** True for the roles that apply to every tenant (and carry no tenant). */
+bool leo_role_is_global(enum leo_role r);
+/** The permission set of a role (a bitwise or of enum leo_perm). */
+unsigned leo_role_perms(enum leo_role r);
+/** "keys.write", ...; static storage. */
+const char *leo_perm_name(unsigned perm);
+
+#define LEO_UUID_TEXT_LEN 36
+
+/** True when s is a UUID in canonical text form (8-4-4-4-12 hex digits, any case). */
+bool leo_uuid_valid(struct leo_str s);
+
+struct leo_membership {
+    enum leo_role role;
+    char tenant_id[LEO_UUID_TEXT_LEN + 1]; /* "" for a global role */
+};
+
+/** The authenticated user behind a request. */
+struct leo_principal {
+    char user_id[LEO_UUID_TEXT_LEN + 1];
+    char email[256];
+    struct leo_membership *memberships; /* owned by whoever filled the struct */
+    size_t nmemberships;
+};
+
+/** Permissions held for tenant_id (NULL or "": what global roles give, nothing from tenant roles). */
+unsigned leo_principal_perms(const struct leo_principal *p, const char *tenant_id);
+/** True when the principal holds perm for tenant_id (NULL: globally). */
+bool leo_principal_can(const struct leo_principal *p, unsigned perm, const char *tenant_id);
+/** True when some membership, global or for any tenant, grants perm. */
+bool leo_principal_can_anywhere(const struct leo_principal *p, unsigned perm);
+/** True when the principal may create a membership with role r in tenant_id (NULL for a global role). */
+bool leo_principal_can_grant(const struct leo_principal *p, enum leo_role r, const char *tenant_id);
+
+/** Bytes of a password hash string including its NUL (crypto_pwhash_STRBYTES). */
+#define LEO_PASSWORD_HASH_MAX 128
+#define LEO_PASSWORD_MIN 12
+#define LEO_PASSWORD_MAX 1024
+
+/** Checks the password policy (LEO_PASSWORD_MIN to LEO_PASSWORD_MAX bytes, no NUL); 0 or LEO_EINVAL with a
+ *  static reason in *why. */
+int leo_password_policy(struct leo_str pw, const char **why);
+/** Hashes a password (argon2id, libsodium's interactive limits). CPU- and memory-heavy (tens of ms, 64 MiB):
+ *  call it off the event loop. 0, or LEO_EINVAL when libsodium refuses (out of memory). */
+int leo_password_hash(struct leo_str pw, char out[LEO_PASSWORD_HASH_MAX]);
+/** True when pw matches hash. Runs the same work for a malformed or NULL hash (against a fixed dummy hash), so
+ *  the time taken does not tell whether the account exists. Off the event loop, like leo_password_hash. */
+bool leo_password_verify(const char *hash, struct leo_str pw);
+
+#define LEO_SESSION_TOKEN_PREFIX "leo_sess_"
+#define LEO_SESSION_TOKEN_LEN (9 + 43) /* prefix + 32 bytes in unpadded URL-safe base64 */
+#define LEO_SESSION_HASH_BYTES 32
+
+/** Writes a new random session token (LEO_SESSION_TOKEN_LEN characters and a NUL). */
+void leo_session_token_new(char out[LEO_SESSION_TOKEN_LEN + 1]);
+/** Hashes a presented token into the form stored in sessions.token_hash, as 64 lowercase hex digits. */
+void leo_session_token_hash_hex(struct leo_str token, char out[2 * LEO_SESSION_HASH_BYTES + 1]);
+
+#endif
