@@ -28,6 +28,7 @@ static const struct route {
     {"POST", "/v1/completions", false, leo_route_completions},
     {"GET", "/v1/models", false, leo_route_models},
     {"GET", "/v1/models/", true, leo_route_model_get},
+    {"GET", "/v1/status/deployments", false, leo_route_status_deployments},
     {"GET", "/health", false, leo_route_health},
     {"GET", "/ready", false, leo_route_ready},
     {"GET", "/metrics", false, leo_route_metrics},
@@ -177,6 +178,20 @@ void leo_route_model_get(struct leo_gw_req *g)
     }
     struct leo_buf b = LEO_BUF_INIT;
     add_model_obj(&b, m->name);
+    leo_gw_respond_json(g, 200, NULL, 0, b.p, b.len);
+    leo_buf_release(&b);
+}
+
+void leo_route_status_deployments(struct leo_gw_req *g)
+{
+    if (!leo_gw_authenticate(g))
+        return;
+    if (!g->key->admin) {
+        leo_gw_error(g, 403, NULL, "admin_key_required", "this route needs a key with \"admin\": true");
+        return;
+    }
+    struct leo_buf b = LEO_BUF_INIT;
+    leo_router_status_json(g->w->router, g->cfg, uv_now(g->w->loop), &b);
     leo_gw_respond_json(g, 200, NULL, 0, b.p, b.len);
     leo_buf_release(&b);
 }

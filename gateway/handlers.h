@@ -63,6 +63,7 @@ void leo_route_embeddings(struct leo_gw_req *g);
 void leo_route_completions(struct leo_gw_req *g);
 void leo_route_models(struct leo_gw_req *g);
 void leo_route_model_get(struct leo_gw_req *g);
+void leo_route_status_deployments(struct leo_gw_req *g);
 void leo_route_health(struct leo_gw_req *g);
 void leo_route_ready(struct leo_gw_req *g);
 void leo_route_metrics(struct leo_gw_req *g);

@@ -15,6 +15,7 @@
 #include "../common/metrics.h"
 #include "config.h"
 #include "handlers.h"
+#include "router.h"
 #include "hashkey_cmd.h"
 #include "supervisor.h"
 
@@ -113,6 +114,7 @@ int main(int argc, char **argv)
         return 1;
     }
     leo_gw_metrics_describe();
+    leo_router_metrics_describe();
     int rc = leo_supervisor_run(&so);
     curl_global_cleanup();
     return rc;

@@ -36,6 +36,7 @@
 #include "handlers.h"
 #include "providers/messages.h"
 #include "providers/provider.h"
+#include "router.h"
 #include "sse.h"
 #include "tokens.h"
 #include "upstream.h"
@@ -70,7 +71,11 @@ struct proxy {
     json_t *root;                      /* the client's parsed request, kept for further attempts */
     json_t *canon;                     /* its canonical form, built once when a translation needs it */
     int64_t created;
-    unsigned attempts, max_attempts;
+    unsigned attempts;
+    struct leo_route_plan plan;
+    struct leo_route_attempt att;      /* the current attempt, open between leo_router_next and _end */
+    bool att_open;
+    uint64_t retry_after_ms;           /* what the upstream asked for (Retry-After and relatives) */
     uv_timer_t *retry_timer;           /* backoff between attempts; freed in its close callback */
     struct leo_buf attempt_log;        /* "deployment:outcome" of each failed attempt, for the access log */
     struct leo_adapter_ctx ctx;
@@ -127,6 +132,10 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
         p->xfer = NULL;
         if (!g->error)
             g->error = "client disconnected";
+    }
+    if (p->att_open) {
+        p->att_open = false;
+        leo_router_end(g->w->router, &p->att, LEO_ROUTE_CANCELLED, NULL, uv_now(g->w->loop));
     }
     if (p->streaming)
         leo_metrics_gauge_add("leo_active_streams", "", -1);
@@ -422,6 +431,8 @@ static void up_headers(struct leo_upstream_xfer *x, int status, const struct leo
     struct leo_gw_req *g = p->g;
     g->upstream_status = status;
     g->upstream_ttfb_ms = leo_upstream_ttfb_ms(x);
+    if (status == 429 || status >= 500)
+        p->retry_after_ms = leo_retry_after_ms(headers, nheaders, (uint64_t)time(NULL) * 1000);
     for (size_t i = 0; i < nheaders && p->npass < MAX_PASS_HEADERS; i++)
         for (size_t j = 0; j < sizeof(pass_headers) / sizeof(pass_headers[0]); j++)
             if (leo_str_caseeq(headers[i].name, pass_headers[j])) {
@@ -592,35 +603,56 @@ static void on_retry_timer(uv_timer_t *t)
     start_attempt(t->data);
 }
 
-/* A failure before the client has received anything: try again — the next deployment of the model at once,
- * or the same one after a jittered exponential backoff when it is the only one — while attempts and the
- * deadline allow. Returns true when another attempt is under way. */
-static bool maybe_retry(struct proxy *p, int err, enum leo_upstream_stage stage, const char *what)
+/* How an attempt ended, in the router's terms. */
+static enum leo_route_outcome attempt_outcome(struct proxy *p, int err)
+{
+    int st = p->g->upstream_status;
+    if (err == LEO_ETIMEOUT)
+        return LEO_ROUTE_TIMEOUT;
+    if (err == LEO_ECONNECT)
+        return LEO_ROUTE_CONNECT_ERROR;
+    if (err != 0)
+        return LEO_ROUTE_SERVER_ERROR;
+    if (st >= 200 && st < 300)
+        return LEO_ROUTE_OK;
+    if (st == 429)
+        return LEO_ROUTE_RATE_LIMITED;
+    if (st == 401 || st == 403)
+        return p->g->byok.len ? LEO_ROUTE_CLIENT_ERROR : LEO_ROUTE_AUTH_FAILED;
+    if (st >= 500)
+        return LEO_ROUTE_SERVER_ERROR;
+    return LEO_ROUTE_CLIENT_ERROR;
+}
+
+/* Closes the current attempt with the router (once). */
+static void end_attempt(struct proxy *p, enum leo_route_outcome outcome)
+{
+    if (!p->att_open)
+        return;
+    struct leo_gw_req *g = p->g;
+    p->att_open = false;
+    char msg[256] = "";
+    if (outcome == LEO_ROUTE_RATE_LIMITED && p->body.len)
+        p->ad->error_message(p->body.p, p->body.len, msg, sizeof(msg));
+    struct leo_route_feedback fb = {
+        .status = g->upstream_status,
+        .ttfb_ms = (uint64_t)g->upstream_ttfb_ms,
+        .retry_after_ms = p->retry_after_ms,
+        .message = leo_str_c(msg),
+    };
+    leo_router_end(g->w->router, &p->att, outcome, &fb, uv_now(g->w->loop));
+}
+
+/* Chooses the next attempt and starts it, now or after its backoff. Returns false when the router has nothing
+ * left (no response sent: the caller answers). */
+static bool next_attempt(struct proxy *p, uint64_t *retry_in_ms)
 {
     struct leo_gw_req *g = p->g;
-    int st = g->upstream_status;
-    bool retryable = (err != 0 && err != LEO_ECANCELED && stage <= LEO_UP_HEADERS) || st == 429 || st >= 500 ||
-                     ((st == 401 || st == 403) && g->byok.len == 0);
-    if (!retryable || p->attempts >= p->max_attempts || p->kind == KIND_COUNT_TOKENS)
+    if (leo_router_next(g->w->router, &p->plan, uv_now(g->w->loop), &p->att, retry_in_ms) != 0)
         return false;
-    size_t idx = (size_t)(g->dep - g->model->deployments);
-    size_t next = (idx + 1) % g->model->ndeployments;
-    uint64_t delay = 0;
-    if (next == idx) {
-        uint64_t base = g->cfg->routing.backoff_base_ms << (p->attempts - 1 < 16 ? p->attempts - 1 : 16);
-        if (base > g->cfg->routing.backoff_max_ms)
-            base = g->cfg->routing.backoff_max_ms;
-        delay = base / 2 + (base > 1 ? randombytes_uniform((uint32_t)(base / 2 + 1)) : 0);
-    }
-    uint64_t elapsed = (uv_hrtime() - g->req->start_ns) / 1000000;
-    if (g->cfg->routing.deadline_ms && elapsed + delay >= g->cfg->routing.deadline_ms)
-        return false;
-    leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", g->dep->id, what);
-    g->dep = &g->model->deployments[next];
-    leo_buf_release(&p->body);
-    leo_sse_parser_release(&p->sse);
-    leo_sse_parser_init(&p->sse, MAX_SSE_EVENT, on_sse_event, p);
-    if (delay == 0) {
+    p->att_open = true;
+    g->dep = p->att.deployment;
+    if (p->att.backoff_ms == 0) {
         start_attempt(p);
         return true;
     }
@@ -629,7 +661,38 @@ static bool maybe_retry(struct proxy *p, int err, enum leo_upstream_stage stage,
         uv_timer_init(g->w->loop, p->retry_timer);
         p->retry_timer->data = p;
     }
-    uv_timer_start(p->retry_timer, on_retry_timer, delay, 0);
+    uv_timer_start(p->retry_timer, on_retry_timer, p->att.backoff_ms, 0);
+    return true;
+}
+
+/* A failure before the client has received anything: the router picks another deployment or key (or the
+ * same one after a backoff) while attempts, cooldowns and the deadline allow. Returns true when another
+ * attempt is under way. */
+static bool maybe_retry(struct proxy *p, int err, const char *what)
+{
+    struct leo_gw_req *g = p->g;
+    enum leo_route_outcome outcome = attempt_outcome(p, err);
+    end_attempt(p, outcome);
+    if (!leo_route_retryable(outcome) || p->kind == KIND_COUNT_TOKENS)
+        return false;
+    leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", g->dep->id, what);
+    const struct leo_deployment *failed = g->dep;
+    /* the failed answer stays until another attempt is under way: it is what the client gets otherwise */
+    struct leo_buf failed_body = p->body;
+    p->body = (struct leo_buf)LEO_BUF_INIT;
+    if (!next_attempt(p, NULL)) {
+        g->dep = failed;
+        leo_buf_release(&p->body);
+        p->body = failed_body;
+        return false;
+    }
+    leo_buf_release(&failed_body);
+    struct leo_buf lbl = LEO_BUF_INIT;
+    leo_buf_adds(&lbl, "model=\"");
+    leo_metrics_label_value(&lbl, g->model->name, strlen(g->model->name));
+    leo_buf_addch(&lbl, '"');
+    leo_metrics_add(p->att.fallback ? "leo_route_fallbacks_total" : "leo_route_retries_total", lbl.p, 1);
+    leo_buf_release(&lbl);
     return true;
 }
 
@@ -642,8 +705,9 @@ static void finish_whole(struct proxy *p, int err, enum leo_upstream_stage stage
         snprintf(what, sizeof(what), "%s", err == LEO_ETIMEOUT ? "timeout" : err == LEO_ECONNECT ? "connect" : "error");
     else
         snprintf(what, sizeof(what), "%d", g->upstream_status);
-    if ((err != 0 || g->upstream_status < 200 || g->upstream_status >= 300) && maybe_retry(p, err, stage, what))
+    if ((err != 0 || g->upstream_status < 200 || g->upstream_status >= 300) && maybe_retry(p, err, what))
         return;
+    end_attempt(p, attempt_outcome(p, err));
     if (err == LEO_ETIMEOUT) {
         relay_error(p, 504, "upstream_timeout", "upstream \"%s\" timed out: %s", prov, msg);
         return;
@@ -698,10 +762,12 @@ static void up_done(struct leo_upstream_xfer *x, int err, enum leo_upstream_stag
         leo_metrics_add("leo_upstream_errors_total", lbl.p, 1);
     }
     leo_buf_release(&lbl);
-    if (p->streaming)
+    if (p->streaming) {
+        end_attempt(p, err == 0 ? LEO_ROUTE_OK : LEO_ROUTE_SERVER_ERROR);
         finish_stream(p, err, msg);
-    else
+    } else {
         finish_whole(p, err, stage, msg);
+    }
 }
 
 static const struct leo_upstream_callbacks up_cbs = {up_headers, up_data, up_done};
@@ -916,8 +982,8 @@ send:;
     struct leo_http_header h[16];
     size_t n = 0;
     struct leo_str key = g->byok;
-    if (key.len == 0 && prov->nkeys)
-        key = leo_str_c(prov->keys[(g->w->next_request + p->attempts) % prov->nkeys].value);
+    if (key.len == 0 && p->att.key)
+        key = leo_str_c(p->att.key->value);
     h[n++] = (struct leo_http_header){LEO_STR_LIT("Content-Type"), LEO_STR_LIT("application/json")};
     h[n++] = (struct leo_http_header){LEO_STR_LIT("Accept"),
                                       g->stream ? LEO_STR_LIT("text/event-stream") : LEO_STR_LIT("application/json")};
@@ -947,13 +1013,18 @@ send:;
         .total_timeout_ms = prov->total_timeout_ms,
     };
     p->attempts++;
+    p->retry_after_ms = 0;
     p->t_start = uv_hrtime();
     p->xfer = leo_upstream_start(g->w->up, &ur, &up_cbs, p);
-    if (p->xfer == NULL)
+    if (p->xfer == NULL) {
         relay_error(p, 502, "upstream_unreachable", "upstream \"%s\" could not be started", prov->name);
-    else
+    } else {
+        leo_router_begin(g->w->router, &p->att, uv_now(g->w->loop));
         rc = 0;
+    }
 out:
+    if (rc != 0)
+        end_attempt(p, LEO_ROUTE_CLIENT_ERROR);
     leo_buf_release(&body);
     leo_buf_release(&url);
     leo_buf_release(&err);
@@ -999,7 +1070,6 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
              g->id + 4);
     p->created = (int64_t)time(NULL);
     p->client_wants_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
-    p->max_attempts = g->model->max_attempts ? g->model->max_attempts : g->cfg->routing.max_attempts;
 
     /* the estimate every request gets before it is sent (quotas admit on it; providers' counts replace it) */
     if (kind == KIND_CHAT) {
@@ -1012,8 +1082,25 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
         json_decref(c);
         leo_buf_release(&err);
     }
-    g->dep = &g->model->deployments[0];
-    start_attempt(p);
+    leo_route_plan_init(&p->plan, g->cfg, g->model, g->estimated_tokens, uv_now(g->w->loop));
+    uint64_t retry_in = 0;
+    if (!next_attempt(p, &retry_in)) {
+        /* every deployment is cooling down, disabled or behind an open breaker */
+        char ra[32];
+        snprintf(ra, sizeof(ra), "%llu", (unsigned long long)((retry_in + 999) / 1000));
+        struct leo_http_header h[] = {{LEO_STR_LIT("Retry-After"), leo_str_c(ra)}};
+        struct leo_buf b = LEO_BUF_INIT;
+        char msg[512];
+        snprintf(msg, sizeof(msg), "no deployment of model \"%s\" is available now (all are cooling down, "
+                 "disabled or failing)", g->model->name);
+        if (g->dialect == LEO_DIALECT_ANTHROPIC)
+            leo_anthropic_error_json(&b, "overloaded_error", msg);
+        else
+            leo_openai_error_json(&b, msg, "service_unavailable", "model", "no_deployment_available");
+        g->error = "no deployment available";
+        leo_gw_respond_json(g, 503, h, retry_in ? 1 : 0, b.p, b.len);
+        leo_buf_release(&b);
+    }
 }
 
 void leo_route_chat_completions(struct leo_gw_req *g)

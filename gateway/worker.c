@@ -198,6 +198,9 @@ int leo_worker_run(const struct leo_worker_opts *opts)
         w.listen_port = cfg->listen_port;
     }
 
+    uint64_t seed;
+    randombytes_buf(&seed, sizeof(seed));
+    w.router = leo_router_new(seed);
     w.up = leo_upstream_new(&loop);
     if (w.up == NULL) {
         rc = LEO_EIO;
@@ -241,6 +244,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     /* every handle has been closed by stop_everything */
     uv_run(&loop, UV_RUN_DEFAULT);
     leo_config_unref(w.cfg);
+    leo_router_free(w.router);
     uv_loop_close(&loop);
     return 0;
 
@@ -249,6 +253,7 @@ fail_server:
     leo_upstream_close(w.up);
     uv_run(&loop, UV_RUN_DEFAULT);
 fail_listen:
+    leo_router_free(w.router);
     leo_config_unref(w.cfg);
 fail_config:
     uv_loop_close(&loop);

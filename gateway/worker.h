@@ -17,6 +17,7 @@
 
 #include "../common/http_server.h"
 #include "config.h"
+#include "router.h"
 #include "upstream.h"
 
 struct leo_worker_opts {
@@ -29,6 +30,7 @@ struct leo_worker {
     uv_loop_t *loop;
     struct leo_http_server *http;
     struct leo_upstream *up;
+    struct leo_router *router; /* routing state (breakers, cooldowns, latencies); survives reloads */
     struct leo_config *cfg;    /* current snapshot (one reference held here) */
     struct leo_worker_opts opts;
     char listen_host[256];

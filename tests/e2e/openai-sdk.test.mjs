@@ -271,7 +271,7 @@ describe('models and raw responses', () => {
             assert.equal(m.object, 'model');
             ids.push(m.id);
         }
-        assert.deepEqual(ids, ['gpt-4o-mini', 'slow-model', 'dead-model', 'other-model']);
+        assert.deepEqual(ids, ['gpt-4o-mini', 'slow-model', 'dead-model', 'other-model', 'rl-model']);
         const one = await client.models.retrieve('gpt-4o-mini');
         assert.equal(one.id, 'gpt-4o-mini');
         await assert.rejects(client.models.retrieve('nope'), (err) => err instanceof OpenAI.NotFoundError);

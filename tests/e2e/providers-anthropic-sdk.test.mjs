@@ -285,7 +285,7 @@ for (const format of FORMATS) {
 
         it('an upstream 429 throws RateLimitError with the Anthropic error shape', T, async () => {
             await assert.rejects(
-                client.messages.create({ model, max_tokens: 64, messages: [{ role: 'user', content: 'hold on [[mock:status=429;retry_after=3]]' }] }),
+                client.messages.create({ model: `${model}-rl`, max_tokens: 64, messages: [{ role: 'user', content: 'hold on [[mock:status=429;retry_after=3]]' }] }),
                 (err) => {
                     assert.ok(err instanceof Anthropic.RateLimitError, `got ${err && err.constructor.name}: ${err}`);
                     assert.equal(err.status, 429);

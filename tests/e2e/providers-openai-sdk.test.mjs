@@ -409,7 +409,7 @@ for (const format of FORMATS) {
 
         it('an upstream 429 throws RateLimitError with Retry-After relayed', T, async () => {
             await assert.rejects(
-                client.chat.completions.create({ model, messages: [{ role: 'user', content: 'slow down [[mock:status=429;retry_after=3]]' }] }),
+                client.chat.completions.create({ model: `${model}-rl`, messages: [{ role: 'user', content: 'slow down [[mock:status=429;retry_after=3]]' }] }),
                 (err) => {
                     assert.ok(err instanceof OpenAI.RateLimitError, `got ${err && err.constructor.name}: ${err}`);
                     assert.equal(err.status, 429);
@@ -552,6 +552,6 @@ describe('openai SDK: other routes', () => {
     it('models.list names the three models', T, async () => {
         const ids = [];
         for await (const m of client.models.list()) ids.push(m.id);
-        assert.deepEqual(ids, FORMATS.map((f) => MODELS[f].name));
+        assert.deepEqual(ids, FORMATS.flatMap((f) => [MODELS[f].name, `${MODELS[f].name}-rl`]));
     });
 });

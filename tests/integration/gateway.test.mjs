@@ -366,7 +366,8 @@ describe('errors are OpenAI-shaped', () => {
     });
 
     it('429 with Retry-After relayed when the upstream rate-limits', T, async () => {
-        const r = await chat(port, chatBody('[[mock:status=429;retry_after=2]] slow down'), { key: KEY1 });
+        const r = await chat(port, { ...chatBody('[[mock:status=429;retry_after=2]] slow down'), model: 'rl-model' },
+            { key: KEY1 });
         assertOpenAIError(r, 429, { code: 'upstream_rate_limited', type: 'rate_limit_error' });
         assert.equal(r.headers['retry-after'], '2');
     });
@@ -504,7 +505,7 @@ describe('models, health, readiness', () => {
         assert.equal(r.status, 200, r.text);
         const j = r.json();
         assert.equal(j.object, 'list');
-        assert.deepEqual(j.data.map((m) => m.id), ['gpt-4o-mini', 'slow-model', 'dead-model', 'other-model', 'keyed-model']);
+        assert.deepEqual(j.data.map((m) => m.id), ['gpt-4o-mini', 'slow-model', 'dead-model', 'other-model', 'rl-model', 'keyed-model']);
         for (const m of j.data) {
             assert.equal(m.object, 'model');
             assert.equal(typeof m.created, 'number');

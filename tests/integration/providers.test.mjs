@@ -26,8 +26,24 @@ const T = { timeout: 20000 };
 
 let stack, gw, mock, key;
 
+/* Error-mapping tests inject 401, 429, 5xx...: the router disables a refused key, cools a rate-limited one down
+ * and counts failures. Each (format, status, route) therefore gets a deployment of its own: a provider of the
+ * same type on the same mock, named "<provider>-e<status><c|m|s>" (chat, messages, stream). */
+const ERROR_STATUSES = [400, 401, 403, 404, 429, 500, 503, 529];
+function isolateErrorDeployments(config) {
+    for (const base of config.providers.filter((p) => ['oa', 'an', 'ge'].includes(p.name)))
+        for (const st of ERROR_STATUSES)
+            for (const route of ['c', 'm', 's']) {
+                const name = `${base.name}-e${st}${route}`;
+                config.providers.push({ ...base, name });
+                const model = config.models.find((m) => m.deployments[0].provider === base.name);
+                config.models.push({ name: `${model.name}-e${st}${route}`,
+                    deployments: [{ provider: name, model: model.deployments[0].model }] });
+            }
+}
+
 before(async () => {
-    stack = await startProviderStack();
+    stack = await startProviderStack({ mutate: isolateErrorDeployments });
     ({ gw, mock, key } = stack);
 }, { timeout: 30000 });
 
@@ -675,15 +691,15 @@ describe('error shapes per route', () => {
         it(`upstream errors from ${format} reach both dialects with the mapped status`, T, async () => {
             for (const [up, status, code, keep] of MAP) {
                 const content = `fail [[mock:status=${up}]]`;
-                const message = keep
-                    ? `upstream "${m.provider}" returned status ${up}: ${UPSTREAM_PREFIX[format](up)}mock fault: injected status ${up}`
-                    : `upstream "${m.provider}" returned status ${up}`;
-                const o = await chatPost({ model: m.name, messages: [{ role: 'user', content }] });
+                const message = (route) => keep
+                    ? `upstream "${m.provider}-e${up}${route}" returned status ${up}: ${UPSTREAM_PREFIX[format](up)}mock fault: injected status ${up}`
+                    : `upstream "${m.provider}-e${up}${route}" returned status ${up}`;
+                const o = await chatPost({ model: `${m.name}-e${up}c`, messages: [{ role: 'user', content }] });
                 assert.equal(o.status, status, `chat, upstream ${up}: ${o.text}`);
-                assert.equal(o.text, JSON.stringify({ error: { message, type: OPENAI_TYPE[status], param: null, code } }));
-                const a = await messagesPost({ model: m.name, max_tokens: 16, messages: [{ role: 'user', content }] });
+                assert.equal(o.text, JSON.stringify({ error: { message: message('c'), type: OPENAI_TYPE[status], param: null, code } }));
+                const a = await messagesPost({ model: `${m.name}-e${up}m`, max_tokens: 16, messages: [{ role: 'user', content }] });
                 assert.equal(a.status, status, `messages, upstream ${up}: ${a.text}`);
-                assert.equal(a.text, JSON.stringify({ type: 'error', error: { type: ANTHROPIC_TYPE[status], message } }));
+                assert.equal(a.text, JSON.stringify({ type: 'error', error: { type: ANTHROPIC_TYPE[status], message: message('m') } }));
             }
         });
     }
@@ -724,8 +740,8 @@ describe('error shapes per route', () => {
         const m = MODELS[format];
         it(`a streamed request refused by ${format} before the stream starts gets a JSON error, not a stream`, T, async () => {
             const content = 'later [[mock:status=429;retry_after=2]]';
-            const message = `upstream "${m.provider}" returned status 429: ${UPSTREAM_PREFIX[format](429)}mock fault: injected status 429`;
-            const o = await openStream(gw.port, { model: m.name, stream: true, messages: [{ role: 'user', content }] }, {
+            const message = `upstream "${m.provider}-rl" returned status 429: ${UPSTREAM_PREFIX[format](429)}mock fault: injected status 429`;
+            const o = await openStream(gw.port, { model: `${m.name}-rl`, stream: true, messages: [{ role: 'user', content }] }, {
                 headers: OPENAI_HEADERS(),
             });
             const og = await o.end;
@@ -733,14 +749,15 @@ describe('error shapes per route', () => {
             assert.equal(o.headers['content-type'], 'application/json');
             assert.equal(o.headers['retry-after'], '2');
             assert.equal(og.raw, JSON.stringify({ error: { message, type: 'rate_limit_error', param: null, code: 'upstream_rate_limited' } }));
-            const a = await openStream(gw.port, { model: m.name, max_tokens: 16, stream: true, messages: [{ role: 'user', content }] }, {
+            const a = await openStream(gw.port, { model: `${m.name}-e429s`, max_tokens: 16, stream: true, messages: [{ role: 'user', content }] }, {
                 path: '/v1/messages',
                 headers: ANTHROPIC_HEADERS(),
             });
             const ag = await a.end;
             assert.equal(a.status, 429);
             assert.equal(a.headers['content-type'], 'application/json');
-            assert.equal(ag.raw, JSON.stringify({ type: 'error', error: { type: 'rate_limit_error', message } }));
+            assert.equal(ag.raw, JSON.stringify({ type: 'error', error: { type: 'rate_limit_error',
+                message: message.replace(`"${m.provider}-rl"`, `"${m.provider}-e429s"`) } }));
         });
 
         it(`an unparsable answer from ${format} is a 502, and an unparsable event ends a translated stream`, T, async () => {

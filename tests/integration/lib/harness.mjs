@@ -366,13 +366,18 @@ export function gatewayConfig({ mockPort, deadPort, hashes, limits = {}, drainTi
                 timeouts: { connect_ms: 2000, first_byte_ms: 300, total_ms: 10000 },
             },
             { name: 'dead', type: 'openai', base_url: `http://127.0.0.1:${deadPort}/v1` },
+            /* a provider of its own for rate-limit tests: a 429 cools its deployment down for Retry-After */
+            { name: 'rlmock', type: 'openai', base_url: `http://127.0.0.1:${mockPort}/v1` },
         ],
         models: [
             { name: 'gpt-4o-mini', deployments: [{ provider: 'mock', model: 'mock-small' }] },
             { name: 'slow-model', deployments: [{ provider: 'slowmock', model: 'mock-small' }] },
             { name: 'dead-model', deployments: [{ provider: 'dead', model: 'mock-small' }] },
             { name: 'other-model', deployments: [{ provider: 'mock', model: 'mock-large' }] },
+            { name: 'rl-model', deployments: [{ provider: 'rlmock', model: 'mock-small' }] },
         ],
+        /* fault-injection tests fail the same deployment many times on purpose: keep its breaker closed */
+        routing: { breaker_failures: 1000 },
         prices: { 'mock-small': { input: MOCK_PRICE.input, output: MOCK_PRICE.output } },
         tenants: [
             { id: 't1', allow_byok: true, keys: [{ name: 'k1', hash: hashes.t1 }] },

@@ -53,11 +53,17 @@ export function providersConfig({ mockPort, hash, mutate } = {}) {
             { name: 'oa', type: 'openai', base_url: `http://127.0.0.1:${mockPort}/v1`, api_key_env: UPSTREAM_KEYS.oa.env },
             { name: 'an', type: 'anthropic', base_url: `http://127.0.0.1:${mockPort}/v1`, api_key_env: UPSTREAM_KEYS.an.env },
             { name: 'ge', type: 'gemini', base_url: `http://127.0.0.1:${mockPort}/v1beta`, api_key_env: UPSTREAM_KEYS.ge.env },
+            { name: 'oa-rl', type: 'openai', base_url: `http://127.0.0.1:${mockPort}/v1`, api_key_env: UPSTREAM_KEYS.oa.env },
+            { name: 'an-rl', type: 'anthropic', base_url: `http://127.0.0.1:${mockPort}/v1`, api_key_env: UPSTREAM_KEYS.an.env },
+            { name: 'ge-rl', type: 'gemini', base_url: `http://127.0.0.1:${mockPort}/v1beta`, api_key_env: UPSTREAM_KEYS.ge.env },
         ],
-        models: Object.values(MODELS).map((m) => ({
-            name: m.name,
-            deployments: [{ provider: m.provider, model: m.upstream }],
-        })),
+        models: Object.values(MODELS).flatMap((m) => [
+            { name: m.name, deployments: [{ provider: m.provider, model: m.upstream }] },
+            /* the same upstream through a provider of its own, for rate-limit tests: a 429 cools down that
+             * provider's key for Retry-After, which must not touch the other tests' traffic */
+            { name: `${m.name}-rl`, deployments: [{ provider: `${m.provider}-rl`, model: m.upstream }] },
+        ]),
+        routing: { breaker_failures: 1000 },
         tenants: [{ id: 't1', keys: [{ name: 'k1', hash }] }],
         limits: { max_body_bytes: 1048576 },
     };
