@@ -1,0 +1,373 @@
+/*
+ * leoctl.test.mjs — the leoctl binary against a real leo-controlplane and a private PostgreSQL.
+ *
+ * One cluster and one daemon for the file; the daemon bootstraps the first owner from the environment. leoctl
+ * runs as a child in its own session (no controlling terminal, so it can never wait on a password prompt) with
+ * LEOCTL_CONFIG pointing into a temporary directory. The cases run in file order and share state: the owner's
+ * login comes first, and the audit case looks for the actions the earlier cases caused. What leoctl prints is
+ * checked against the API's own answers, fetched directly with the token from the session file.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { LineLog, bin } from './lib/harness.mjs';
+import { startPostgres } from './lib/postgres.mjs';
+
+const T = { timeout: 20000 };
+const OWNER = { email: 'owner@leoctl.test', password: 'owner-password-leoctl-1' };
+const MEMBER = { email: 'member@leoctl.test', password: 'member-password-leoctl-1' };
+const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|SUMMARY: (Address|Undefined|Leak)/;
+
+let pg;
+let cp;
+let cpStderr;
+let base;
+let tmp;
+let config;
+
+const childEnv = (extra) => ({
+    ...process.env,
+    ASAN_OPTIONS: process.env.ASAN_OPTIONS || 'abort_on_error=0:detect_leaks=1',
+    UBSAN_OPTIONS: process.env.UBSAN_OPTIONS || 'print_stacktrace=1',
+    ...extra,
+});
+
+/** Runs `leoctl ARGS`: {code, stdout, stderr}; fails on a sanitizer report or a run longer than 15 s. */
+function leoctl(args, { env = {}, cfg = config } = {}) {
+    const e = childEnv({ LEOCTL_CONFIG: cfg, ...env });
+    for (const k of ['LEOCTL_PASSWORD', 'LEOCTL_NEW_PASSWORD', 'LEOCTL_URL']) if (!(k in env)) delete e[k];
+    return new Promise((resolve, reject) => {
+        /* detached: a new session without a controlling terminal, so /dev/tty cannot be opened */
+        const child = execFile(bin('leoctl'), args, { env: e, timeout: 15000, detached: true },
+            (err, stdout, stderr) => {
+                if (SANITIZER_RE.test(stderr)) {
+                    reject(new Error(`leoctl ${args.join(' ')}: sanitizer report:\n${stderr}`));
+                    return;
+                }
+                if (err && typeof err.code !== 'number') {
+                    reject(new Error(`leoctl ${args.join(' ')}: ${err.message}\n${stderr}`));
+                    return;
+                }
+                resolve({ code: err ? err.code : 0, stdout, stderr });
+            });
+        child.stdin.end();
+    });
+}
+
+/** Asserts exit 0 and returns stdout. */
+async function ok(args, opts) {
+    const r = await leoctl(args, opts);
+    assert.equal(r.code, 0, `leoctl ${args.join(' ')} exited ${r.code}:\n${r.stderr}`);
+    return r;
+}
+
+/** A direct request to the admin API (not through leoctl), for checking what leoctl did. */
+async function api(method, p, { token, body } = {}) {
+    const headers = {};
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await fetch(`${base}/admin/v1${p}`, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(10000),
+    });
+    const text = await res.text();
+    return { status: res.status, json: text ? JSON.parse(text) : undefined };
+}
+
+const session = (cfg = config) => JSON.parse(fs.readFileSync(cfg, 'utf8'));
+
+/** The rows of a leoctl table (header first), split on runs of two or more spaces. */
+const rows = (stdout) => stdout.trimEnd().split('\n').map((l) => l.split(/ {2,}/));
+
+before(async () => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'leoctl-'));
+    config = path.join(tmp, 'conf', 'leoctl', 'session');
+    pg = await startPostgres();
+    await pg.psql('CREATE DATABASE leo;');
+    cp = spawn(bin('leo-controlplane'), ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
+        env: childEnv({
+            DATABASE_URL: `host=127.0.0.1 port=${pg.port} user=postgres dbname=leo connect_timeout=5`,
+            LEO_KEY_HASH_SECRET: 'leoctl-integration-secret',
+            LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
+            LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
+        }),
+        stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    cp.exited = new Promise((resolve) => cp.on('exit', (code, signal) => resolve({ code, signal })));
+    cpStderr = new LineLog(cp.stderr, 'controlplane stderr');
+    new LineLog(cp.stdout, 'controlplane stdout');
+    const line = await cpStderr.waitForJson((j) => /^listening on /.test(j.msg || ''),
+        { timeoutMs: 20000, what: '"listening on" line' });
+    base = `http://127.0.0.1:${/:(\d+)$/.exec(line.msg)[1]}`;
+}, { timeout: 60000 });
+
+after(async () => {
+    try {
+        if (cp && cp.exitCode === null) {
+            cp.kill('SIGTERM');
+            let timer;
+            const info = await Promise.race([cp.exited, new Promise((resolve) => {
+                timer = setTimeout(() => {
+                    cp.kill('SIGKILL');
+                    resolve({ code: null, signal: 'timeout' });
+                }, 15000);
+            })]).finally(() => clearTimeout(timer));
+            assert.deepEqual(info, { code: 0, signal: null }, 'leo-controlplane exit after SIGTERM');
+            assert.deepEqual(cpStderr.sanitizerReports ? cpStderr.sanitizerReports() : [], []);
+        }
+    } finally {
+        if (pg) await pg.stop();
+        if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    }
+}, { timeout: 60000 });
+
+/* State shared by the cases below. */
+const S = {};
+
+describe('usage', () => {
+    it('an unknown command or option exits 2 with the usage on stderr; --help exits 0', T, async () => {
+        const r = await leoctl(['frobnicate']);
+        assert.equal(r.code, 2);
+        assert.match(r.stderr, /^leoctl: unknown command "frobnicate"\n/);
+        assert.match(r.stderr, /usage: leoctl /);
+        assert.equal(r.stdout, '');
+
+        const v = await leoctl(['keys', 'explode', '--tenant', 'x']);
+        assert.equal(v.code, 2);
+        assert.match(v.stderr, /unknown command "keys explode"/);
+
+        const o = await leoctl(['keys', 'list', '--tenant', 'x', '--colour']);
+        assert.equal(o.code, 2);
+        assert.match(o.stderr, /unknown option "--colour" for keys list/);
+
+        const a = await leoctl(['tenants', 'get']);
+        assert.equal(a.code, 2);
+        assert.match(a.stderr, /expected 1 argument, got 0/);
+
+        const h = await ok(['keys', 'create', '--help']);
+        assert.match(h.stdout, /^usage: leoctl keys create --tenant ID --name NAME/);
+    });
+
+    it('commands before login exit 1 and say how to log in; login without a password source exits 2', T,
+        async () => {
+            const r = await leoctl(['whoami']);
+            assert.equal(r.code, 1);
+            assert.equal(r.stderr, 'leoctl: not logged in: run leoctl login --url URL --email EMAIL\n');
+
+            /* no LEOCTL_PASSWORD and no terminal to prompt on */
+            const p = await leoctl(['login', '--url', base, '--email', OWNER.email]);
+            assert.equal(p.code, 2);
+            assert.match(p.stderr, /cannot read a password: set LEOCTL_PASSWORD/);
+            assert.equal(fs.existsSync(config), false);
+        });
+
+    it('audit verify names the server-side command and exits 2', T, async () => {
+        const r = await leoctl(['audit', 'verify']);
+        assert.equal(r.code, 2);
+        assert.match(r.stderr, /leo-controlplane audit verify/);
+    });
+});
+
+describe('sessions', () => {
+    it('a wrong password exits 1 with the API\'s message and status, and stores nothing', T, async () => {
+        const direct = await api('POST', '/login', { body: { email: OWNER.email, password: 'not-the-password-1' } });
+        assert.equal(direct.status, 401);
+        const r = await leoctl(['login', '--url', base, '--email', OWNER.email],
+            { env: { LEOCTL_PASSWORD: 'not-the-password-2' } });
+        assert.equal(r.code, 1);
+        assert.equal(r.stderr, `leoctl: ${direct.json.error.message} (HTTP 401)\n`);
+        assert.equal(r.stdout, '');
+        assert.equal(fs.existsSync(config), false);
+    });
+
+    it('login stores the token and URL in a 0600 file without the password, and prints neither', T, async () => {
+        const r = await ok(['login', '--url', `${base}/admin/v1/`, '--email', OWNER.email],
+            { env: { LEOCTL_PASSWORD: OWNER.password } });
+        assert.match(r.stdout, new RegExp(`^logged in to ${base} as ${OWNER.email} \\(session expires `));
+        const st = fs.statSync(config);
+        assert.equal(st.mode & 0o777, 0o600);
+        assert.equal(fs.statSync(path.dirname(config)).mode & 0o777, 0o700);
+        const text = fs.readFileSync(config, 'utf8');
+        assert.ok(!text.includes(OWNER.password), 'the session file holds the password');
+        const s = session();
+        assert.equal(s.url, base);
+        assert.equal(s.email, OWNER.email);
+        assert.match(s.token, /^leo_sess_/);
+        assert.ok(!r.stdout.includes(s.token) && !r.stderr.includes(s.token), 'the token was printed');
+        S.token = s.token;
+        assert.equal((await api('GET', '/me', { token: S.token })).status, 200);
+    });
+
+    it('whoami shows the user, its role and the session; --json is the API\'s answer', T, async () => {
+        const me = (await api('GET', '/me', { token: S.token })).json;
+        const r = await ok(['whoami']);
+        assert.equal(r.stdout.split('\n')[0], `${OWNER.email} (${me.user.id}) on ${base}`);
+        assert.match(r.stdout, /^roles: owner$/m);
+        assert.match(r.stdout, /^session expires: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/m);
+        const j = await ok(['--json', 'whoami']);
+        assert.deepEqual(JSON.parse(j.stdout), me);
+    });
+
+    it('a --url of another server is refused: the token is not sent there', T, async () => {
+        const r = await leoctl(['whoami', '--url', 'http://127.0.0.1:9']);
+        assert.equal(r.code, 1);
+        assert.match(r.stderr, /the session is for http:\/\/127\.0\.0\.1:\d+, not http:\/\/127\.0\.0\.1:9/);
+    });
+});
+
+describe('tenants, keys, users', () => {
+    it('tenants create derives the slug; list and get show it', T, async () => {
+        const r = await ok(['tenants', 'create', 'Acme Inc.']);
+        const [header, row] = rows(r.stdout);
+        assert.deepEqual(header, ['ID', 'SLUG', 'NAME', 'STATUS', 'CREATED']);
+        assert.equal(row[1], 'acme-inc');
+        assert.equal(row[2], 'Acme Inc.');
+        assert.equal(row[3], 'active');
+        S.tenant = row[0];
+        const t = await api('GET', `/tenants/${S.tenant}`, { token: S.token });
+        assert.equal(t.status, 200);
+        assert.equal(t.json.slug, 'acme-inc');
+
+        await ok(['tenants', 'create', 'Globex', '--slug', 'globex-eu']);
+        const list = rows((await ok(['tenants', 'list'])).stdout);
+        assert.deepEqual(list.slice(1).map((x) => x[1]), ['acme-inc', 'globex-eu']);
+
+        const g = await ok(['tenants', 'get', S.tenant, '--json']);
+        assert.deepEqual(JSON.parse(g.stdout), t.json);
+
+        const dup = await leoctl(['tenants', 'create', 'ACME inc']);
+        assert.equal(dup.code, 1);
+        assert.match(dup.stderr, /^leoctl: .+ \(HTTP 409\)\n$/);
+    });
+
+    it('keys create prints the secret once with a warning; the key has the models and expiry asked for', T,
+        async () => {
+            const r = await ok(['keys', 'create', '--tenant', S.tenant, '--name', 'production', '--models',
+                'gpt-4o-mini,claude-3-haiku', '--expires', '30d']);
+            const m = /^secret: (sk-leo-[A-Za-z0-9_-]{40})$/m.exec(r.stdout);
+            assert.ok(m, r.stdout);
+            assert.equal(r.stdout.split(m[1]).length, 2, 'the secret is printed exactly once');
+            assert.match(r.stderr, /^leoctl: warning: the secret is shown only this once/);
+            const id = /^created key ([0-9a-f-]{36}) "production" in tenant /m.exec(r.stdout)[1];
+            S.key = { id, secret: m[1] };
+            const k = (await api('GET', `/tenants/${S.tenant}/keys/${id}`, { token: S.token })).json;
+            assert.deepEqual(k.allowed_models, ['gpt-4o-mini', 'claude-3-haiku']);
+            const days = (Date.parse(k.expires_at) - Date.now()) / 86400000;
+            assert.ok(days > 29.9 && days <= 30, `expires_at ${k.expires_at}`);
+            assert.equal(k.last4, m[1].slice(-4));
+
+            const j = await ok(['keys', 'create', '--tenant', S.tenant, '--name', 'batch', '--json']);
+            const created = JSON.parse(j.stdout);
+            assert.match(created.secret, /^sk-leo-[A-Za-z0-9_-]{40}$/);
+            assert.equal(created.expires_at, null);
+            S.key2 = created;
+        });
+
+    it('keys list is a table of masked keys without any secret', T, async () => {
+        const r = await ok(['keys', 'list', '--tenant', S.tenant]);
+        const [header, ...body] = rows(r.stdout);
+        assert.deepEqual(header, ['ID', 'NAME', 'KEY', 'STATUS', 'CREATED']);
+        assert.deepEqual(body.map((x) => x.slice(0, 4)), [
+            [S.key.id, 'production', `sk-…${S.key.secret.slice(-4)}`, 'active'],
+            [S.key2.id, 'batch', `sk-…${S.key2.secret.slice(-4)}`, 'active'],
+        ]);
+        assert.ok(!r.stdout.includes(S.key.secret) && !r.stdout.includes(S.key2.secret));
+        assert.doesNotMatch(r.stdout, /sk-leo-/);
+    });
+
+    it('keys revoke shows the key revoked; revoking again is the API\'s 409', T, async () => {
+        const r = await ok(['keys', 'revoke', '--tenant', S.tenant, S.key.id]);
+        const [, row] = rows(r.stdout);
+        assert.deepEqual(row.slice(0, 4), [S.key.id, 'production', `sk-…${S.key.secret.slice(-4)}`, 'revoked']);
+        const k = (await api('GET', `/tenants/${S.tenant}/keys/${S.key.id}`, { token: S.token })).json;
+        assert.equal(k.status, 'revoked');
+
+        const again = await leoctl(['keys', 'revoke', '--tenant', S.tenant, S.key.id]);
+        const direct = await api('POST', `/tenants/${S.tenant}/keys/${S.key.id}/revoke`, { token: S.token });
+        assert.equal(direct.status, 409);
+        assert.equal(again.code, 1);
+        assert.equal(again.stderr, `leoctl: ${direct.json.error.message} (HTTP 409)\n`);
+
+        const missing = await leoctl(['keys', 'revoke', '--tenant', S.tenant, '00000000-0000-0000-0000-000000000000']);
+        assert.equal(missing.code, 1);
+        assert.match(missing.stderr, /\(HTTP 404\)\n$/);
+    });
+
+    it('keys rotate prints the successor\'s secret once; the old key is revoked', T, async () => {
+        const r = await ok(['keys', 'rotate', '--tenant', S.tenant, S.key2.id]);
+        const m = /^secret: (sk-leo-[A-Za-z0-9_-]{40})$/m.exec(r.stdout);
+        assert.ok(m, r.stdout);
+        assert.notEqual(m[1], S.key2.secret);
+        assert.match(r.stderr, /shown only this once/);
+        const list = rows((await ok(['keys', 'list', '--tenant', S.tenant])).stdout).slice(1);
+        const byId = Object.fromEntries(list.map((x) => [x[0], x]));
+        assert.equal(byId[S.key2.id][3], 'revoked');
+        const successor = list.find((x) => x[2] === `sk-…${m[1].slice(-4)}`);
+        assert.ok(successor, r.stdout);
+        assert.equal(successor[1], 'batch');
+        assert.equal(successor[3], 'active');
+    });
+
+    it('users create makes a tenant member who can log in with leoctl', T, async () => {
+        const r = await ok(['users', 'create', '--email', MEMBER.email, '--role', 'tenant_member', '--tenant',
+            S.tenant], { env: { LEOCTL_NEW_PASSWORD: MEMBER.password } });
+        const [, row] = rows(r.stdout);
+        assert.equal(row[1], MEMBER.email);
+        assert.equal(row[2], `tenant_member of tenant ${S.tenant}`);
+        assert.ok(!r.stdout.includes(MEMBER.password) && !r.stderr.includes(MEMBER.password));
+
+        const other = path.join(tmp, 'member-session');
+        await ok(['login', '--url', base, '--email', MEMBER.email], { env: { LEOCTL_PASSWORD: MEMBER.password },
+            cfg: other });
+        const w = await ok(['whoami'], { cfg: other });
+        assert.match(w.stdout, new RegExp(`^roles: tenant_member of tenant ${S.tenant}$`, 'm'));
+        /* a member may not create keys: the API's 403 comes through */
+        const denied = await leoctl(['keys', 'create', '--tenant', S.tenant, '--name', 'x'], { cfg: other });
+        assert.equal(denied.code, 1);
+        assert.match(denied.stderr, /^leoctl: .+ \(HTTP 403\)\n$/);
+        await ok(['logout'], { cfg: other });
+
+        const bad = await leoctl(['users', 'create', '--email', 'x@leoctl.test', '--role', 'tenant_member'],
+            { env: { LEOCTL_NEW_PASSWORD: MEMBER.password } });
+        assert.equal(bad.code, 1);
+        assert.match(bad.stderr, /\(HTTP 400\)\n$/);
+    });
+});
+
+describe('audit and logout', () => {
+    it('audit list shows the actions leoctl caused, newest first; --action and --limit filter', T, async () => {
+        const r = await ok(['audit', 'list', '--limit', '200']);
+        const [header, ...body] = rows(r.stdout);
+        assert.deepEqual(header, ['ID', 'AT', 'ACTOR', 'ACTION', 'TARGET']);
+        const actions = new Set(body.map((x) => x[3]));
+        for (const a of ['session.login', 'tenant.create', 'key.create', 'key.revoke', 'key.rotate', 'user.create',
+            'session.logout']) assert.ok(actions.has(a), `${a} missing from:\n${r.stdout}`);
+        const ids = body.map((x) => Number(x[0]));
+        assert.deepEqual(ids, [...ids].sort((a, b) => b - a));
+
+        const one = rows((await ok(['audit', 'list', '--action', 'key.revoke', '--limit', '1'])).stdout);
+        assert.equal(one.length, 2);
+        assert.equal(one[1][3], 'key.revoke');
+        assert.equal(one[1][4], `key:${S.key.id}`);
+
+        const j = JSON.parse((await ok(['audit', 'list', '--action', 'tenant.create', '--json'])).stdout);
+        assert.deepEqual(j.map((e) => e.details.slug).sort(), ['acme-inc', 'globex-eu']);
+
+        const lim = await leoctl(['audit', 'list', '--limit', '0']);
+        assert.equal(lim.code, 2);
+    });
+
+    it('logout revokes the session and removes the file', T, async () => {
+        const r = await ok(['logout']);
+        assert.equal(r.stdout, `logged out of ${base}\n`);
+        assert.equal(fs.existsSync(config), false);
+        assert.equal((await api('GET', '/me', { token: S.token })).status, 401);
+        const w = await leoctl(['whoami']);
+        assert.equal(w.code, 1);
+        assert.match(w.stderr, /not logged in/);
+    });
+});
