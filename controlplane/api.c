@@ -26,6 +26,7 @@
 #include "../common/error.h"
 #include "../common/log.h"
 #include "auth.h"
+#include "snapshot.h"
 
 #define SESSION_TTL_DEFAULT_S (12 * 3600)
 #define PAGE_DEFAULT 50
@@ -1170,11 +1171,20 @@ static void one_object_done(struct call *c, const struct leo_db_result *r, int s
 
 static void tenant_created(struct call *c, const struct leo_db_result *r)
 {
+    if (r->err == 0)
+        leo_snapshot_changed();
     one_object_done(c, r, 201, "tenant");
 }
 
 static void tenant_found(struct call *c, const struct leo_db_result *r)
 {
+    one_object_done(c, r, 200, "tenant");
+}
+
+static void tenant_patched(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err == 0)
+        leo_snapshot_changed();
     one_object_done(c, r, 200, "tenant");
 }
 
@@ -1246,7 +1256,7 @@ static void h_tenant_patch(struct call *c)
     }
     char *change = json_dumps(c->body, DUMP_SORTED);
     const char *params[] = {c->tenant_id, name, status, c->actor, change};
-    run_query(c, S_TENANT_PATCH, params, 5, tenant_found);
+    run_query(c, S_TENANT_PATCH, params, 5, tenant_patched);
     free(change);
 }
 
@@ -1558,6 +1568,8 @@ static int key_body(struct call *c, bool create, struct key_fields *f)
 
 static void key_created(struct call *c, const struct leo_db_result *r)
 {
+    if (r->err == 0)
+        leo_snapshot_changed();
     if (r->err) {
         sodium_memzero(c->secret, sizeof(c->secret));
         fail_db(c, r);
@@ -1631,6 +1643,8 @@ static void h_keys_list(struct call *c)
 /* The statements that change a key return (the key or NULL, its status before or NULL). */
 static void key_changed(struct call *c, const struct leo_db_result *r, bool with_secret)
 {
+    if (r->err == 0)
+        leo_snapshot_changed();
     if (r->err) {
         sodium_memzero(c->secret, sizeof(c->secret));
         fail_db(c, r);

@@ -25,6 +25,7 @@
 #include "auth.h"
 #include "db.h"
 #include "migrate.h"
+#include "snapshot.h"
 
 #define LEO_VERSION "0.1.0"
 #define DRAIN_TIMEOUT_MS 10000
@@ -43,6 +44,7 @@ static void usage(FILE *out)
                  "environment:\n"
                  "  DATABASE_URL                  PostgreSQL connection string or URI (required)\n"
                  "  LEO_KEY_HASH_SECRET           secret tenant API keys are hashed with (as for leo-gateway)\n"
+                 "  LEO_REDIS_URL                 serve: Redis where the gateways' snapshot is published\n"
                  "  LEO_BOOTSTRAP_OWNER_EMAIL     serve: create this owner at start when there is no user yet\n"
                  "  LEO_BOOTSTRAP_OWNER_PASSWORD  ... with this password\n"
                  "  LEO_OWNER_PASSWORD            create-owner: the password (else one line from stdin)\n");
@@ -125,6 +127,7 @@ struct daemon {
     struct leo_http_server *http;
     struct leo_db *db;
     struct leo_api *api;
+    struct leo_snapshot *snapshot; /* NULL without LEO_REDIS_URL */
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t drain_started;
@@ -154,6 +157,10 @@ static void close_all(struct daemon *d)
         return;
     d->closing = true;
     uv_timer_stop(&d->drain_timer);
+    if (d->snapshot) {
+        leo_snapshot_close(d->snapshot, NULL, NULL);
+        d->snapshot = NULL;
+    }
     leo_http_server_close(d->http, on_http_closed, d);
 }
 
@@ -333,6 +340,15 @@ static int cmd_serve(int argc, char **argv)
     aopts.session_ttl_s = (unsigned)ttl;
     d.api = leo_api_new(&aopts);
     sodium_memzero(aopts.key_hash_secret, sizeof(aopts.key_hash_secret));
+    const char *redis_url = getenv("LEO_REDIS_URL");
+    if (redis_url && redis_url[0]) {
+        struct leo_buf rerr = LEO_BUF_INIT;
+        if (leo_snapshot_start(d.loop, url, redis_url, &d.snapshot, &rerr) != 0)
+            leo_error("LEO_REDIS_URL: %s; gateways will not receive snapshots", rerr.p);
+        leo_buf_release(&rerr);
+    } else {
+        leo_warn("LEO_REDIS_URL is not set: tenants and keys are not published to gateways");
+    }
 
     struct leo_http_server_opts hopts = {0};
     leo_http_limits_default(&hopts.limits);

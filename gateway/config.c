@@ -649,6 +649,42 @@ static int parse_redis(struct ctx *c, const json_t *root, struct leo_config *cfg
     return rc;
 }
 
+static int parse_control_plane(struct ctx *c, const json_t *root, struct leo_config *cfg)
+{
+    static const char *const fields[] = {"redis_url", "password_env", "cache_path", NULL};
+    int rc;
+    json_t *o = get_container(c, root, "control_plane", JSON_OBJECT, false, &rc);
+    if (o == NULL)
+        return rc;
+    size_t old = path_key(c, "control_plane");
+    const char *url = NULL, *env = NULL, *cache = NULL;
+    rc = open_object(c, o, fields);
+    if (rc == 0)
+        rc = get_string(c, o, "redis_url", true, &url);
+    if (rc == 0 && strncmp(url, "redis://", 8) != 0 && strncmp(url, "unix://", 7) != 0)
+        rc = fail_at(c, "redis_url", "expected redis://host:port[/db] or unix:///path/to/socket[?db=N]");
+    if (rc == 0 && json_object_get(o, "password_env") != NULL) {
+        rc = get_env_name(c, o, "password_env", &env);
+        if (rc == 0) {
+            const char *pw = getenv(env);
+            if (pw == NULL || pw[0] == '\0')
+                rc = fail_at(c, "password_env", "environment variable \"%s\" is not set or empty", env);
+            else
+                cfg->control_plane.password = leo_strdup(pw);
+        }
+    }
+    if (rc == 0)
+        rc = get_string(c, o, "cache_path", false, &cache);
+    if (rc == 0 && cache && cache[0] == '\0')
+        rc = fail_at(c, "cache_path", "must not be empty (leave it out for no cache)");
+    if (rc == 0) {
+        cfg->control_plane.redis_url = leo_strdup(url);
+        cfg->control_plane.cache_path = cache ? leo_strdup(cache) : NULL;
+    }
+    path_pop(c, old);
+    return rc;
+}
+
 static int parse_alerts(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     static const char *const fields[] = {"threshold", "webhook_url", NULL};
@@ -1243,6 +1279,12 @@ static void config_free(struct leo_config *cfg)
     index_free(cfg->_key_index);
     sodium_memzero(cfg->key_hash_secret, sizeof(cfg->key_hash_secret));
     leo_free(cfg->redis.url);
+    leo_free(cfg->control_plane.redis_url);
+    leo_free(cfg->control_plane.cache_path);
+    if (cfg->control_plane.password) {
+        sodium_memzero(cfg->control_plane.password, strlen(cfg->control_plane.password));
+        leo_free(cfg->control_plane.password);
+    }
     if (cfg->redis.password) {
         sodium_memzero(cfg->redis.password, strlen(cfg->redis.password));
         leo_free(cfg->redis.password);
@@ -1281,14 +1323,14 @@ static int parse_process(struct ctx *c, const json_t *root, struct leo_config *c
 /* In dependency order: models refer to providers, tenants to models. */
 static int (*const sections[])(struct ctx *, const json_t *, struct leo_config *) = {
     parse_listen,    parse_process, parse_limits, parse_auth,    parse_defaults, parse_routing, parse_redis,
-    parse_alerts,    parse_providers, parse_models,  parse_prices, parse_tenants,
+    parse_control_plane, parse_alerts,    parse_providers, parse_models,  parse_prices, parse_tenants,
 };
 
 static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     static const char *const fields[] = {"listen",   "workers",   "drain_timeout_ms", "log_level", "access_log",
                                          "limits",   "auth",      "defaults",         "routing",   "redis",
-                                         "alerts",   "providers", "models",           "prices",    "tenants",
+                                         "control_plane", "alerts",   "providers", "models",           "prices",    "tenants",
                                          NULL};
     int rc = open_object(c, root, fields);
     for (size_t i = 0; rc == 0 && i < sizeof(sections) / sizeof(sections[0]); i++)

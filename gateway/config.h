@@ -158,6 +158,13 @@ struct leo_config {
     } redis;
 
     struct {
+        char *redis_url;            /* NULL: tenants come from this file only; otherwise the control plane's
+                                       snapshot (gateway/follower.h) replaces the file's tenants */
+        char *password;             /* from the env var named by password_env; never log it */
+        char *cache_path;           /* last snapshot, for a cold start with Redis down; NULL: none */
+    } control_plane;
+
+    struct {
         double threshold;           /* fraction of a quota that fires an alert (0 = off); default 0.8 */
         char *webhook_url;          /* POSTed a JSON alert; NULL = log only */
     } alerts;

@@ -10,6 +10,7 @@
 #include <sys/prctl.h>
 #include <signal.h>
 
+#include "../common/alloc.h"
 #include "../common/error.h"
 #include "../common/log.h"
 #include "../common/metrics.h"
@@ -71,7 +72,8 @@ int leo_worker_reload(struct leo_worker *w)
 {
     struct leo_buf err = LEO_BUF_INIT;
     struct leo_config *cfg = NULL;
-    int rc = leo_config_load_file(w->opts.config_path, &cfg, &err);
+    int rc = w->_snapshot ? leo_config_overlay_file(w->opts.config_path, w->_snapshot, w->_snapshot_len, &cfg, &err)
+                          : leo_config_load_file(w->opts.config_path, &cfg, &err);
     if (rc) {
         leo_error("config reload rejected, still serving version %llu: %s",
                   (unsigned long long)w->cfg->version, err.p);
@@ -84,6 +86,48 @@ int leo_worker_reload(struct leo_worker *w)
     leo_metrics_add("leo_config_reloads_total", "result=\"applied\"", 1);
     leo_info("config reloaded from %s (version %llu)", cfg->source, (unsigned long long)cfg->version);
     return 0;
+}
+
+/* A new snapshot from the control plane: its tenants replace the file's. A snapshot the file's models cannot
+ * carry (a tenant naming a model the file lacks) is rejected and the current one keeps serving. */
+static void on_snapshot(const char *json, size_t len, uint64_t version, void *ud)
+{
+    struct leo_worker *w = ud;
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_config *cfg = NULL;
+    if (leo_config_overlay_file(w->opts.config_path, json, len, &cfg, &err) != 0) {
+        leo_error("control plane snapshot version %llu rejected, still serving config version %llu: %s",
+                  (unsigned long long)version, (unsigned long long)w->cfg->version, err.p);
+        leo_metrics_add("leo_config_reloads_total", "result=\"rejected\"", 1);
+        leo_buf_release(&err);
+        return;
+    }
+    leo_buf_release(&err);
+    leo_free(w->_snapshot);
+    w->_snapshot = leo_strndup(json, len);
+    w->_snapshot_len = len;
+    leo_worker_set_config(w, cfg);
+    leo_metrics_add("leo_config_reloads_total", "result=\"applied\"", 1);
+    leo_info("control plane snapshot version %llu applied: %zu tenants (config version %llu)",
+             (unsigned long long)version, cfg->ntenants, (unsigned long long)cfg->version);
+}
+
+/* Starts following the control plane when the config names its Redis; a bad URL is logged and the file's
+ * tenants keep serving. */
+static void follow_start(struct leo_worker *w)
+{
+    const struct leo_config *cfg = w->cfg;
+    if (cfg->control_plane.redis_url == NULL)
+        return;
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_redis_opts ro = {.url = cfg->control_plane.redis_url, .password = cfg->control_plane.password};
+    if (leo_redis_new(w->loop, &ro, &w->_cp_redis, &err) != 0) {
+        leo_error("control_plane.redis_url: %s; serving the file's tenants", err.p);
+        leo_buf_release(&err);
+        return;
+    }
+    leo_buf_release(&err);
+    w->_follower = leo_follower_start(w->loop, w->_cp_redis, cfg->control_plane.cache_path, on_snapshot, w);
 }
 
 static void close_if_open(uv_handle_t *h)
@@ -103,6 +147,14 @@ static void stop_everything(struct leo_worker *w)
     if (w->up) {
         leo_upstream_close(w->up);
         w->up = NULL;
+    }
+    if (w->_follower) {
+        leo_follower_stop(w->_follower);
+        w->_follower = NULL;
+    }
+    if (w->_cp_redis) {
+        leo_redis_close(w->_cp_redis, NULL, NULL);
+        w->_cp_redis = NULL;
     }
     close_if_open((uv_handle_t *)&w->_sigterm);
     close_if_open((uv_handle_t *)&w->_sigint);
@@ -237,6 +289,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_unref((uv_handle_t *)&w._gauge_timer);
     uv_check_init(&loop, &w._drain_check);
     w._drain_check.data = &w;
+    follow_start(&w);
 
     leo_info("listening on %s:%d (config version %llu)", w.listen_host, leo_http_server_port(w.http),
              (unsigned long long)cfg->version);
@@ -245,6 +298,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_run(&loop, UV_RUN_DEFAULT);
     leo_config_unref(w.cfg);
     leo_router_free(w.router);
+    leo_free(w._snapshot);
     uv_loop_close(&loop);
     return 0;
 

@@ -17,6 +17,7 @@
 
 #include "../common/http_server.h"
 #include "config.h"
+#include "follower.h"
 #include "router.h"
 #include "upstream.h"
 
@@ -44,6 +45,10 @@ struct leo_worker {
     uv_timer_t _drain_timer;
     uv_timer_t _gauge_timer;
     uv_check_t _drain_check;
+    struct leo_redis *_cp_redis;     /* the control plane's Redis, or NULL (config control_plane) */
+    struct leo_follower *_follower;  /* follows the control plane's snapshot, or NULL */
+    char *_snapshot;                 /* the last snapshot applied (re-applied on SIGHUP), or NULL */
+    size_t _snapshot_len;
 };
 
 /** Runs a worker until it has drained after SIGTERM (returns 0) or fails to start (returns an error). The
@@ -54,7 +59,8 @@ int leo_worker_run(const struct leo_worker_opts *opts);
  *  (HTTP limits, log level). */
 void leo_worker_set_config(struct leo_worker *w, struct leo_config *cfg);
 
-/** Reloads the file source; 0 on success, LEO_ECONFIG when the file is invalid (old snapshot kept). */
+/** Reloads the file source (with the last control plane snapshot's tenants over it, if any); 0 on success,
+ *  LEO_ECONFIG when the file is invalid (old snapshot kept). */
 int leo_worker_reload(struct leo_worker *w);
 
 /** Writes a new request id ("req_" + 24 hex) into out (at least 32 bytes). */

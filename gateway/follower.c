@@ -1,0 +1,359 @@
+/*
+ * follower.c — polls the control plane's snapshot in Redis, applies new versions, keeps a file cache.
+ *
+ * One GET of the version key per poll is cheap for Redis (a few hundred per second for a large fleet) and
+ * keeps the worst-case delay between a publication and its use at one interval plus one fetch. At most one
+ * command of the follower is in flight at a time, so a slow Redis never piles up polls.
+ *
+ * The cache is written with blocking calls on the loop thread: it happens once per published change, the
+ * file is small, and an atomic rename keeps a concurrent reader (another worker starting) from seeing a
+ * partial document.
+ */
+#include "follower.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/alloc.h"
+#include "../common/error.h"
+#include "../common/log.h"
+
+#define KEY_VERSION "leo:snapshot:version"
+#define KEY_DOC "leo:snapshot"
+
+struct leo_follower {
+    uv_loop_t *loop;
+    struct leo_redis *redis;
+    char *cache_path;
+    leo_follower_apply_cb apply;
+    void *ud;
+    uint64_t version; /* last applied, 0 for none */
+    bool busy;        /* a command of ours is in flight */
+    bool stopped;
+    bool warned_down; /* "redis unreachable" logged once per outage */
+    int handles;      /* open timers; the struct is freed when they and the command in flight are done */
+    uv_timer_t poll, cold;
+};
+
+static void maybe_free(struct leo_follower *f)
+{
+    if (f->stopped && f->handles == 0 && !f->busy) {
+        leo_free(f->cache_path);
+        leo_free(f);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct leo_follower *f = h->data;
+    f->handles--;
+    maybe_free(f);
+}
+
+/* Checks the document's shape and reads its version; 0 or LEO_EPARSE with a reason. */
+static int doc_check(const char *json, size_t len, uint64_t *version, const char **why)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    int rc = LEO_EPARSE;
+    if (root == NULL) {
+        *why = "not valid JSON";
+        return rc;
+    }
+    json_t *v = json_object_get(root, "version");
+    if (!json_is_integer(v) || json_integer_value(v) <= 0)
+        *why = "\"version\" is not a positive integer";
+    else if (!json_is_array(json_object_get(root, "tenants")))
+        *why = "\"tenants\" is not an array";
+    else {
+        *version = (uint64_t)json_integer_value(v);
+        rc = 0;
+    }
+    json_decref(root);
+    return rc;
+}
+
+static void cache_write(struct leo_follower *f, const char *json, size_t len)
+{
+    if (f->cache_path == NULL)
+        return;
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", f->cache_path, (long)getpid());
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        leo_warn("snapshot cache path is too long: %s", f->cache_path);
+        return;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        leo_warn("cannot write the snapshot cache %s: %s", tmp, strerror(errno));
+        return;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, json + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            leo_warn("cannot write the snapshot cache %s: %s", tmp, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            return;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        leo_warn("cannot write the snapshot cache %s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return;
+    }
+    if (rename(tmp, f->cache_path) != 0) {
+        leo_warn("cannot rename %s to %s: %s", tmp, f->cache_path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
+/* Reads the cache into buf; 0, or an error after logging why (a missing file is only debug news). */
+static int cache_read(struct leo_follower *f, struct leo_buf *buf)
+{
+    FILE *fp = fopen(f->cache_path, "rb");
+    if (fp == NULL) {
+        if (errno == ENOENT)
+            leo_info("no snapshot cache at %s", f->cache_path);
+        else
+            leo_warn("cannot open the snapshot cache %s: %s", f->cache_path, strerror(errno));
+        return LEO_EIO;
+    }
+    char chunk[16384];
+    size_t n;
+    int rc = 0;
+    while (rc == 0 && (n = fread(chunk, 1, sizeof(chunk), fp)) > 0)
+        rc = leo_buf_add(buf, chunk, n);
+    if (rc == 0 && ferror(fp))
+        rc = LEO_EIO;
+    fclose(fp);
+    if (rc)
+        leo_warn("cannot read the snapshot cache %s: %s", f->cache_path, leo_strerror(rc));
+    return rc;
+}
+
+static void deliver(struct leo_follower *f, const char *json, size_t len, uint64_t version, bool from_cache)
+{
+    f->version = version;
+    f->apply(json, len, version, f->ud);
+    if (!from_cache)
+        cache_write(f, json, len);
+}
+
+static void on_cold_start(uv_timer_t *t)
+{
+    struct leo_follower *f = t->data;
+    if (f->stopped || f->version != 0 || f->cache_path == NULL)
+        return;
+    struct leo_buf buf;
+    leo_buf_init(&buf, LEO_FOLLOWER_MAX_BYTES, 0);
+    uint64_t version = 0;
+    const char *why = NULL;
+    if (cache_read(f, &buf) == 0) {
+        if (doc_check(buf.p, buf.len, &version, &why) != 0) {
+            leo_warn("snapshot cache %s ignored: %s", f->cache_path, why);
+        } else {
+            leo_warn("no snapshot from redis within %d ms: serving the cached snapshot version %" PRIu64 " from %s",
+                     LEO_FOLLOWER_COLD_START_MS, version, f->cache_path);
+            deliver(f, buf.p, buf.len, version, true);
+        }
+    }
+    leo_buf_release(&buf);
+}
+
+static void on_doc(struct leo_redis *r, int err, redisReply *reply, void *ud)
+{
+    struct leo_follower *f = ud;
+    f->busy = false;
+    if (f->stopped) {
+        maybe_free(f);
+        return;
+    }
+    if (err || reply->type == REDIS_REPLY_NIL)
+        return; /* the next poll tries again */
+    if (reply->type != REDIS_REPLY_STRING) {
+        leo_warn("%s: expected a string reply, got type %d", KEY_DOC, reply->type);
+        return;
+    }
+    if (reply->len > LEO_FOLLOWER_MAX_BYTES) {
+        leo_error("%s is %zu bytes, more than the %u allowed: not applied", KEY_DOC, (size_t)reply->len,
+                  LEO_FOLLOWER_MAX_BYTES);
+        return;
+    }
+    uint64_t version = 0;
+    const char *why = NULL;
+    if (doc_check(reply->str, reply->len, &version, &why) != 0) {
+        leo_error("%s rejected: %s; still serving version %" PRIu64, KEY_DOC, why, f->version);
+        return;
+    }
+    if (version == f->version)
+        return;
+    deliver(f, reply->str, reply->len, version, false);
+}
+
+static int fetch_doc(struct leo_follower *f)
+{
+    const char *argv[] = {"GET", KEY_DOC};
+    int rc = leo_redis_command_argv(f->redis, on_doc, f, 2, argv, NULL);
+    if (rc == 0)
+        f->busy = true;
+    return rc;
+}
+
+/* The version key holds what INCR left there: a decimal string. */
+static bool reply_u64(const redisReply *reply, uint64_t *out)
+{
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        *out = (uint64_t)reply->integer;
+        return true;
+    }
+    if (reply->type != REDIS_REPLY_STRING || reply->len == 0 || reply->len > 20)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < reply->len; i++) {
+        char ch = reply->str[i];
+        if (ch < '0' || ch > '9' || v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(ch - '0');
+    }
+    *out = v;
+    return v > 0;
+}
+
+static void on_version(struct leo_redis *r, int err, redisReply *reply, void *ud)
+{
+    struct leo_follower *f = ud;
+    f->busy = false;
+    if (f->stopped) {
+        maybe_free(f);
+        return;
+    }
+    if (err) {
+        leo_debug("%s: %s", KEY_VERSION, leo_strerror(err));
+        return;
+    }
+    uint64_t v = 0;
+    if (reply->type == REDIS_REPLY_NIL)
+        return; /* nothing published yet */
+    if (!reply_u64(reply, &v)) {
+        leo_warn("%s: not a positive integer", KEY_VERSION);
+        return;
+    }
+    if (v != f->version)
+        fetch_doc(f); /* a failure here is retried by the next poll */
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    struct leo_follower *f = t->data;
+    if (f->stopped || f->busy)
+        return;
+    if (!leo_redis_connected(f->redis)) {
+        if (!f->warned_down) {
+            leo_warn("control plane snapshot: redis is unreachable, still serving version %" PRIu64, f->version);
+            f->warned_down = true;
+        }
+        return;
+    }
+    if (f->warned_down) {
+        leo_info("control plane snapshot: redis is reachable again");
+        f->warned_down = false;
+    }
+    const char *argv[] = {"GET", KEY_VERSION};
+    if (leo_redis_command_argv(f->redis, on_version, f, 2, argv, NULL) == 0)
+        f->busy = true;
+}
+
+struct leo_follower *leo_follower_start(uv_loop_t *loop, struct leo_redis *redis, const char *cache_path,
+                                        leo_follower_apply_cb apply, void *ud)
+{
+    struct leo_follower *f = leo_new(struct leo_follower);
+    f->loop = loop;
+    f->redis = redis;
+    f->cache_path = cache_path ? leo_strdup(cache_path) : NULL;
+    f->apply = apply;
+    f->ud = ud;
+    uv_timer_init(loop, &f->poll);
+    uv_timer_init(loop, &f->cold);
+    f->poll.data = f->cold.data = f;
+    f->handles = 2;
+    /* the first poll runs on the next loop iteration, never from inside this call */
+    uv_timer_start(&f->poll, on_poll, 0, LEO_FOLLOWER_POLL_MS);
+    uv_timer_start(&f->cold, on_cold_start, LEO_FOLLOWER_COLD_START_MS, 0);
+    uv_unref((uv_handle_t *)&f->poll);
+    uv_unref((uv_handle_t *)&f->cold);
+    return f;
+}
+
+void leo_follower_stop(struct leo_follower *f)
+{
+    if (f == NULL)
+        return;
+    f->stopped = true;
+    uv_close((uv_handle_t *)&f->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&f->cold, on_handle_closed);
+}
+
+uint64_t leo_follower_version(const struct leo_follower *f)
+{
+    return f->version;
+}
+
+int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t len, struct leo_config **out,
+                            struct leo_buf *err)
+{
+    *out = NULL;
+    json_error_t jerr;
+    json_t *snap = json_loadb(snapshot_json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (snap == NULL) {
+        if (err)
+            leo_buf_addf(err, "snapshot: invalid JSON at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+        return LEO_ECONFIG;
+    }
+    json_t *tenants = json_object_get(snap, "tenants");
+    if (!json_is_array(tenants)) {
+        if (err)
+            leo_buf_adds(err, "snapshot: \"tenants\" is not an array");
+        json_decref(snap);
+        return LEO_ECONFIG;
+    }
+    json_t *file = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (file == NULL) {
+        if (err)
+            leo_buf_addf(err, "%s: %s (line %d, column %d)", path, jerr.text, jerr.line, jerr.column);
+        json_decref(snap);
+        return LEO_ECONFIG;
+    }
+    if (!json_is_object(file)) {
+        if (err)
+            leo_buf_addf(err, "%s: expected a JSON object", path);
+        json_decref(file);
+        json_decref(snap);
+        return LEO_ECONFIG;
+    }
+    json_object_set(file, "tenants", tenants);
+    char *text = json_dumps(file, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(file);
+    json_decref(snap);
+    if (text == NULL) {
+        if (err)
+            leo_buf_adds(err, "cannot serialise the merged configuration");
+        return LEO_ECONFIG;
+    }
+    char source[4096];
+    snprintf(source, sizeof(source), "%s+snapshot", path);
+    int rc = leo_config_parse_json(text, strlen(text), source, out, err);
+    /* the merged text holds no secret (provider keys are named by env var), but it is freed at once anyway */
+    free(text);
+    return rc;
+}
