@@ -15,7 +15,9 @@
 #include "../common/metrics.h"
 #include "config.h"
 #include "handlers.h"
+#include "quota.h"
 #include "router.h"
+#include "../common/redis.h"
 #include "hashkey_cmd.h"
 #include "supervisor.h"
 
@@ -115,6 +117,8 @@ int main(int argc, char **argv)
     }
     leo_gw_metrics_describe();
     leo_router_metrics_describe();
+    leo_quota_metrics_describe();
+    leo_redis_metrics_describe();
     int rc = leo_supervisor_run(&so);
     curl_global_cleanup();
     return rc;

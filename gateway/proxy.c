@@ -36,6 +36,7 @@
 #include "handlers.h"
 #include "providers/messages.h"
 #include "providers/provider.h"
+#include "quota.h"
 #include "router.h"
 #include "sse.h"
 #include "tokens.h"
@@ -47,6 +48,16 @@
 #define MAX_PASS_HEADERS 16
 
 enum proxy_kind { KIND_CHAT, KIND_MESSAGES, KIND_COUNT_TOKENS, KIND_EMBEDDINGS, KIND_COMPLETIONS };
+
+struct proxy;
+
+/* Outlives the request when the client leaves while Redis is answering: the answer then releases what it
+ * reserved. */
+struct admit_ticket {
+    struct proxy *p;          /* NULL once the request is gone */
+    struct leo_worker *w;
+    struct leo_config *cfg;   /* the request's snapshot, kept for the admission's lifetime */
+};
 
 struct proxy {
     struct leo_gw_req *g;
@@ -76,6 +87,8 @@ struct proxy {
     struct leo_route_attempt att;      /* the current attempt, open between leo_router_next and _end */
     bool att_open;
     uint64_t retry_after_ms;           /* what the upstream asked for (Retry-After and relatives) */
+    struct admit_ticket *ticket;       /* a quota admission in flight, or NULL */
+    char reservation[40];              /* the quota reservation to settle at the end, "" for none */
     uv_timer_t *retry_timer;           /* backoff between attempts; freed in its close callback */
     struct leo_buf attempt_log;        /* "deployment:outcome" of each failed attempt, for the access log */
     struct leo_adapter_ctx ctx;
@@ -137,6 +150,11 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
         p->att_open = false;
         leo_router_end(g->w->router, &p->att, LEO_ROUTE_CANCELLED, NULL, uv_now(g->w->loop));
     }
+    if (p->ticket)
+        p->ticket->p = NULL; /* the admission answers later; the ticket releases what it reserved */
+    if (p->reservation[0])
+        leo_quota_settle(g->w->quota, p->reservation, p->usage.input_tokens + p->usage.output_tokens, g->cost_usd,
+                         p->usage.have);
     if (p->streaming)
         leo_metrics_gauge_add("leo_active_streams", "", -1);
     if (p->usage.have) {
@@ -636,7 +654,8 @@ static void end_attempt(struct proxy *p, enum leo_route_outcome outcome)
         p->ad->error_message(p->body.p, p->body.len, msg, sizeof(msg));
     struct leo_route_feedback fb = {
         .status = g->upstream_status,
-        .ttfb_ms = (uint64_t)g->upstream_ttfb_ms,
+        /* rounded up: an answer under a millisecond is measured too (0 means "not measured") */
+        .ttfb_ms = (uint64_t)g->upstream_ttfb_ms + ((double)(uint64_t)g->upstream_ttfb_ms < g->upstream_ttfb_ms),
         .retry_after_ms = p->retry_after_ms,
         .message = leo_str_c(msg),
     };
@@ -1031,6 +1050,76 @@ out:
     return rc;
 }
 
+static void route_first(struct proxy *p);
+
+/* ---- quota admission ---- */
+
+
+static void on_admitted(const struct leo_quota_result *res, void *ud)
+{
+    struct admit_ticket *t = ud;
+    struct proxy *p = t->p;
+    if (p == NULL) {
+        if (res->allowed && res->reservation[0])
+            leo_quota_settle(t->w->quota, res->reservation, 0, 0, false);
+    } else {
+        p->ticket = NULL;
+        struct leo_gw_req *g = p->g;
+        if (res->allowed) {
+            snprintf(p->reservation, sizeof(p->reservation), "%s", res->reservation);
+            route_first(p);
+        } else {
+            char msg[512];
+            leo_quota_message(res, msg, sizeof(msg));
+            struct leo_http_header h[12];
+            size_t n = leo_quota_headers(res, h, sizeof(h) / sizeof(h[0]), &g->req->arena);
+            struct leo_buf b = LEO_BUF_INIT;
+            if (g->dialect == LEO_DIALECT_ANTHROPIC)
+                leo_anthropic_error_json(&b, leo_anthropic_error_type(res->status), msg);
+            else
+                leo_openai_error_json(&b, msg, leo_openai_error_type(res->status), NULL,
+                                      res->status == 429 ? "quota_exceeded" : "quota_unavailable");
+            g->error = leo_arena_strndup(&g->req->arena, msg, strlen(msg));
+            leo_gw_respond_json(g, res->status, h, n, b.p, b.len);
+            leo_buf_release(&b);
+        }
+    }
+    leo_config_unref(t->cfg);
+    leo_free(t);
+}
+
+/* Reserves the request's estimate against the key's and the tenant's quotas before anything is sent;
+ * requests without quotas skip the round trip. */
+static void admit(struct proxy *p)
+{
+    struct leo_gw_req *g = p->g;
+    if (leo_quota_empty(&g->key->quota) && leo_quota_empty(&g->key->tenant->quota)) {
+        route_first(p);
+        return;
+    }
+    json_t *mt = json_object_get(p->root, "max_completion_tokens");
+    if (!json_is_integer(mt))
+        mt = json_object_get(p->root, "max_tokens");
+    uint64_t out = json_is_integer(mt) && json_integer_value(mt) > 0 ? (uint64_t)json_integer_value(mt)
+                                                                     : LEO_ROUTE_OUTPUT_GUESS;
+    const struct leo_price *pr = leo_config_price(g->cfg, leo_str_c(g->model->deployments[0].model));
+    struct leo_quota_request qr = {
+        .cfg = g->cfg,
+        .key = g->key,
+        .est_tokens = g->estimated_tokens + out,
+        .est_usd = leo_price_cost(pr, g->estimated_tokens, out),
+    };
+    struct admit_ticket *t = leo_malloc(sizeof(*t));
+    *t = (struct admit_ticket){p, g->w, leo_config_ref(g->cfg)};
+    p->ticket = t;
+    if (leo_quota_admit(g->w->quota, &qr, on_admitted, t) != 0) {
+        p->ticket = NULL;
+        leo_config_unref(t->cfg);
+        leo_free(t);
+        route_first(p);
+    }
+}
+
 static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
 {
     g->dialect = kind == KIND_MESSAGES || kind == KIND_COUNT_TOKENS ? LEO_DIALECT_ANTHROPIC : LEO_DIALECT_OPENAI;
@@ -1082,6 +1171,13 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
         json_decref(c);
         leo_buf_release(&err);
     }
+    admit(p);
+}
+
+/* Routes the first attempt (after admission). */
+static void route_first(struct proxy *p)
+{
+    struct leo_gw_req *g = p->g;
     leo_route_plan_init(&p->plan, g->cfg, g->model, g->estimated_tokens, uv_now(g->w->loop));
     uint64_t retry_in = 0;
     if (!next_attempt(p, &retry_in)) {

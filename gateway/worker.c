@@ -15,6 +15,7 @@
 #include "../common/log.h"
 #include "../common/metrics.h"
 #include "handlers.h"
+#include "quota.h"
 
 int leo_parse_listen(const char *s, char *host, size_t hostsize, int *port)
 {
@@ -130,6 +131,46 @@ static void follow_start(struct leo_worker *w)
     w->_follower = leo_follower_start(w->loop, w->_cp_redis, cfg->control_plane.cache_path, on_snapshot, w);
 }
 
+static void on_alert_sent(struct leo_upstream_xfer *x, int err, enum leo_upstream_stage stage, const char *msg,
+                          void *ud)
+{
+    (void)x;
+    (void)stage;
+    (void)ud;
+    if (err != 0)
+        leo_warn("quota alert webhook failed: %s", msg);
+}
+
+/* Near-quota alerts go to the log (quota.c) and, when configured, to a webhook as a JSON POST. */
+static void on_quota_alert(const struct leo_config *cfg, const char *json, size_t len, void *ud)
+{
+    struct leo_worker *w = ud;
+    if (cfg->alerts.webhook_url == NULL || w->up == NULL)
+        return;
+    static const struct leo_upstream_callbacks cbs = {NULL, NULL, on_alert_sent};
+    struct leo_http_header h[] = {{LEO_STR_LIT("Content-Type"), LEO_STR_LIT("application/json")}};
+    struct leo_upstream_request r = {.method = "POST", .url = cfg->alerts.webhook_url, .headers = h, .nheaders = 1,
+                                     .body = json, .body_len = len, .total_timeout_ms = 10000};
+    if (leo_upstream_start(w->up, &r, &cbs, NULL) == NULL)
+        leo_warn("quota alert webhook could not be started");
+}
+
+/* Shared counters when the config names a Redis; in-process otherwise (one worker's view: see docs/limits.md). */
+static void quota_start(struct leo_worker *w)
+{
+    const struct leo_config *cfg = w->cfg;
+    if (cfg->redis.url) {
+        struct leo_buf err = LEO_BUF_INIT;
+        struct leo_redis_opts ro = {.url = cfg->redis.url, .password = cfg->redis.password,
+                                    .command_timeout_ms = cfg->redis.timeout_ms};
+        if (leo_redis_new(w->loop, &ro, &w->redis, &err) != 0)
+            leo_error("redis.url: %s; quotas use in-process counters", err.p);
+        leo_buf_release(&err);
+    }
+    w->quota = leo_quota_new(w->loop, w->redis);
+    leo_quota_set_alert_cb(w->quota, on_quota_alert, w);
+}
+
 static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
@@ -147,6 +188,10 @@ static void stop_everything(struct leo_worker *w)
     if (w->up) {
         leo_upstream_close(w->up);
         w->up = NULL;
+    }
+    if (w->redis) {
+        leo_redis_close(w->redis, NULL, NULL);
+        w->redis = NULL;
     }
     if (w->_follower) {
         leo_follower_stop(w->_follower);
@@ -290,6 +335,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_check_init(&loop, &w._drain_check);
     w._drain_check.data = &w;
     follow_start(&w);
+    quota_start(&w);
 
     leo_info("listening on %s:%d (config version %llu)", w.listen_host, leo_http_server_port(w.http),
              (unsigned long long)cfg->version);
@@ -298,6 +344,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_run(&loop, UV_RUN_DEFAULT);
     leo_config_unref(w.cfg);
     leo_router_free(w.router);
+    leo_quota_free(w.quota);
     leo_free(w._snapshot);
     uv_loop_close(&loop);
     return 0;
