@@ -607,6 +607,27 @@ static int parse_routing(struct ctx *c, const json_t *root, struct leo_config *c
     return rc;
 }
 
+/* o[url_key] (a redis:// or unix:// URL) and o.password_env (the variable holding the password), shared by the
+ * "redis" and "control_plane" sections; the password is read from the environment here. */
+static int parse_redis_target(struct ctx *c, const json_t *o, const char *url_key, const char **url, char **password)
+{
+    const char *env = NULL;
+    int rc = get_string(c, o, url_key, true, url);
+    if (rc == 0 && strncmp(*url, "redis://", 8) != 0 && strncmp(*url, "unix://", 7) != 0)
+        rc = fail_at(c, url_key, "expected redis://host:port[/db] or unix:///path/to/socket[?db=N]");
+    if (rc == 0 && json_object_get(o, "password_env") != NULL) {
+        rc = get_env_name(c, o, "password_env", &env);
+        if (rc == 0) {
+            const char *pw = getenv(env);
+            if (pw == NULL || pw[0] == '\0')
+                rc = fail_at(c, "password_env", "environment variable \"%s\" is not set or empty", env);
+            else
+                *password = leo_strdup(pw);
+        }
+    }
+    return rc;
+}
+
 static int parse_redis(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     static const char *const fields[] = {"url", "password_env", "timeout_ms", "on_failure", NULL};
@@ -615,22 +636,10 @@ static int parse_redis(struct ctx *c, const json_t *root, struct leo_config *cfg
     if (o == NULL)
         return rc;
     size_t old = path_key(c, "redis");
-    const char *url = NULL, *policy = NULL, *env = NULL;
+    const char *url = NULL, *policy = NULL;
     rc = open_object(c, o, fields);
     if (rc == 0)
-        rc = get_string(c, o, "url", true, &url);
-    if (rc == 0 && strncmp(url, "redis://", 8) != 0 && strncmp(url, "unix://", 7) != 0)
-        rc = fail_at(c, "url", "expected redis://host:port[/db] or unix:///path/to/socket[?db=N]");
-    if (rc == 0 && json_object_get(o, "password_env") != NULL) {
-        rc = get_env_name(c, o, "password_env", &env);
-        if (rc == 0) {
-            const char *pw = getenv(env);
-            if (pw == NULL || pw[0] == '\0')
-                rc = fail_at(c, "password_env", "environment variable \"%s\" is not set or empty", env);
-            else
-                cfg->redis.password = leo_strdup(pw);
-        }
-    }
+        rc = parse_redis_target(c, o, "url", &url, &cfg->redis.password);
     if (rc == 0)
         rc = get_uint(c, o, "timeout_ms", 1, 60000, &cfg->redis.timeout_ms);
     if (rc == 0)
@@ -657,22 +666,10 @@ static int parse_control_plane(struct ctx *c, const json_t *root, struct leo_con
     if (o == NULL)
         return rc;
     size_t old = path_key(c, "control_plane");
-    const char *url = NULL, *env = NULL, *cache = NULL;
+    const char *url = NULL, *cache = NULL;
     rc = open_object(c, o, fields);
     if (rc == 0)
-        rc = get_string(c, o, "redis_url", true, &url);
-    if (rc == 0 && strncmp(url, "redis://", 8) != 0 && strncmp(url, "unix://", 7) != 0)
-        rc = fail_at(c, "redis_url", "expected redis://host:port[/db] or unix:///path/to/socket[?db=N]");
-    if (rc == 0 && json_object_get(o, "password_env") != NULL) {
-        rc = get_env_name(c, o, "password_env", &env);
-        if (rc == 0) {
-            const char *pw = getenv(env);
-            if (pw == NULL || pw[0] == '\0')
-                rc = fail_at(c, "password_env", "environment variable \"%s\" is not set or empty", env);
-            else
-                cfg->control_plane.password = leo_strdup(pw);
-        }
-    }
+        rc = parse_redis_target(c, o, "redis_url", &url, &cfg->control_plane.password);
     if (rc == 0)
         rc = get_string(c, o, "cache_path", false, &cache);
     if (rc == 0 && cache && cache[0] == '\0')
