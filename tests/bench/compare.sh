@@ -7,10 +7,12 @@
 #   --rounds N, --seconds S, --stream   passed to the shared kit's compare.sh (defaults 3, 10, off)
 #   --port P          where the gateway listens (default 8080)
 #   --no-access-log   run the gateway with "access_log": false (default: on, as shipped)
-#   --no-hop          skip the latency decomposition (bare /health round trip through the gateway)
-#   --perf            also profile the worker under 32 connections with `perf record -g` and summarise it
-#   --out DIR         keep the gateway log, the config and perf.data in DIR (default: a temporary directory,
-#                     removed at exit)
+#   --no-hop          skip the latency decomposition at one connection (same-core and cross-core round trips
+#                     to the upstream, bare GET /health and chat through the gateway)
+#   --perf            also profile the worker under 32 connections (perf record -g, perf stat on system calls,
+#                     perf record --call-graph dwarf) and summarise where its time goes
+#   --out DIR         keep the gateway log (over 1 GB for 3 rounds of 10 s), the config, wrk output and the
+#                     profiles in DIR (default: a temporary directory, removed at exit)
 #   --build-dir DIR   the build tree holding leo-gateway (default <repo>/build, a Release build)
 #   --no-build        use the binary as it is
 #
@@ -53,7 +55,7 @@ else
     kit=$(cd "$root/.." && pwd)/shared/bench
 fi
 [ -f "$kit/compare.sh" ] || { echo "compare.sh: the shared kit is not at $kit (set SHARED_DIR)" >&2; exit 2; }
-for tool in wrk taskset curl cc; do
+for tool in wrk taskset curl cc ss; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing (bash deploy/install-deps.sh --bench)" >&2; exit 2; }
 done
 [ "$PERF" = 0 ] || command -v perf >/dev/null || { echo "compare.sh: --perf needs perf (linux-perf)" >&2; exit 2; }
@@ -89,10 +91,10 @@ if [ -n "$OUT" ]; then
 else
     work=$(mktemp -d /tmp/leo-bench.XXXXXX)
 fi
-sup="" up="" load=""
+sup="" load="" ups=()
 cleanup() {
     [ -z "$load" ] || kill "$load" 2>/dev/null || true
-    [ -z "$up" ] || kill $up 2>/dev/null || true
+    [ ${#ups[@]} -eq 0 ] || kill "${ups[@]}" 2>/dev/null || true
     if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
         kill -TERM "$sup" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$sup" 2>/dev/null || break; sleep 0.1; done
@@ -176,12 +178,12 @@ start_upstream() { # cpu port -> pid in $!
 if [ "$HOP" = 1 ] || [ "$PERF" = 1 ]; then
     cc -O2 -o "$work/upstream" "$kit/upstream.c"
     start_upstream 0 9100
-    up=$!
+    ups+=($!)
 fi
 if [ "$HOP" = 1 ]; then
     if port_busy 9101; then echo "compare.sh: port 9101 is in use (needed by the latency decomposition)" >&2; exit 2; fi
     start_upstream 1 9101
-    up="$up $!"
+    ups+=($!)
     : > "$work/hop.rows"
     wrk_run 8 "http://127.0.0.1:$PORT" "$kit/chat.lua" >/dev/null # warm-up
     for _ in $(seq "$ROUNDS"); do
