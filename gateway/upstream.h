@@ -57,7 +57,6 @@ struct leo_upstream_request {
     uint64_t connect_timeout_ms;             /* 0: default 10 s */
     uint64_t first_byte_timeout_ms;          /* time to response headers; 0: none */
     uint64_t total_timeout_ms;               /* 0: none */
-    size_t max_error_body;                   /* unused by the module; callers cap what they keep */
 };
 
 /** Creates the client for loop. Returns NULL only if libcurl cannot be initialised. */

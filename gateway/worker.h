@@ -39,7 +39,6 @@ struct leo_worker {
     char listen_host[256];
     int listen_port;
     bool draining;
-    unsigned streams;          /* streaming responses in progress */
     uint64_t next_request;     /* request counter for ids */
     char id_prefix[16];        /* random per worker start */
     /* private */
