@@ -51,12 +51,30 @@ enum proxy_kind { KIND_CHAT, KIND_MESSAGES, KIND_COUNT_TOKENS, KIND_EMBEDDINGS, 
 
 struct proxy;
 
+/* What a quota admission is for: the request (key and tenant scopes, before routing), the current attempt's
+ * deployment, or the hedge's deployment. */
+enum ticket_kind { TICKET_REQUEST, TICKET_ATTEMPT, TICKET_HEDGE };
+
 /* Outlives the request when the client leaves while Redis is answering: the answer then releases what it
  * reserved. */
 struct admit_ticket {
-    struct proxy *p;          /* NULL once the request is gone */
+    struct proxy *p;          /* NULL once the request (or, for a hedge, the hedge) is gone */
     struct leo_worker *w;
     struct leo_config *cfg;   /* the request's snapshot, kept for the admission's lifetime */
+    enum ticket_kind kind;
+};
+
+/* The second attempt of a hedged request, racing the first one until either delivers 2xx headers. Lives in
+ * the request's arena: it stays the user data of its transfer after winning. */
+struct hedge {
+    struct proxy *p;
+    struct leo_upstream_xfer *xfer;     /* NULL until sent, and once cancelled or done */
+    struct leo_route_attempt att;
+    bool att_open;
+    bool promoted;                      /* it became the request's attempt: its callbacks are the proxy's */
+    bool count_on_headers;              /* promoted before its headers: count won/lost when they come */
+    char dep_resv[40];                  /* its deployment's quota reservation */
+    uint64_t t_start;
 };
 
 struct proxy {
@@ -87,8 +105,17 @@ struct proxy {
     struct leo_route_attempt att;      /* the current attempt, open between leo_router_next and _end */
     bool att_open;
     uint64_t retry_after_ms;           /* what the upstream asked for (Retry-After and relatives) */
-    struct admit_ticket *ticket;       /* a quota admission in flight, or NULL */
+    struct admit_ticket *ticket;       /* a quota admission in flight (request or attempt), or NULL */
     char reservation[40];              /* the quota reservation to settle at the end, "" for none */
+    int pin;                           /* x-leo-route: index of the only deployment to use, -1 = any */
+    uint64_t est_tokens;               /* input estimate + output allowance, reserved by quota admissions */
+    char dep_resv[40];                 /* the current attempt's deployment reservation, "" for none */
+    bool dep_limited;                  /* some deployment refused this request by its own limits */
+    struct leo_quota_result dep_refusal; /* the refusal that frees up soonest */
+    uv_timer_t *hedge_timer;           /* fires hedge_after_ms after an attempt started; freed on close */
+    struct hedge *hedge;               /* the hedge racing the current attempt, or NULL */
+    struct admit_ticket *hedge_ticket; /* the hedge's deployment admission in flight, or NULL */
+    bool hedged;                       /* a hedge was started (one per request) */
     uv_timer_t *retry_timer;           /* backoff between attempts; freed in its close callback */
     struct leo_buf attempt_log;        /* "deployment:outcome" of each failed attempt, for the access log */
     struct leo_adapter_ctx ctx;
@@ -133,6 +160,57 @@ static const struct status_map {
 };
 
 static const struct leo_upstream_callbacks up_cbs;
+static const struct leo_upstream_callbacks hedge_cbs;
+static void admit_attempt(struct proxy *p);
+static void promote_hedge(struct proxy *p, struct hedge *h);
+static void on_admitted(const struct leo_quota_result *res, void *ud);
+
+/* Settles one quota reservation (the request's or a deployment's) with the request's usage, once. */
+static void settle_resv(struct proxy *p, char *resv, bool had_usage)
+{
+    if (!resv[0])
+        return;
+    leo_quota_settle(p->g->w->quota, resv, p->usage.input_tokens + p->usage.output_tokens, p->g->cost_usd,
+                     had_usage);
+    resv[0] = '\0';
+}
+
+static void count_hedge(struct proxy *p, const char *outcome)
+{
+    struct leo_buf lbl = LEO_BUF_INIT;
+    leo_buf_adds(&lbl, "model=\"");
+    leo_metrics_label_value(&lbl, p->g->model->name, strlen(p->g->model->name));
+    leo_buf_addf(&lbl, "\",outcome=\"%s\"", outcome);
+    leo_metrics_add("leo_route_hedges_total", lbl.p, 1);
+    leo_buf_release(&lbl);
+}
+
+/* Ends the hedge the request no longer needs (it lost the race, or the request is over): cancels its transfer
+ * or its pending admission, closes its attempt without penalty, releases its deployment's reservation. why,
+ * when set, goes into the access log's list of attempts. */
+static void drop_hedge(struct proxy *p, const char *why)
+{
+    struct hedge *h = p->hedge;
+    if (h == NULL)
+        return;
+    struct leo_gw_req *g = p->g;
+    p->hedge = NULL;
+    if (h->xfer) {
+        leo_upstream_cancel(h->xfer);
+        h->xfer = NULL;
+    }
+    if (p->hedge_ticket) {
+        p->hedge_ticket->p = NULL; /* its answer releases what it reserved */
+        p->hedge_ticket = NULL;
+    }
+    if (h->att_open) {
+        h->att_open = false;
+        leo_router_end(g->w->router, &h->att, LEO_ROUTE_CANCELLED, NULL, uv_now(g->w->loop));
+    }
+    settle_resv(p, h->dep_resv, false);
+    if (why)
+        leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", h->att.deployment->id, why);
+}
 
 /* ---- lifecycle ---- */
 
@@ -150,11 +228,16 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
         p->att_open = false;
         leo_router_end(g->w->router, &p->att, LEO_ROUTE_CANCELLED, NULL, uv_now(g->w->loop));
     }
+    drop_hedge(p, NULL);
+    if (p->hedge_timer) {
+        uv_close((uv_handle_t *)p->hedge_timer, (uv_close_cb)leo_free);
+        p->hedge_timer = NULL;
+    }
     if (p->ticket)
         p->ticket->p = NULL; /* the admission answers later; the ticket releases what it reserved */
-    if (p->reservation[0])
-        leo_quota_settle(g->w->quota, p->reservation, p->usage.input_tokens + p->usage.output_tokens, g->cost_usd,
-                         p->usage.have);
+    /* only the attempt that answered holds a deployment reservation now: the usage is its */
+    settle_resv(p, p->reservation, p->usage.have);
+    settle_resv(p, p->dep_resv, p->usage.have);
     if (p->streaming)
         leo_metrics_gauge_add("leo_active_streams", "", -1);
     if (p->usage.have) {
@@ -447,6 +530,12 @@ static void up_headers(struct leo_upstream_xfer *x, int status, const struct leo
 {
     struct proxy *p = ud;
     struct leo_gw_req *g = p->g;
+    if (p->hedge_timer)
+        uv_timer_stop(p->hedge_timer);
+    if (status >= 200 && status < 300 && p->hedge) {
+        drop_hedge(p, "cancelled"); /* this attempt won the race */
+        count_hedge(p, "lost");
+    }
     g->upstream_status = status;
     g->upstream_ttfb_ms = leo_upstream_ttfb_ms(x);
     if (status == 429 || status >= 500)
@@ -618,13 +707,12 @@ static int start_attempt(struct proxy *p);
 
 static void on_retry_timer(uv_timer_t *t)
 {
-    start_attempt(t->data);
+    admit_attempt(t->data);
 }
 
-/* How an attempt ended, in the router's terms. */
-static enum leo_route_outcome attempt_outcome(struct proxy *p, int err)
+/* How an attempt ended, in the router's terms, from its status (0: none) and its transfer's error. */
+static enum leo_route_outcome outcome_of(int st, int err, bool byok)
 {
-    int st = p->g->upstream_status;
     if (err == LEO_ETIMEOUT)
         return LEO_ROUTE_TIMEOUT;
     if (err == LEO_ECONNECT)
@@ -636,10 +724,15 @@ static enum leo_route_outcome attempt_outcome(struct proxy *p, int err)
     if (st == 429)
         return LEO_ROUTE_RATE_LIMITED;
     if (st == 401 || st == 403)
-        return p->g->byok.len ? LEO_ROUTE_CLIENT_ERROR : LEO_ROUTE_AUTH_FAILED;
+        return byok ? LEO_ROUTE_CLIENT_ERROR : LEO_ROUTE_AUTH_FAILED;
     if (st >= 500)
         return LEO_ROUTE_SERVER_ERROR;
     return LEO_ROUTE_CLIENT_ERROR;
+}
+
+static enum leo_route_outcome attempt_outcome(struct proxy *p, int err)
+{
+    return outcome_of(p->g->upstream_status, err, p->g->byok.len > 0);
 }
 
 /* Closes the current attempt with the router (once). */
@@ -662,8 +755,9 @@ static void end_attempt(struct proxy *p, enum leo_route_outcome outcome)
     leo_router_end(g->w->router, &p->att, outcome, &fb, uv_now(g->w->loop));
 }
 
-/* Chooses the next attempt and starts it, now or after its backoff. Returns false when the router has nothing
- * left (no response sent: the caller answers). */
+/* Chooses the next attempt and starts it (through its deployment's admission), now or after its backoff.
+ * Returns false when the router has nothing left (no response sent: the caller answers); true when an
+ * attempt is under way or the request has been answered (every deployment left refused it by its limits). */
 static bool next_attempt(struct proxy *p, uint64_t *retry_in_ms)
 {
     struct leo_gw_req *g = p->g;
@@ -672,7 +766,7 @@ static bool next_attempt(struct proxy *p, uint64_t *retry_in_ms)
     p->att_open = true;
     g->dep = p->att.deployment;
     if (p->att.backoff_ms == 0) {
-        start_attempt(p);
+        admit_attempt(p);
         return true;
     }
     if (p->retry_timer == NULL) {
@@ -694,6 +788,7 @@ static bool maybe_retry(struct proxy *p, int err, const char *what)
     end_attempt(p, outcome);
     if (!leo_route_retryable(outcome) || p->kind == KIND_COUNT_TOKENS)
         return false;
+    settle_resv(p, p->dep_resv, false); /* the failed attempt's deployment: counted, without usage */
     leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", g->dep->id, what);
     const struct leo_deployment *failed = g->dep;
     /* the failed answer stays until another attempt is under way: it is what the client gets otherwise */
@@ -705,13 +800,8 @@ static bool maybe_retry(struct proxy *p, int err, const char *what)
         p->body = failed_body;
         return false;
     }
+    /* leo_router_next has counted the fallback or retry */
     leo_buf_release(&failed_body);
-    struct leo_buf lbl = LEO_BUF_INIT;
-    leo_buf_adds(&lbl, "model=\"");
-    leo_metrics_label_value(&lbl, g->model->name, strlen(g->model->name));
-    leo_buf_addch(&lbl, '"');
-    leo_metrics_add(p->att.fallback ? "leo_route_fallbacks_total" : "leo_route_retries_total", lbl.p, 1);
-    leo_buf_release(&lbl);
     return true;
 }
 
@@ -724,7 +814,19 @@ static void finish_whole(struct proxy *p, int err, enum leo_upstream_stage stage
         snprintf(what, sizeof(what), "%s", err == LEO_ETIMEOUT ? "timeout" : err == LEO_ECONNECT ? "connect" : "error");
     else
         snprintf(what, sizeof(what), "%d", g->upstream_status);
-    if ((err != 0 || g->upstream_status < 200 || g->upstream_status >= 300) && maybe_retry(p, err, what))
+    bool failed = err != 0 || g->upstream_status < 200 || g->upstream_status >= 300;
+    if (failed && p->hedge && p->hedge->xfer) {
+        /* the first attempt failed while its hedge is in flight: the hedge carries the request on */
+        end_attempt(p, attempt_outcome(p, err));
+        settle_resv(p, p->dep_resv, false);
+        leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", g->dep->id, what);
+        p->hedge->count_on_headers = true;
+        promote_hedge(p, p->hedge);
+        return;
+    }
+    if (failed)
+        drop_hedge(p, "cancelled"); /* still waiting for its admission: the retry logic takes over */
+    if (failed && maybe_retry(p, err, what))
         return;
     end_attempt(p, attempt_outcome(p, err));
     if (err == LEO_ETIMEOUT) {
@@ -766,6 +868,8 @@ static void up_done(struct leo_upstream_xfer *x, int err, enum leo_upstream_stag
     struct proxy *p = ud;
     struct leo_gw_req *g = p->g;
     p->xfer = NULL;
+    if (p->hedge_timer)
+        uv_timer_stop(p->hedge_timer);
     g->upstream_ms = (double)(uv_hrtime() - p->t_start) / 1e6;
     const char *prov = g->dep->provider->name;
     struct leo_buf lbl = LEO_BUF_INIT;
@@ -926,9 +1030,40 @@ static void answer_token_estimate(struct leo_gw_req *g, json_t *root)
     leo_buf_release(&err);
 }
 
-/* Builds and starts the upstream call for the deployment chosen for this attempt. Returns 0 when the transfer
- * started; otherwise the response (an error) has been sent. */
-static int start_attempt(struct proxy *p)
+/* Points the per-deployment state of the request (g->dep, adapter, dialect, adapter context, the deployment
+ * name of the x-leo-deployment header) at d. */
+static void use_deployment(struct proxy *p, const struct leo_deployment *d)
+{
+    struct leo_gw_req *g = p->g;
+    g->dep = d;
+    p->ad = d->provider->adapter;
+    p->passthrough = p->ad->dialect == g->dialect;
+    p->ctx = (struct leo_adapter_ctx){d->model, g->cfg->default_max_tokens, p->resp_id, p->created};
+    snprintf(p->dep_s, sizeof(p->dep_s), "%s/%s", d->provider->name, d->model);
+}
+
+/* Why an upstream request could not be built or started (nothing has been sent to the client). */
+struct build_fail {
+    int status;
+    const char *param, *code;
+    bool estimate; /* count_tokens without an Anthropic upstream: answer with the gateway's own estimate */
+    bool relay;    /* the transfer could not start: answer with the deployment headers */
+    char msg[512];
+};
+
+static int build_failed(struct build_fail *f, int status, const char *param, const char *code, const char *msg)
+{
+    f->status = status;
+    f->param = param;
+    f->code = code;
+    snprintf(f->msg, sizeof(f->msg), "%s", msg);
+    return -1;
+}
+
+/* Builds the upstream request of att for the deployment use_deployment() selected and starts its transfer
+ * with cbs/ud. Returns 0 with *xfer set, or -1 with *f saying why. Counts the attempt when it starts. */
+static int send_upstream(struct proxy *p, const struct leo_route_attempt *att, const struct leo_upstream_callbacks *cbs,
+                         void *ud, struct leo_upstream_xfer **xfer, struct build_fail *f)
 {
     struct leo_gw_req *g = p->g;
     struct leo_http_request *req = g->req;
@@ -937,38 +1072,29 @@ static int start_attempt(struct proxy *p)
     struct leo_buf body = LEO_BUF_INIT, url = LEO_BUF_INIT, err = LEO_BUF_INIT;
     int rc = -1;
 
-    p->ad = prov->adapter;
-    p->passthrough = p->ad->dialect == g->dialect;
-    p->ctx = (struct leo_adapter_ctx){g->dep->model, g->cfg->default_max_tokens, p->resp_id, p->created};
-    p->npass = 0;
-    p->upstream_complete = false;
-    g->upstream_status = 0;
-    g->upstream_ttfb_ms = 0;
-    json_decref(p->req_json);
-    p->req_json = NULL;
-    snprintf(p->dep_s, sizeof(p->dep_s), "%s/%s", prov->name, g->dep->model);
-
     /* the upstream URL and body */
     const char *sub = kind_path(p->kind);
     if (sub != NULL) {
         if (!p->passthrough && p->kind == KIND_EMBEDDINGS && p->ad->build_embeddings != NULL) {
             p->ad->embeddings_url(prov, g->dep->model, &url);
             if (p->ad->build_embeddings(root, &p->ctx, &body, &err) != 0) {
-                leo_gw_error(g, 400, "input", "unsupported_parameter", "%s", err.p);
+                build_failed(f, 400, "input", "unsupported_parameter", err.p);
                 goto out;
             }
+            json_decref(p->req_json);
             p->req_json = json_incref(root);
             goto send;
         }
         /* embeddings, legacy completions and count_tokens exist only in their own dialect's APIs */
         if (!p->passthrough) {
             if (p->kind == KIND_COUNT_TOKENS) {
-                answer_token_estimate(g, root);
+                f->estimate = true;
                 goto out;
             }
-            leo_gw_error(g, 400, "model", "unsupported_for_provider",
-                         "model \"%s\" is served by a \"%s\" provider, which has no /v1/%s API", g->model->name,
-                         prov->type, sub);
+            char msg[512];
+            snprintf(msg, sizeof(msg), "model \"%s\" is served by a \"%s\" provider, which has no /v1/%s API",
+                     g->model->name, prov->type, sub);
+            build_failed(f, 400, "model", "unsupported_for_provider", msg);
             goto out;
         }
         if (strcmp(prov->type, "azure") == 0)
@@ -982,14 +1108,14 @@ static int start_attempt(struct proxy *p)
     }
     if (p->passthrough) {
         if (splice_body(p, root, &body) != 0) {
-            leo_gw_error(g, 400, NULL, "invalid_request", "request body could not be rewritten");
+            build_failed(f, 400, NULL, "invalid_request", "request body could not be rewritten");
             goto out;
         }
     } else {
         if (p->canon == NULL)
             p->canon = g->dialect == LEO_DIALECT_ANTHROPIC ? leo_messages_to_canonical(root, &err) : json_incref(root);
         if (p->canon == NULL || p->ad->build_chat(p->canon, &p->ctx, &body, &err) != 0) {
-            leo_gw_error(g, 400, NULL, "unsupported_parameter", "%s", err.len ? err.p : "request cannot be translated");
+            build_failed(f, 400, NULL, "unsupported_parameter", err.len ? err.p : "request cannot be translated");
             goto out;
         }
         g->estimated_tokens = leo_estimate_tokens(p->canon);
@@ -1001,8 +1127,8 @@ send:;
     struct leo_http_header h[16];
     size_t n = 0;
     struct leo_str key = g->byok;
-    if (key.len == 0 && p->att.key)
-        key = leo_str_c(p->att.key->value);
+    if (key.len == 0 && att->key)
+        key = leo_str_c(att->key->value);
     h[n++] = (struct leo_http_header){LEO_STR_LIT("Content-Type"), LEO_STR_LIT("application/json")};
     h[n++] = (struct leo_http_header){LEO_STR_LIT("Accept"),
                                       g->stream ? LEO_STR_LIT("text/event-stream") : LEO_STR_LIT("application/json")};
@@ -1032,28 +1158,316 @@ send:;
         .total_timeout_ms = prov->total_timeout_ms,
     };
     p->attempts++;
-    p->retry_after_ms = 0;
-    p->t_start = uv_hrtime();
-    p->xfer = leo_upstream_start(g->w->up, &ur, &up_cbs, p);
-    if (p->xfer == NULL) {
-        relay_error(p, 502, "upstream_unreachable", "upstream \"%s\" could not be started", prov->name);
+    *xfer = leo_upstream_start(g->w->up, &ur, cbs, ud);
+    if (*xfer == NULL) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "upstream \"%s\" could not be started", prov->name);
+        build_failed(f, 502, NULL, "upstream_unreachable", msg);
+        f->relay = true;
     } else {
-        leo_router_begin(g->w->router, &p->att, uv_now(g->w->loop));
         rc = 0;
     }
 out:
-    if (rc != 0)
-        end_attempt(p, LEO_ROUTE_CLIENT_ERROR);
     leo_buf_release(&body);
     leo_buf_release(&url);
     leo_buf_release(&err);
     return rc;
 }
 
+static void on_hedge_timer(uv_timer_t *t);
+
+/* Arms the hedge timer for the attempt just sent, when the model hedges and the request has not hedged yet.
+ * Only generations are hedged (chat, messages, legacy completions), and never a pinned request. */
+static void arm_hedge(struct proxy *p)
+{
+    struct leo_gw_req *g = p->g;
+    uint64_t after = g->model->hedge_after_ms ? g->model->hedge_after_ms : g->cfg->routing.hedge_after_ms;
+    if (after == 0 || p->hedged || p->plan.pin >= 0 ||
+        !(p->kind == KIND_CHAT || p->kind == KIND_MESSAGES || p->kind == KIND_COMPLETIONS))
+        return;
+    if (p->hedge_timer == NULL) {
+        p->hedge_timer = leo_malloc(sizeof(*p->hedge_timer));
+        uv_timer_init(g->w->loop, p->hedge_timer);
+        p->hedge_timer->data = p;
+    }
+    uv_timer_start(p->hedge_timer, on_hedge_timer, after, 0);
+}
+
+/* Builds and starts the upstream call for the deployment chosen for this attempt. Returns 0 when the transfer
+ * started; otherwise the response (an error) has been sent. */
+static int start_attempt(struct proxy *p)
+{
+    struct leo_gw_req *g = p->g;
+    p->npass = 0;
+    p->upstream_complete = false;
+    g->upstream_status = 0;
+    g->upstream_ttfb_ms = 0;
+    json_decref(p->req_json);
+    p->req_json = NULL;
+    use_deployment(p, p->att.deployment);
+    p->retry_after_ms = 0;
+    p->t_start = uv_hrtime();
+    struct build_fail f = {0};
+    if (send_upstream(p, &p->att, &up_cbs, p, &p->xfer, &f) == 0) {
+        leo_router_begin(g->w->router, &p->att, uv_now(g->w->loop));
+        arm_hedge(p);
+        return 0;
+    }
+    end_attempt(p, LEO_ROUTE_CLIENT_ERROR);
+    if (f.estimate)
+        answer_token_estimate(g, p->root);
+    else if (f.relay)
+        relay_error(p, f.status, f.code, "%s", f.msg);
+    else
+        leo_gw_error(g, f.status, f.param, f.code, "%s", f.msg);
+    return -1;
+}
+
+/* ---- hedging ---- */
+
+/* The hedge becomes the request's attempt: its transfer, attempt and reservation move into the proxy, whose
+ * per-attempt state starts afresh; its callbacks from now on are the proxy's own. */
+static void promote_hedge(struct proxy *p, struct hedge *h)
+{
+    struct leo_gw_req *g = p->g;
+    p->hedge = NULL;
+    p->att = h->att;
+    p->att_open = h->att_open;
+    h->att_open = false;
+    memcpy(p->dep_resv, h->dep_resv, sizeof(p->dep_resv));
+    h->dep_resv[0] = '\0';
+    p->xfer = h->xfer;
+    h->promoted = true;
+    use_deployment(p, p->att.deployment);
+    p->npass = 0;
+    p->upstream_complete = false;
+    g->upstream_status = 0;
+    g->upstream_ttfb_ms = 0;
+    p->retry_after_ms = 0;
+    p->t_start = h->t_start;
+    leo_buf_release(&p->body);
+    p->body = (struct leo_buf)LEO_BUF_INIT;
+}
+
+/* Sends the hedge (admitted by its deployment's limits, if any). Building it borrows the proxy's
+ * per-deployment state, which is pointed back at the first attempt's deployment afterwards. */
+static void send_hedge(struct proxy *p)
+{
+    struct leo_gw_req *g = p->g;
+    struct hedge *h = p->hedge;
+    const struct leo_deployment *primary = g->dep;
+    use_deployment(p, h->att.deployment);
+    h->t_start = uv_hrtime();
+    struct build_fail f = {0};
+    int rc = send_upstream(p, &h->att, &hedge_cbs, h, &h->xfer, &f);
+    use_deployment(p, primary);
+    if (rc != 0) {
+        /* this deployment cannot take the request (a translation it lacks): the first attempt carries on */
+        leo_debug("request %s: hedge to \"%s\" not sent: %s", g->id, h->att.deployment->id, f.msg);
+        drop_hedge(p, "unsendable");
+        return;
+    }
+    leo_router_begin(g->w->router, &h->att, uv_now(g->w->loop));
+}
+
+static void on_hedge_timer(uv_timer_t *t)
+{
+    struct proxy *p = t->data;
+    struct leo_gw_req *g = p->g;
+    /* only while the current attempt still waits for its headers */
+    if (p->xfer == NULL || g->upstream_status != 0 || p->hedge || p->hedged || p->finished)
+        return;
+    struct hedge *h = leo_arena_zalloc(&g->req->arena, sizeof(*h));
+    h->p = p;
+    if (leo_router_next_other(g->w->router, &p->plan, uv_now(g->w->loop), &h->att) != 0)
+        return; /* no other deployment can take it now */
+    p->hedged = true;
+    h->att_open = true;
+    p->hedge = h;
+    const struct leo_deployment *d = h->att.deployment;
+    if (leo_quota_empty(&d->limits)) {
+        send_hedge(p);
+        return;
+    }
+    struct leo_quota_request qr = {.cfg = g->cfg, .dep = d, .est_tokens = p->est_tokens};
+    struct admit_ticket *tk = leo_malloc(sizeof(*tk));
+    *tk = (struct admit_ticket){p, g->w, leo_config_ref(g->cfg), TICKET_HEDGE};
+    p->hedge_ticket = tk;
+    if (leo_quota_admit(g->w->quota, &qr, on_admitted, tk) != 0) {
+        p->hedge_ticket = NULL;
+        leo_config_unref(tk->cfg);
+        leo_free(tk);
+        send_hedge(p);
+    }
+}
+
+/* The race is decided for the hedge: it delivered 2xx headers first. The first attempt is cancelled. */
+static void hedge_wins(struct proxy *p, struct hedge *h)
+{
+    struct leo_gw_req *g = p->g;
+    if (p->xfer) {
+        leo_upstream_cancel(p->xfer);
+        p->xfer = NULL;
+    }
+    end_attempt(p, LEO_ROUTE_CANCELLED);
+    settle_resv(p, p->dep_resv, false);
+    leo_buf_addf(&p->attempt_log, "%s%s:cancelled", p->attempt_log.len ? "," : "", g->dep->id);
+    count_hedge(p, "won");
+    promote_hedge(p, h);
+}
+
+/* The hedge failed before the race was decided: it is closed with its outcome and the first attempt carries
+ * on. status is 0 when it failed without headers. */
+static void hedge_fails(struct proxy *p, struct hedge *h, int status, int err, uint64_t retry_after_ms)
+{
+    struct leo_gw_req *g = p->g;
+    if (h->xfer) {
+        leo_upstream_cancel(h->xfer);
+        h->xfer = NULL;
+    }
+    p->hedge = NULL;
+    struct leo_route_feedback fb = {.status = status, .retry_after_ms = retry_after_ms};
+    h->att_open = false;
+    leo_router_end(g->w->router, &h->att, outcome_of(status, err, g->byok.len > 0), &fb, uv_now(g->w->loop));
+    settle_resv(p, h->dep_resv, false);
+    char what[32];
+    if (err != 0)
+        snprintf(what, sizeof(what), "%s", err == LEO_ETIMEOUT ? "timeout" : err == LEO_ECONNECT ? "connect" : "error");
+    else
+        snprintf(what, sizeof(what), "%d", status);
+    leo_buf_addf(&p->attempt_log, "%s%s:%s", p->attempt_log.len ? "," : "", h->att.deployment->id, what);
+    count_hedge(p, "lost");
+}
+
+static void hedge_headers(struct leo_upstream_xfer *x, int status, const struct leo_http_header *headers,
+                          size_t nheaders, void *ud)
+{
+    struct hedge *h = ud;
+    struct proxy *p = h->p;
+    if (!h->promoted) {
+        if (status < 200 || status >= 300) {
+            uint64_t ra = status == 429 || status >= 500 ? leo_retry_after_ms(headers, nheaders,
+                                                                              (uint64_t)time(NULL) * 1000)
+                                                         : 0;
+            hedge_fails(p, h, status, 0, ra);
+            return;
+        }
+        hedge_wins(p, h);
+    } else if (h->count_on_headers) {
+        h->count_on_headers = false;
+        count_hedge(p, status >= 200 && status < 300 ? "won" : "lost");
+    }
+    up_headers(x, status, headers, nheaders, p);
+}
+
+static void hedge_data(struct leo_upstream_xfer *x, const char *data, size_t len, void *ud)
+{
+    struct hedge *h = ud;
+    if (h->promoted)
+        up_data(x, data, len, h->p);
+}
+
+static void hedge_done(struct leo_upstream_xfer *x, int err, enum leo_upstream_stage stage, const char *msg, void *ud)
+{
+    struct hedge *h = ud;
+    if (h->promoted) {
+        if (h->count_on_headers) {
+            h->count_on_headers = false;
+            count_hedge(h->p, "lost"); /* it carried the request on, and failed before its headers too */
+        }
+        up_done(x, err, stage, msg, h->p);
+        return;
+    }
+    h->xfer = NULL; /* freed after this returns */
+    hedge_fails(h->p, h, 0, err ? err : LEO_EUPSTREAM, 0);
+}
+
+static const struct leo_upstream_callbacks hedge_cbs = {hedge_headers, hedge_data, hedge_done};
+
 static void route_first(struct proxy *p);
 
 /* ---- quota admission ---- */
 
+/* Answers a refused admission (429 with Retry-After and x-ratelimit-*, or 503 when the quota service is
+ * unavailable and the policy fails closed). */
+static void respond_refusal(struct proxy *p, const struct leo_quota_result *res, const char *msg, const char *code)
+{
+    struct leo_gw_req *g = p->g;
+    struct leo_http_header h[12];
+    size_t n = leo_quota_headers(res, h, sizeof(h) / sizeof(h[0]), &g->req->arena);
+    struct leo_buf b = LEO_BUF_INIT;
+    if (g->dialect == LEO_DIALECT_ANTHROPIC)
+        leo_anthropic_error_json(&b, leo_anthropic_error_type(res->status), msg);
+    else
+        leo_openai_error_json(&b, msg, leo_openai_error_type(res->status), NULL, code);
+    g->error = leo_arena_strndup(&g->req->arena, msg, strlen(msg));
+    leo_gw_respond_json(g, res->status, h, n, b.p, b.len);
+    leo_buf_release(&b);
+}
+
+/* Every deployment the request could still use refused it by its own limits: 429 naming the model, with the
+ * Retry-After and x-ratelimit-* of the deployment that frees up soonest. */
+static void respond_deployments_limited(struct proxy *p)
+{
+    const struct leo_quota_result *res = &p->dep_refusal;
+    char msg[512];
+    snprintf(msg, sizeof(msg),
+             "every deployment of model \"%s\" is at its rate limit (deployment \"%s\": %s limit %llu, "
+             "remaining %llu)",
+             p->g->model->name, res->id, res->kind, (unsigned long long)res->limit,
+             (unsigned long long)res->remaining);
+    respond_refusal(p, res, msg, "model_rate_limited");
+}
+
+/* Records a deployment's refusal (keeping the one that frees up soonest) and logs it with the attempts. */
+static void note_dep_refusal(struct proxy *p, const struct leo_route_attempt *a, const struct leo_quota_result *res)
+{
+    if (!p->dep_limited || res->retry_after_ms < p->dep_refusal.retry_after_ms)
+        p->dep_refusal = *res;
+    p->dep_limited = true;
+    leo_buf_addf(&p->attempt_log, "%s%s:limited", p->attempt_log.len ? "," : "", a->deployment->id);
+}
+
+/* The answer of the current attempt's deployment admission. */
+static void attempt_admitted(struct proxy *p, const struct leo_quota_result *res)
+{
+    struct leo_gw_req *g = p->g;
+    if (res->allowed) {
+        snprintf(p->dep_resv, sizeof(p->dep_resv), "%s", res->reservation);
+        start_attempt(p);
+        return;
+    }
+    if (res->status != 429) {
+        end_attempt(p, LEO_ROUTE_CANCELLED);
+        char msg[128];
+        leo_quota_message(res, msg, sizeof(msg));
+        respond_refusal(p, res, msg, "quota_unavailable");
+        return;
+    }
+    /* this deployment is at its limit: the next one serves, if any is left */
+    note_dep_refusal(p, &p->att, res);
+    p->att_open = false;
+    leo_router_skip(g->w->router, &p->plan, &p->att, uv_now(g->w->loop));
+    if (!next_attempt(p, NULL))
+        respond_deployments_limited(p);
+}
+
+/* The answer of the hedge's deployment admission. */
+static void hedge_admitted(struct proxy *p, const struct leo_quota_result *res)
+{
+    struct hedge *h = p->hedge;
+    if (res->allowed) {
+        snprintf(h->dep_resv, sizeof(h->dep_resv), "%s", res->reservation);
+        send_hedge(p);
+        return;
+    }
+    /* no hedge: the first attempt carries on alone */
+    if (res->status == 429)
+        note_dep_refusal(p, &h->att, res);
+    p->hedge = NULL;
+    h->att_open = false;
+    leo_router_skip(p->g->w->router, &p->plan, &h->att, uv_now(p->g->w->loop));
+}
 
 static void on_admitted(const struct leo_quota_result *res, void *ud)
 {
@@ -1062,30 +1476,47 @@ static void on_admitted(const struct leo_quota_result *res, void *ud)
     if (p == NULL) {
         if (res->allowed && res->reservation[0])
             leo_quota_settle(t->w->quota, res->reservation, 0, 0, false);
+    } else if (t->kind == TICKET_ATTEMPT) {
+        p->ticket = NULL;
+        attempt_admitted(p, res);
+    } else if (t->kind == TICKET_HEDGE) {
+        p->hedge_ticket = NULL;
+        hedge_admitted(p, res);
     } else {
         p->ticket = NULL;
-        struct leo_gw_req *g = p->g;
         if (res->allowed) {
             snprintf(p->reservation, sizeof(p->reservation), "%s", res->reservation);
             route_first(p);
         } else {
             char msg[512];
             leo_quota_message(res, msg, sizeof(msg));
-            struct leo_http_header h[12];
-            size_t n = leo_quota_headers(res, h, sizeof(h) / sizeof(h[0]), &g->req->arena);
-            struct leo_buf b = LEO_BUF_INIT;
-            if (g->dialect == LEO_DIALECT_ANTHROPIC)
-                leo_anthropic_error_json(&b, leo_anthropic_error_type(res->status), msg);
-            else
-                leo_openai_error_json(&b, msg, leo_openai_error_type(res->status), NULL,
-                                      res->status == 429 ? "quota_exceeded" : "quota_unavailable");
-            g->error = leo_arena_strndup(&g->req->arena, msg, strlen(msg));
-            leo_gw_respond_json(g, res->status, h, n, b.p, b.len);
-            leo_buf_release(&b);
+            respond_refusal(p, res, msg, res->status == 429 ? "quota_exceeded" : "quota_unavailable");
         }
     }
     leo_config_unref(t->cfg);
     leo_free(t);
+}
+
+/* Admits the current attempt against its deployment's own limits (rpm, tpm, concurrency; shared by every
+ * worker through Redis), then starts it. A deployment without limits starts at once. */
+static void admit_attempt(struct proxy *p)
+{
+    struct leo_gw_req *g = p->g;
+    const struct leo_deployment *d = p->att.deployment;
+    if (leo_quota_empty(&d->limits)) {
+        start_attempt(p);
+        return;
+    }
+    struct leo_quota_request qr = {.cfg = g->cfg, .dep = d, .est_tokens = p->est_tokens};
+    struct admit_ticket *t = leo_malloc(sizeof(*t));
+    *t = (struct admit_ticket){p, g->w, leo_config_ref(g->cfg), TICKET_ATTEMPT};
+    p->ticket = t;
+    if (leo_quota_admit(g->w->quota, &qr, on_admitted, t) != 0) {
+        p->ticket = NULL;
+        leo_config_unref(t->cfg);
+        leo_free(t);
+        start_attempt(p);
+    }
 }
 
 /* Reserves the request's estimate against the key's and the tenant's quotas before anything is sent;
@@ -1093,24 +1524,25 @@ static void on_admitted(const struct leo_quota_result *res, void *ud)
 static void admit(struct proxy *p)
 {
     struct leo_gw_req *g = p->g;
-    if (leo_quota_empty(&g->key->quota) && leo_quota_empty(&g->key->tenant->quota)) {
-        route_first(p);
-        return;
-    }
     json_t *mt = json_object_get(p->root, "max_completion_tokens");
     if (!json_is_integer(mt))
         mt = json_object_get(p->root, "max_tokens");
     uint64_t out = json_is_integer(mt) && json_integer_value(mt) > 0 ? (uint64_t)json_integer_value(mt)
                                                                      : LEO_ROUTE_OUTPUT_GUESS;
+    p->est_tokens = g->estimated_tokens + out;
+    if (leo_quota_empty(&g->key->quota) && leo_quota_empty(&g->key->tenant->quota)) {
+        route_first(p);
+        return;
+    }
     const struct leo_price *pr = leo_config_price(g->cfg, leo_str_c(g->model->deployments[0].model));
     struct leo_quota_request qr = {
         .cfg = g->cfg,
         .key = g->key,
-        .est_tokens = g->estimated_tokens + out,
+        .est_tokens = p->est_tokens,
         .est_usd = leo_price_cost(pr, g->estimated_tokens, out),
     };
     struct admit_ticket *t = leo_malloc(sizeof(*t));
-    *t = (struct admit_ticket){p, g->w, leo_config_ref(g->cfg)};
+    *t = (struct admit_ticket){p, g->w, leo_config_ref(g->cfg), TICKET_REQUEST};
     p->ticket = t;
     if (leo_quota_admit(g->w->quota, &qr, on_admitted, t) != 0) {
         p->ticket = NULL;
@@ -1118,6 +1550,31 @@ static void admit(struct proxy *p)
         leo_free(t);
         route_first(p);
     }
+}
+
+/* x-leo-route: pins the request to one deployment of its model, when the key's tenant allows it. Checked
+ * before admission, so a refused override costs no quota. Sends the error and returns false when refused. */
+static bool route_override(struct leo_gw_req *g, int *pin)
+{
+    *pin = -1;
+    const struct leo_http_header *h = leo_http_header_find(g->req, "x-leo-route");
+    if (h == NULL)
+        return true;
+    struct leo_str v = leo_str_trim(h->value);
+    if (!g->key->tenant->allow_route_override) {
+        leo_gw_error(g, 403, NULL, "route_override_not_allowed",
+                     "the x-leo-route header is not allowed for this key (tenant \"%s\" has no allow_route_override)",
+                     g->key->tenant->id);
+        return false;
+    }
+    int i = leo_route_find_deployment(g->model, v);
+    if (i < 0) {
+        leo_gw_error(g, 400, NULL, "unknown_deployment", "x-leo-route \"%.*s\" is not a deployment of model \"%s\"",
+                     (int)(v.len > 200 ? 200 : v.len), v.p, g->model->name);
+        return false;
+    }
+    *pin = i;
+    return true;
 }
 
 static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
@@ -1138,7 +1595,8 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
         json_decref(root);
         return;
     }
-    if (!check_request(g, kind, root)) {
+    int pin;
+    if (!check_request(g, kind, root) || !route_override(g, &pin)) {
         json_decref(root);
         return;
     }
@@ -1148,6 +1606,7 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     struct proxy *p = leo_arena_zalloc(&req->arena, sizeof(*p));
     p->g = g;
     p->kind = kind;
+    p->pin = pin;
     p->root = root; /* owned by p from here on, released in proxy_close */
     p->body = (struct leo_buf)LEO_BUF_INIT;
     p->out = (struct leo_buf)LEO_BUF_INIT;
@@ -1179,6 +1638,7 @@ static void route_first(struct proxy *p)
 {
     struct leo_gw_req *g = p->g;
     leo_route_plan_init(&p->plan, g->cfg, g->model, g->estimated_tokens, uv_now(g->w->loop));
+    p->plan.pin = p->pin;
     uint64_t retry_in = 0;
     if (!next_attempt(p, &retry_in)) {
         /* every deployment is cooling down, disabled or behind an open breaker */

@@ -274,6 +274,12 @@ void leo_router_metrics_describe(void)
                          "Provider keys taken out of rotation, by provider and reason.");
     leo_metrics_describe("leo_breaker_transitions_total", LEO_METRIC_COUNTER,
                          "Circuit breaker state changes, by deployment and new state.");
+    leo_metrics_describe("leo_route_slow_calls_total", LEO_METRIC_COUNTER,
+                         "Successful attempts slower to first byte than routing.breaker_slow_ms (counted as breaker "
+                         "failures), by deployment.");
+    leo_metrics_describe("leo_route_hedges_total", LEO_METRIC_COUNTER,
+                         "Hedged requests (a second attempt after hedge_after_ms), by model and by whether the hedge "
+                         "won or lost.");
     leo_metrics_describe("leo_breaker_open", LEO_METRIC_GAUGE,
                          "1 while a deployment's breaker is open or half-open in a worker (summed over workers).");
 }
@@ -292,7 +298,29 @@ void leo_route_plan_init(struct leo_route_plan *plan, const struct leo_config *c
     if (plan->max_attempts == 0)
         plan->max_attempts = 1;
     plan->deadline_ms = cfg->routing.deadline_ms ? now_ms + cfg->routing.deadline_ms : 0;
+    plan->pin = -1;
     plan->_last = -1;
+}
+
+/* A deployment this plan may never use: not the pinned one, or refused by its own limits. */
+static bool excluded(const struct leo_route_plan *plan, size_t i)
+{
+    return (plan->pin >= 0 && (size_t)plan->pin != i) || (plan->_skipped & (1ull << i));
+}
+
+int leo_route_find_deployment(const struct leo_model *model, struct leo_str name)
+{
+    int by_provider = -1, nprovider = 0;
+    for (size_t i = 0; i < model->ndeployments && i < LEO_ROUTE_MAX_DEPLOYMENTS; i++) {
+        const struct leo_deployment *d = &model->deployments[i];
+        if (leo_str_eqc(name, d->id))
+            return (int)i;
+        if (leo_str_eqc(name, d->provider->name)) {
+            by_provider = (int)i;
+            nprovider++;
+        }
+    }
+    return nprovider == 1 ? by_provider : -1;
 }
 
 /* Availability of one deployment, ignoring the plan's tried-set. */
@@ -446,6 +474,10 @@ int leo_router_next(struct leo_router *r, struct leo_route_plan *plan, uint64_t 
     size_t neligible = 0, only = 0;
     uint64_t soonest = UINT64_MAX;
     for (size_t i = 0; i < n; i++) {
+        if (excluded(plan, i)) {
+            cands[i] = (struct cand){.eligible = false, .ready_at = UINT64_MAX};
+            continue;
+        }
         assess(r, &m->deployments[i], now_ms, &cands[i]);
         if (cands[i].eligible) {
             neligible++;
@@ -488,6 +520,7 @@ int leo_router_next(struct leo_router *r, struct leo_route_plan *plan, uint64_t 
     out->_cfg = plan->cfg;
     out->_model = m;
     out->_dep = c->s;
+    out->_prev_last = plan->_last;
     if (d->provider->nkeys) {
         out->key_index = choose_key(r, d->provider, now_ms);
         out->key = &d->provider->keys[out->key_index];
@@ -517,6 +550,29 @@ int leo_router_next(struct leo_router *r, struct leo_route_plan *plan, uint64_t 
     plan->_tried |= 1ull << chosen;
     plan->_last = (int)chosen;
     return 0;
+}
+
+int leo_router_next_other(struct leo_router *r, struct leo_route_plan *plan, uint64_t now_ms,
+                          struct leo_route_attempt *out)
+{
+    uint64_t keep = plan->_skipped;
+    if (plan->_last >= 0)
+        plan->_skipped |= 1ull << plan->_last; /* for this choice only */
+    int rc = leo_router_next(r, plan, now_ms, out, NULL);
+    plan->_skipped = keep;
+    return rc;
+}
+
+void leo_router_skip(struct leo_router *r, struct leo_route_plan *plan, struct leo_route_attempt *a,
+                     uint64_t now_ms)
+{
+    if (a->_dep == NULL || a->_ended || a->_begun)
+        return;
+    plan->_skipped |= 1ull << a->deployment_index;
+    if (plan->attempts)
+        plan->attempts--;
+    plan->_last = a->_prev_last;
+    leo_router_end(r, a, LEO_ROUTE_CANCELLED, NULL, now_ms);
 }
 
 void leo_router_begin(struct leo_router *r, struct leo_route_attempt *a, uint64_t now_ms)
@@ -606,12 +662,23 @@ void leo_router_end(struct leo_router *r, struct leo_route_attempt *a, enum leo_
 
     switch (outcome) {
     case LEO_ROUTE_OK:
-        s->consecutive_failures = 0;
         if (fb && fb->ttfb_ms) {
             s->ewma_ttfb_ms = s->measured ? EWMA_ALPHA * (double)fb->ttfb_ms + (1 - EWMA_ALPHA) * s->ewma_ttfb_ms
                                           : (double)fb->ttfb_ms;
             s->measured = true;
         }
+        if (fb && a->_cfg->routing.breaker_slow_ms && fb->ttfb_ms > a->_cfg->routing.breaker_slow_ms) {
+            /* a good answer, but too slow: the breaker counts it as a failure (a slow probe reopens) */
+            struct leo_buf l = LEO_BUF_INIT;
+            metric_label1(&l, "deployment", s->id);
+            leo_metrics_add("leo_route_slow_calls_total", l.p, 1);
+            leo_buf_release(&l);
+            on_failure(a->_cfg, a, now_ms);
+            if (probe_done && s->breaker == BREAKER_HALF_OPEN)
+                s->probe_in_flight = false;
+            return;
+        }
+        s->consecutive_failures = 0;
         if (probe_done) {
             s->probe_in_flight = false;
             breaker_set(s, BREAKER_CLOSED);

@@ -73,8 +73,11 @@ struct leo_route_plan {
     unsigned attempts;        /* attempts handed out so far */
     unsigned max_attempts;    /* model.max_attempts, else routing.max_attempts */
     uint64_t deadline_ms;     /* now_ms after which no attempt starts (0 = none), from routing.deadline_ms */
+    int pin;                  /* index into model->deployments of the only deployment this plan may use (the
+                                 x-leo-route header); -1 (the default) = any */
     /* private */
     uint64_t _tried;          /* bit i: deployments[i] was chosen by this plan */
+    uint64_t _skipped;        /* bit i: deployments[i] refused this request by its own limits (leo_router_skip) */
     int _last;                /* index of the previous attempt's deployment, -1 before the first */
 };
 
@@ -96,6 +99,7 @@ struct leo_route_attempt {
     struct leo_router__key *_key;
     bool _begun;
     bool _ended;
+    int _prev_last;           /* the plan's _last before this attempt, restored by leo_router_skip */
 };
 
 /** Creates a router; seed drives its PRNG (weighted choice, backoff jitter). Never NULL (aborts on OOM). */
@@ -119,12 +123,33 @@ void leo_route_plan_init(struct leo_route_plan *plan, const struct leo_config *c
 int leo_router_next(struct leo_router *r, struct leo_route_plan *plan, uint64_t now_ms,
                     struct leo_route_attempt *out, uint64_t *retry_in_ms);
 
+/** Like leo_router_next, for a hedge: never the deployment of the plan's previous attempt (no retry of it), and
+ *  no backoff. Returns LEO_ENOTFOUND when no other deployment is eligible now. */
+int leo_router_next_other(struct leo_router *r, struct leo_route_plan *plan, uint64_t now_ms,
+                          struct leo_route_attempt *out);
+
 /** Marks the attempt as sent upstream (counts it in flight). At most once per attempt. */
 void leo_router_begin(struct leo_router *r, struct leo_route_attempt *a, uint64_t now_ms);
 
-/** Records how the attempt ended; fb may be NULL. Exactly once per attempt from leo_router_next. */
+/** Records how the attempt ended; fb may be NULL. Exactly once per attempt from leo_router_next (or
+ *  leo_router_skip instead). An OK attempt whose fb->ttfb_ms exceeds routing.breaker_slow_ms (when set) counts
+ *  as a failure for the breaker, though its answer was good: see docs/routing.md. */
 void leo_router_end(struct leo_router *r, struct leo_route_attempt *a, enum leo_route_outcome outcome,
                     const struct leo_route_feedback *fb, uint64_t now_ms);
+
+/**
+ * Gives back an attempt that was never sent because its deployment's own limits (rpm, tpm, concurrency) refused
+ * the request: the deployment is excluded for the rest of the plan (never chosen again, not even as a retry),
+ * the attempt does not count against max_attempts, and the attempt is closed without penalty (a half-open
+ * probe is released). Replaces leo_router_end for that attempt; it must not have been begun.
+ */
+void leo_router_skip(struct leo_router *r, struct leo_route_plan *plan, struct leo_route_attempt *a,
+                     uint64_t now_ms);
+
+/** Index into model->deployments of the deployment a client named with x-leo-route: its id ("provider/model",
+ *  as in the status API) or, when only one deployment of the model uses that provider, the provider's name.
+ *  -1 when none matches. */
+int leo_route_find_deployment(const struct leo_model *model, struct leo_str name);
 
 /** True when another attempt may help: rate limits, auth failures (another key), 5xx, connect errors,
  *  timeouts. Never after the first byte of a response reached the client (the caller's rule). */

@@ -97,9 +97,20 @@ static void job_free(uv_handle_t *h)
     leo_free(job);
 }
 
+static void (*abort_hook)(uint64_t seq, void *ud);
+static void *abort_hook_ud;
+
+void mock_job_set_abort_hook(void (*fn)(uint64_t seq, void *ud), void *ud)
+{
+    abort_hook = fn;
+    abort_hook_ud = ud;
+}
+
 static void job_on_close(struct leo_http_request *req, bool aborted)
 {
     struct mock_job *job = req->data;
+    if (aborted && job->state != JOB_DONE && abort_hook)
+        abort_hook(job->a.seq, abort_hook_ud);
     job->req = NULL;
     job->state = JOB_DONE;
     uv_timer_stop(&job->timer);

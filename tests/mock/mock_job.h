@@ -49,6 +49,10 @@ struct mock_answer {
 /** Sends a, applying a->fault. Takes over req->data, req->on_close and req->on_drain when it needs a job. */
 void mock_job_answer(uv_loop_t *loop, struct leo_http_request *req, const struct mock_answer *a);
 
+/** Called with the request's sequence number when a client goes away before its answer was complete (a
+ *  cancelled transfer): the request log marks the entry. One hook per process; NULL removes it. */
+void mock_job_set_abort_hook(void (*fn)(uint64_t seq, void *ud), void *ud);
+
 /** Answers at once with fmt's error body for status (no faults). */
 void mock_job_respond_error(struct leo_http_request *req, const struct mock_format *fmt, uint64_t seq, int status,
                             const char *message, const char *param);

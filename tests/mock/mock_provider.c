@@ -160,6 +160,12 @@ static int marker_fault(const struct mock_chat *chat, struct mock_fault *fault, 
     return mock_fault_parse(spec, fault, msg, size);
 }
 
+/* A client went away before its answer was complete: the request log says so. */
+static void on_abort(uint64_t seq, void *ud)
+{
+    mock_reqlog_mark_aborted(ud, seq);
+}
+
 static void handle_api(struct mock_ctx *ctx, struct leo_http_request *req)
 {
     uint64_t seq = ++ctx->seq;
@@ -318,6 +324,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     struct mock_ctx ctx = {.loop = uv_default_loop()};
     ctx.log = mock_reqlog_new((size_t)log_size);
+    mock_job_set_abort_hook(on_abort, ctx.log);
 
     struct leo_http_server_opts opts = {
         .handler = on_request,

@@ -7,8 +7,10 @@
 #include "mock_format.h"
 
 struct mock_reqlog_entry {
-    char *json; /* the serialised entry */
+    char *json; /* the serialised entry, without "aborted" (added when dumped) */
     size_t len;
+    uint64_t seq;
+    bool aborted;
 };
 
 struct mock_reqlog {
@@ -106,6 +108,17 @@ void mock_reqlog_add(struct mock_reqlog *log, uint64_t seq, const struct leo_htt
         log->count++;
     }
     slot->json = leo_buf_detach(&b, &slot->len);
+    slot->seq = seq;
+    slot->aborted = false;
+}
+
+void mock_reqlog_mark_aborted(struct mock_reqlog *log, uint64_t seq)
+{
+    for (size_t i = 0; i < log->count; i++) {
+        struct mock_reqlog_entry *en = &log->ring[(log->head + i) % log->capacity];
+        if (en->seq == seq)
+            en->aborted = true;
+    }
 }
 
 void mock_reqlog_dump(const struct mock_reqlog *log, struct leo_buf *out)
@@ -115,7 +128,12 @@ void mock_reqlog_dump(const struct mock_reqlog *log, struct leo_buf *out)
         const struct mock_reqlog_entry *en = &log->ring[(log->head + i) % log->capacity];
         if (i)
             leo_buf_addch(out, ',');
-        leo_buf_add(out, en->json, en->len);
+        if (en->aborted && en->len > 0 && en->json[en->len - 1] == '}') {
+            leo_buf_add(out, en->json, en->len - 1);
+            leo_buf_adds(out, ",\"aborted\":true}");
+        } else {
+            leo_buf_add(out, en->json, en->len);
+        }
     }
     leo_buf_addch(out, ']');
 }

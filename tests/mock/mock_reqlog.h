@@ -28,6 +28,9 @@ struct mock_reqlog *mock_reqlog_new(size_t capacity);
 void mock_reqlog_free(struct mock_reqlog *log);
 /** Records req (method, url, path, headers, body) under sequence number seq. */
 void mock_reqlog_add(struct mock_reqlog *log, uint64_t seq, const struct leo_http_request *req);
+/** Marks the entry of seq (if still held) as aborted: its client went away before the answer was complete.
+ *  The entry then carries "aborted":true. */
+void mock_reqlog_mark_aborted(struct mock_reqlog *log, uint64_t seq);
 /** Appends the entries as a JSON array, oldest first. */
 void mock_reqlog_dump(const struct mock_reqlog *log, struct leo_buf *out);
 /** Drops every entry. */

@@ -511,6 +511,138 @@ TEST(breaker_probe_failure_reopens)
     leo_config_unref(cfg);
 }
 
+/* One plan, one begun attempt ended OK with the given time to first byte; returns the deployment index. */
+static int pick_ttfb(struct leo_router *r, const struct leo_config *cfg, const struct leo_model *m, uint64_t now,
+                     uint64_t ttfb_ms)
+{
+    struct leo_route_plan plan;
+    struct leo_route_attempt a;
+    leo_route_plan_init(&plan, cfg, m, 1000, now);
+    if (leo_router_next(r, &plan, now, &a, NULL) != 0)
+        return -1;
+    leo_router_begin(r, &a, now);
+    struct leo_route_feedback fb = {.status = 200, .ttfb_ms = ttfb_ms};
+    leo_router_end(r, &a, LEO_ROUTE_OK, &fb, now);
+    return (int)a.deployment_index;
+}
+
+static const char slow_cfg[] =
+    "{" PROVIDERS3 ", \"routing\": {\"breaker_failures\": 2, \"breaker_open_ms\": 1000, \"breaker_slow_ms\": 500},"
+    "\"models\": [{\"name\": \"m\", \"strategy\": \"priority\","
+    "\"deployments\": [{\"provider\": \"p1\"}, {\"provider\": \"p2\"}]}]}";
+
+TEST(slow_answers_open_the_breaker)
+{
+    struct leo_config *cfg = parse(slow_cfg);
+    ASSERT_EQ(cfg->routing.breaker_slow_ms, 500);
+    const struct leo_model *m = model(cfg, "m");
+    struct leo_router *r = leo_router_new(1);
+    /* at the threshold is not slow; a fast answer resets the count of slow ones */
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0, 500), 0);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0, 501), 0);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0, 20), 0);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0, 900), 0);
+    struct leo_buf js = LEO_BUF_INIT;
+    leo_router_status_json(r, cfg, T0, &js);
+    ASSERT(strstr(js.p, "\"id\":\"p1/m\",\"provider\":\"p1\",\"priority\":0,\"weight\":1,\"breaker\":\"closed\","
+                        "\"open_for_ms\":0,\"in_flight\":0,") != NULL);
+    ASSERT(strstr(js.p, "\"consecutive_failures\":1,") != NULL);
+    /* the second slow answer in a row opens it: traffic moves to p2 for breaker_open_ms */
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 1, 700), 0);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 2, 10), 1);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 1000, 10), 1);
+    /* a slow probe reopens it; a fast one closes it */
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 1001, 800), 0);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 1002, 10), 1);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 2001, 30), 0);
+    ASSERT_EQ(pick_ttfb(r, cfg, m, T0 + 2002, 30), 0);
+    leo_buf_reset(&js);
+    leo_metrics_render(&js);
+    ASSERT(strstr(js.p, "leo_route_slow_calls_total{deployment=\"p1/m\"} 4") != NULL);
+    leo_buf_release(&js);
+    leo_router_free(r);
+    leo_config_unref(cfg);
+
+    /* off by default: any latency is a success */
+    cfg = parse(breaker_cfg);
+    ASSERT_EQ(cfg->routing.breaker_slow_ms, 0);
+    m = model(cfg, "m");
+    r = leo_router_new(1);
+    for (int i = 0; i < 5; i++)
+        ASSERT_EQ(pick_ttfb(r, cfg, m, T0, 600000), 0);
+    leo_router_free(r);
+    leo_config_unref(cfg);
+}
+
+TEST(pinned_plan_uses_only_its_deployment)
+{
+    struct leo_config *cfg = parse("{" PROVIDERS3 ", \"routing\": {\"backoff_base_ms\": 0},"
+                                   "\"models\": [{\"name\": \"m\", \"strategy\": \"priority\", \"max_attempts\": 3,"
+                                   "\"deployments\": [{\"provider\": \"p1\"}, {\"provider\": \"p2\", \"model\": \"x\"},"
+                                   "{\"provider\": \"p3\", \"priority\": 1}]}]}");
+    const struct leo_model *m = model(cfg, "m");
+    ASSERT_EQ(leo_route_find_deployment(m, leo_str_c("p2/x")), 1);
+    ASSERT_EQ(leo_route_find_deployment(m, leo_str_c("p3")), 2); /* the provider's only deployment */
+    ASSERT_EQ(leo_route_find_deployment(m, leo_str_c("p2/m")), -1);
+    ASSERT_EQ(leo_route_find_deployment(m, leo_str_c("nope")), -1);
+    struct leo_router *r = leo_router_new(1);
+    struct leo_route_plan plan;
+    struct leo_route_attempt a;
+    leo_route_plan_init(&plan, cfg, m, 10, T0);
+    ASSERT_EQ(plan.pin, -1);
+    plan.pin = 2;
+    /* every attempt goes to the pinned deployment (retries), never to the others */
+    for (unsigned i = 1; i <= 3; i++) {
+        ASSERT_EQ(leo_router_next(r, &plan, T0, &a, NULL), 0);
+        ASSERT_EQ(a.deployment_index, 2);
+        ASSERT_EQ(a.retry, i > 1);
+        leo_router_begin(r, &a, T0);
+        leo_router_end(r, &a, LEO_ROUTE_SERVER_ERROR, NULL, T0);
+    }
+    ASSERT_EQ(leo_router_next(r, &plan, T0, &a, NULL), LEO_ENOTFOUND);
+    leo_router_free(r);
+    leo_config_unref(cfg);
+}
+
+TEST(skipped_deployment_is_excluded_and_costs_no_attempt)
+{
+    struct leo_config *cfg = parse("{" PROVIDERS3 ", \"models\": [{\"name\": \"m\", \"strategy\": \"priority\","
+                                   "\"max_attempts\": 2, \"deployments\": [{\"provider\": \"p1\"},"
+                                   "{\"provider\": \"p2\"}, {\"provider\": \"p3\"}]}]}");
+    const struct leo_model *m = model(cfg, "m");
+    struct leo_router *r = leo_router_new(1);
+    struct leo_route_plan plan;
+    struct leo_route_attempt a, b, c;
+    leo_route_plan_init(&plan, cfg, m, 10, T0);
+    ASSERT_EQ(leo_router_next(r, &plan, T0, &a, NULL), 0);
+    ASSERT_EQ(a.deployment_index, 0);
+    leo_router_skip(r, &plan, &a, T0);
+    ASSERT_EQ(plan.attempts, 0);
+    /* the next choice is p2, and as the first real attempt it is not a fallback */
+    ASSERT_EQ(leo_router_next(r, &plan, T0, &b, NULL), 0);
+    ASSERT_EQ(b.deployment_index, 1);
+    ASSERT_EQ(b.attempt_no, 1);
+    ASSERT(!b.fallback);
+    /* a hedge never takes the previous attempt's deployment, nor a skipped one */
+    ASSERT_EQ(leo_router_next_other(r, &plan, T0, &c), 0);
+    ASSERT_EQ(c.deployment_index, 2);
+    ASSERT_EQ(c.backoff_ms, 0);
+    leo_router_end(r, &c, LEO_ROUTE_CANCELLED, NULL, T0);
+    /* both attempts are used now: nothing left, and p1 was never a candidate again */
+    ASSERT_EQ(leo_router_next(r, &plan, T0, &c, NULL), LEO_ENOTFOUND);
+    leo_router_end(r, &b, LEO_ROUTE_OK, NULL, T0);
+    /* a single-deployment model skipped has nothing left: not even a retry of it */
+    struct leo_route_plan p1;
+    leo_route_plan_init(&p1, cfg, m, 10, T0);
+    p1.pin = 0;
+    ASSERT_EQ(leo_router_next(r, &p1, T0, &a, NULL), 0);
+    leo_router_skip(r, &p1, &a, T0);
+    ASSERT_EQ(leo_router_next(r, &p1, T0, &a, NULL), LEO_ENOTFOUND);
+    ASSERT_EQ(leo_router_next_other(r, &p1, T0, &a), LEO_ENOTFOUND);
+    leo_router_free(r);
+    leo_config_unref(cfg);
+}
+
 TEST(all_down_reports_soonest_recovery)
 {
     struct leo_config *cfg = parse(
@@ -708,4 +840,6 @@ TEST_MAIN(TEST_ENTRY(weighted_distribution), TEST_ENTRY(priority_strategy_uses_c
           TEST_ENTRY(quota_exhausted_key_waits_for_utc_midnight), TEST_ENTRY(breaker_half_open_probe_success_closes),
           TEST_ENTRY(breaker_probe_failure_reopens), TEST_ENTRY(all_down_reports_soonest_recovery),
           TEST_ENTRY(deadline_bounds_attempts_and_recovery), TEST_ENTRY(client_error_and_cancel_carry_no_penalty),
-          TEST_ENTRY(backoff_bounds), TEST_ENTRY(retry_after_header_forms), TEST_ENTRY(status_json_exact))
+          TEST_ENTRY(backoff_bounds), TEST_ENTRY(retry_after_header_forms), TEST_ENTRY(status_json_exact),
+          TEST_ENTRY(slow_answers_open_the_breaker), TEST_ENTRY(pinned_plan_uses_only_its_deployment),
+          TEST_ENTRY(skipped_deployment_is_excluded_and_costs_no_attempt))
