@@ -34,6 +34,7 @@
 #include "../common/metrics.h"
 #include "errors.h"
 #include "handlers.h"
+#include "optimize.h"
 #include "providers/messages.h"
 #include "providers/provider.h"
 #include "quota.h"
@@ -99,6 +100,7 @@ struct proxy {
     json_t *req_json;                  /* the client's request, where the answer's translation needs it */
     json_t *root;                      /* the client's parsed request, kept for further attempts */
     json_t *canon;                     /* its canonical form, built once when a translation needs it */
+    struct leo_opt_req *opt;           /* the caches' view of this request (gateway/optimize.h), or NULL */
     int64_t created;
     unsigned attempts;
     struct leo_route_plan plan;
@@ -229,6 +231,7 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
         leo_router_end(g->w->router, &p->att, LEO_ROUTE_CANCELLED, NULL, uv_now(g->w->loop));
     }
     drop_hedge(p, NULL);
+    leo_opt_close(p->opt);
     if (p->hedge_timer) {
         uv_close((uv_handle_t *)p->hedge_timer, (uv_close_cb)leo_free);
         p->hedge_timer = NULL;
@@ -295,6 +298,8 @@ static size_t response_headers(struct proxy *p, struct leo_http_header *h, size_
     h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-attempts"), leo_str_c(p->attempts_s)};
     if (with_cost)
         h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-cost-usd"), leo_str_c(p->cost_s)};
+    if (p->g->cache_status)
+        h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-cache-status"), leo_str_c(p->g->cache_status)};
     for (size_t i = 0; i < p->npass && n < max; i++)
         h[n++] = p->pass[i];
     return n;
@@ -338,6 +343,7 @@ static void upstream_message(struct proxy *p, char *out, size_t size)
 
 static int client_write(struct proxy *p, const char *data, size_t len)
 {
+    leo_opt_stream_write(p->opt, data, len);
     int rc = leo_http_stream_write(p->g->req, data, len);
     if (rc == 1 && p->xfer && !p->paused) {
         p->paused = true;
@@ -379,6 +385,7 @@ static void stream_fail(struct proxy *p, const char *code, const char *fmt, ...)
         leo_sse_append_event(&p->out, NULL, b.p, b.len);
     }
     leo_buf_release(&b);
+    leo_opt_stream_write(p->opt, p->out.p, p->out.len); /* followers see the same error event */
     leo_http_stream_write(g->req, p->out.p, p->out.len);
     g->error = leo_arena_strndup(&g->req->arena, msg, strlen(msg));
     p->finished = true;
@@ -401,6 +408,8 @@ static void stream_succeed(struct proxy *p)
         /* The cost travels as an SSE comment: every SSE client ignores it, scripts can read it. */
         leo_buf_addf(&p->out, ": x-leo-cost-usd %s\n\ndata: [DONE]\n\n", p->cost_s);
     }
+    leo_opt_stream_write(p->opt, p->out.p, p->out.len);
+    leo_opt_stream_done(p->opt, &p->usage); /* stored, and handed to the followers */
     leo_http_stream_write(g->req, p->out.p, p->out.len);
     p->finished = true;
     leo_http_stream_end(g->req);
@@ -696,6 +705,7 @@ static void finish_whole_ok(struct proxy *p)
     account(p);
     struct leo_http_header h[MAX_PASS_HEADERS + 4];
     size_t n = response_headers(p, h, sizeof(h) / sizeof(h[0]), true);
+    leo_opt_whole(p->opt, body, len, &p->usage);
     leo_gw_respond_json(g, g->upstream_status, h, n, body, len);
 out:
     json_decref(root);
@@ -1577,6 +1587,11 @@ static bool route_override(struct leo_gw_req *g, int *pin)
     return true;
 }
 
+static void on_opt_continue(void *ud)
+{
+    admit(ud);
+}
+
 static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
 {
     g->dialect = kind == KIND_MESSAGES || kind == KIND_COUNT_TOKENS ? LEO_DIALECT_ANTHROPIC : LEO_DIALECT_OPENAI;
@@ -1624,12 +1639,16 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
         g->estimated_tokens = leo_estimate_tokens(root);
     } else if (kind == KIND_MESSAGES) {
         struct leo_buf err = LEO_BUF_INIT;
-        json_t *c = leo_messages_to_canonical(root, &err);
-        if (c)
-            g->estimated_tokens = leo_estimate_tokens(c);
-        json_decref(c);
+        p->canon = leo_messages_to_canonical(root, &err); /* kept: the translation and the caches use it */
+        if (p->canon)
+            g->estimated_tokens = leo_estimate_tokens(p->canon);
         leo_buf_release(&err);
     }
+    /* the caches: an answer now, an answer later, or go on (now, or later through on_opt_continue) */
+    if ((kind == KIND_CHAT || kind == KIND_MESSAGES) && g->w->optimizer &&
+        leo_opt_begin(g->w->optimizer, g, root, kind == KIND_MESSAGES ? p->canon : NULL, g->stream,
+                      p->client_wants_usage, on_opt_continue, p, &p->opt))
+        return;
     admit(p);
 }
 

@@ -1,0 +1,307 @@
+/*
+ * cache.test.mjs — the exact cache, the semantic cache and deduplication on the request path: leo-gateway with a
+ * private redis-server in front of the mock provider. The mock's request log says how many calls reached the
+ * upstream; x-leo-cache-status says what the gateway did.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { chat, nonce, openStream, request, startStack } from './lib/harness.mjs';
+import { Redis } from './lib/redis.mjs';
+
+const T = { timeout: 20000 };
+
+let redis, stack, gw, mock, keys;
+
+before(async () => {
+    redis = await Redis.start();
+    stack = await startStack({
+        workers: 2,
+        mutate: (c) => {
+            c.redis = { url: redis.url };
+            c.cache = { ttl_s: 600 };
+            c.semantic_cache = { enabled: false, tenants: { t1: { enabled: true } } };
+        },
+    });
+    ({ gw, mock, keys } = stack);
+}, { timeout: 30000 });
+
+after(async () => {
+    if (stack) await stack.stop();
+    if (redis) await redis.kill();
+}, { timeout: 30000 });
+
+const det = (text, extra = {}) => ({ model: 'gpt-4o-mini', temperature: 0, messages: [{ role: 'user', content: text }], ...extra });
+const status = (r) => r.headers['x-leo-cache-status'];
+const content = (r) => r.json().choices[0].message.content;
+const upstreamCalls = async (needle) => (await mock.requests()).filter((r) => r.body.includes(needle)).length;
+
+describe('exact cache', () => {
+    it('answers a repeated deterministic request from the cache, with the same answer', T, async () => {
+        const n = nonce('ex');
+        const a = await chat(gw.port, det(`tell me about ${n}`), { key: keys.t1 });
+        assert.equal(a.status, 200);
+        assert.equal(status(a), 'miss');
+        const b = await chat(gw.port, det(`tell me about ${n}`), { key: keys.t1 });
+        assert.equal(b.status, 200);
+        assert.equal(status(b), 'hit');
+        assert.equal(content(b), content(a));
+        assert.deepEqual(b.json().usage, a.json().usage);
+        assert.equal(b.headers['x-leo-cost-usd'], '0.00000000');
+        assert.ok(Number(b.headers['x-leo-saved-usd']) > 0);
+        assert.equal(await upstreamCalls(n), 1);
+    });
+
+    it('ignores key order, whitespace and number forms; every worker sees the entry through Redis', T, async () => {
+        const n = nonce('ord');
+        const first = await chat(gw.port, det(`order ${n}`, { max_tokens: 20 }), { key: keys.t1 });
+        assert.equal(status(first), 'miss');
+        const text = `{ "max_tokens" : 20.0,\n "messages": [{"content": "order ${n}", "role": "user"}], ` +
+            `"temperature": 0e0, "model": "gpt-4o-mini" }`;
+        /* fresh connections land on either worker: all of them must hit */
+        for (let i = 0; i < 6; i++) {
+            const r = await request(gw.port, {
+                method: 'POST', path: '/v1/chat/completions', body: text,
+                headers: { Authorization: `Bearer ${keys.t1}`, 'Content-Type': 'application/json' },
+            });
+            assert.equal(r.status, 200);
+            assert.equal(status(r), 'hit');
+        }
+        assert.equal(await upstreamCalls(n), 1);
+    });
+
+    it('misses when a member that can change the answer differs, hits when one that cannot differs', T, async () => {
+        const n = nonce('fld');
+        const base = det(`fields ${n}`, { max_tokens: 30 });
+        assert.equal(status(await chat(gw.port, base, { key: keys.t1 })), 'miss');
+        const changes = [
+            { max_tokens: 31 },
+            { stop: ['x'] },
+            { seed: 7 },
+            { top_p: 0.5 },
+            { response_format: { type: 'json_object' } },
+            { tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] },
+            { model: 'other-model' },
+            { messages: [{ role: 'system', content: 'be brief' }, { role: 'user', content: `fields ${n}` }] },
+        ];
+        for (const c of changes) {
+            const r = await chat(gw.port, { ...base, ...c }, { key: keys.t1 });
+            assert.equal(r.status, 200, JSON.stringify(c));
+            assert.equal(status(r), 'miss', `changing ${JSON.stringify(c)} must miss`);
+        }
+        for (const c of [{ user: 'someone' }, { metadata: { a: '1' } }, { store: false }]) {
+            const r = await chat(gw.port, { ...base, ...c }, { key: keys.t1 });
+            assert.equal(status(r), 'hit', `adding ${JSON.stringify(c)} must still hit`);
+        }
+    });
+
+    it('bypasses non-deterministic requests, and caches them when they carry a seed', T, async () => {
+        const n = nonce('nd');
+        const body = { model: 'gpt-4o-mini', temperature: 0.8, messages: [{ role: 'user', content: `rnd ${n}` }] };
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'bypass');
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'bypass');
+        assert.equal(await upstreamCalls(n), 2);
+        const seeded = { ...body, seed: 42 };
+        assert.equal(status(await chat(gw.port, seeded, { key: keys.t1 })), 'miss');
+        assert.equal(status(await chat(gw.port, seeded, { key: keys.t1 })), 'hit');
+    });
+
+    it('obeys x-leo-cache: no-store, no-cache and refresh, and rejects a bad value', T, async () => {
+        const n = nonce('ctl');
+        const body = det(`ctl ${n}`);
+        const h = (v) => ({ key: keys.t1, headers: { 'x-leo-cache': v } });
+        assert.equal(status(await chat(gw.port, body, h('no-store'))), 'miss');
+        assert.equal(status(await chat(gw.port, body, h('no-store'))), 'miss'); /* nothing was stored */
+        assert.equal(status(await chat(gw.port, body, h('no-cache'))), 'bypass'); /* not read, but stored */
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'hit');
+        assert.equal(status(await chat(gw.port, body, h('refresh'))), 'bypass');
+        assert.equal(await upstreamCalls(n), 4);
+        const bad = await chat(gw.port, body, h('sometimes'));
+        assert.equal(bad.status, 400);
+        assert.match(bad.json().error.message, /x-leo-cache/);
+    });
+
+    it('expires an entry after its TTL', T, async () => {
+        const n = nonce('ttl');
+        const body = det(`ttl ${n}`);
+        const opt = { key: keys.t1, headers: { 'x-leo-cache-ttl': '1' } };
+        assert.equal(status(await chat(gw.port, body, opt)), 'miss');
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'hit');
+        /* the entry lives one second: poll until it is gone (bounded) */
+        const deadline = Date.now() + 5000;
+        let s;
+        do {
+            await new Promise((r) => setTimeout(r, 200));
+            s = status(await chat(gw.port, body, { key: keys.t1 }));
+        } while (s === 'hit' && Date.now() < deadline);
+        assert.equal(s, 'miss');
+    });
+
+    it('never serves one tenant the answer of another', T, async () => {
+        const n = nonce('ten');
+        const body = det(`tenant ${n}`);
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'miss');
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'hit');
+        const other = await chat(gw.port, body, { key: keys.t2 });
+        assert.equal(other.status, 200);
+        assert.equal(status(other), 'miss');
+        assert.equal(await upstreamCalls(n), 2);
+    });
+
+    it('replays a stored answer as a stream, and a streamed answer as JSON', T, async () => {
+        const n = nonce('str');
+        const body = det(`stream ${n}`);
+        const first = await chat(gw.port, body, { key: keys.t1 });
+        const s = await openStream(gw.port, { ...body, stream: true }, { key: keys.t1 });
+        assert.equal(s.status, 200);
+        assert.equal(s.headers['x-leo-cache-status'], 'hit');
+        const { events, error } = await s.end;
+        assert.ok(!error, String(error));
+        assert.equal(events.at(-1).data, '[DONE]');
+        const text = events.slice(0, -1).map((e) => JSON.parse(e.data).choices[0]?.delta?.content ?? '').join('');
+        assert.equal(text, content(first));
+
+        const m = nonce('str2');
+        const sbody = { ...det(`stream ${m}`), stream: true };
+        const live = await openStream(gw.port, sbody, { key: keys.t1 });
+        assert.equal(live.headers['x-leo-cache-status'], 'miss');
+        const le = await live.end;
+        const liveText = le.events.slice(0, -1).map((e) => JSON.parse(e.data).choices[0]?.delta?.content ?? '').join('');
+        const whole = await chat(gw.port, det(`stream ${m}`), { key: keys.t1 });
+        assert.equal(status(whole), 'hit');
+        assert.equal(content(whole), liveText);
+        /* the client did not ask for the usage chunk, the stored answer still has its usage */
+        assert.ok(whole.json().usage.total_tokens > 0);
+        assert.equal(await upstreamCalls(m), 1);
+    });
+
+    it('keeps serving when Redis is gone (the cache is bypassed to L1 only), and purges a tenant', T, async () => {
+        const n = nonce('pur');
+        const body = det(`purge ${n}`);
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'miss');
+        assert.equal(status(await chat(gw.port, body, { key: keys.t1 })), 'hit');
+        const p = await request(gw.port, {
+            method: 'POST', path: '/v1/optimization/cache/purge', body: {},
+            headers: { Authorization: `Bearer ${keys.t1}` },
+        });
+        assert.equal(p.status, 200);
+        assert.equal(p.json().tenant, 't1');
+        /* every worker drops its L1 through the shared stream; Redis entries are deleted by the scan */
+        const deadline = Date.now() + 5000;
+        let s;
+        do {
+            s = status(await chat(gw.port, body, { key: keys.t1 }));
+        } while (s === 'hit' && Date.now() < deadline);
+        assert.equal(s, 'miss');
+    });
+});
+
+/* The other worker reads the shared switches every second: waits until ten answers in a row (fresh connections,
+ * spread over the workers) report the semantic cache of t1 as `enabled`. */
+async function everyWorkerSays(enabled) {
+    let agree = 0;
+    const until = Date.now() + 5000;
+    while (agree < 10 && Date.now() < until) {
+        const st = await request(gw.port, { path: '/v1/optimization/status', headers: { Authorization: `Bearer ${keys.t1}` } });
+        assert.equal(st.status, 200);
+        agree = st.json().strategies.semantic_cache.enabled === enabled ? agree + 1 : 0;
+    }
+    assert.equal(agree, 10);
+}
+
+describe('semantic cache', () => {
+    it('serves a paraphrase, refuses a changed number, never crosses tenants, and learns from feedback', T, async () => {
+        const n = nonce('sem');
+        const q1 = `How do I reverse a list in Python? (${n})`;
+        const q2 = `how can I reverse a list in Python (${n})`;
+        const a = await chat(gw.port, det(q1), { key: keys.t1 });
+        assert.equal(status(a), 'miss');
+        /* the other worker learns of q1's entry through the shared stream (read every 100 ms): ask until it
+           answers from it; no-store keeps a miss from adding q2 itself */
+        let b;
+        const until = Date.now() + 5000;
+        do {
+            b = await chat(gw.port, det(q2), { key: keys.t1, headers: { 'x-leo-cache': 'no-store' } });
+            assert.equal(b.status, 200);
+        } while (status(b) === 'miss' && Date.now() < until);
+        assert.equal(status(b), 'semantic-hit');
+        assert.equal(content(b), content(a));
+        /* a different number is never served the cached answer */
+        const c1 = await chat(gw.port, det(`What is 2+3? (${n})`), { key: keys.t1 });
+        assert.equal(status(c1), 'miss');
+        const c2 = await chat(gw.port, det(`What is 2+4? (${n})`), { key: keys.t1 });
+        assert.equal(status(c2), 'miss');
+        /* tenant t2 has the semantic cache off, and its namespace is its own anyway */
+        assert.equal(status(await chat(gw.port, det(q2), { key: keys.t2 })), 'miss');
+
+        /* feedback: a bad semantic hit raises that entry's bar, so the paraphrase no longer hits it */
+        const fb = await request(gw.port, {
+            method: 'POST', path: '/v1/optimization/cache/feedback',
+            body: { request_id: b.headers['x-leo-request-id'], rating: 'bad' },
+            headers: { Authorization: `Bearer ${keys.t1}` },
+        });
+        assert.equal(fb.status, 200, fb.text);
+        assert.equal(fb.json().result, 'applied');
+        assert.ok(fb.json().threshold > 0.74);
+        const deadline = Date.now() + 5000;
+        let s;
+        do {
+            s = status(await chat(gw.port, det(q2), { key: keys.t1, headers: { 'x-leo-cache': 'no-store' } }));
+        } while (s === 'semantic-hit' && Date.now() < deadline);
+        assert.equal(s, 'miss');
+        /* another tenant cannot rate t1's request */
+        const fb2 = await request(gw.port, {
+            method: 'POST', path: '/v1/optimization/cache/feedback',
+            body: { request_id: b.headers['x-leo-request-id'], rating: 'bad' },
+            headers: { Authorization: `Bearer ${keys.t2}` },
+        });
+        assert.equal(fb2.status, 404);
+    });
+
+    it('can be switched off and on at run time for a tenant', T, async () => {
+        const on = await request(gw.port, {
+            method: 'POST', path: '/v1/optimization/enable', body: { strategy: 'semantic_cache', enabled: false },
+            headers: { Authorization: `Bearer ${keys.t1}` },
+        });
+        assert.equal(on.status, 200, on.text);
+        assert.equal(on.json().strategies.semantic_cache.enabled, false);
+        assert.equal(on.json().strategies.semantic_cache.source, 'runtime');
+        await everyWorkerSays(false);
+        const n = nonce('sw');
+        assert.equal(status(await chat(gw.port, det(`How do I sort a dict by value in Python? ${n}`), { key: keys.t1 })), 'miss');
+        const para = await chat(gw.port, det(`how can I sort a dict by value in Python ${n}`), { key: keys.t1 });
+        assert.equal(status(para), 'miss', `${para.headers['x-leo-request-id']}\n${gw.stderr.tail(12)}`);
+        const back = await request(gw.port, {
+            method: 'POST', path: '/v1/optimization/enable', body: { strategy: 'semantic_cache', enabled: null },
+            headers: { Authorization: `Bearer ${keys.t1}` },
+        });
+        assert.equal(back.json().strategies.semantic_cache.source, 'config');
+        await everyWorkerSays(true);
+        const bad = await request(gw.port, {
+            method: 'POST', path: '/v1/optimization/enable', body: { strategy: 'everything', enabled: true },
+            headers: { Authorization: `Bearer ${keys.t1}` },
+        });
+        assert.equal(bad.status, 400);
+        assert.equal(bad.json().error.param, 'strategy');
+        const stats = await request(gw.port, { path: '/v1/optimization/cache/stats', headers: { Authorization: `Bearer ${keys.t1}` } });
+        assert.equal(stats.status, 200);
+        assert.ok(stats.json().semantic_namespaces.every((ns) => ns.tenant === 't1'));
+    });
+});
+
+describe('deduplication', () => {
+    it('identical requests in flight share one upstream call', T, async () => {
+        const n = nonce('dd');
+        const body = det(`dedup ${n} [[mock:delay_headers_ms=400]]`);
+        const rs = await Promise.all([0, 1, 2].map(() => chat(gw.port, body, { key: keys.t1 })));
+        for (const r of rs) assert.equal(r.status, 200);
+        const texts = new Set(rs.map(content));
+        assert.equal(texts.size, 1);
+        /* with two workers the three connections may land on both: at most one call per worker */
+        const calls = await upstreamCalls(n);
+        assert.ok(calls >= 1 && calls <= 2, `upstream calls: ${calls}`);
+        const followers = rs.filter((r) => r.headers['x-leo-dedup'] === 'follower').length;
+        const hits = rs.filter((r) => status(r) === 'hit').length;
+        assert.equal(calls + hits, 3, `calls ${calls}, hits ${hits}, followers ${followers}`);
+    });
+});
