@@ -305,3 +305,22 @@ describe('deduplication', () => {
         assert.equal(calls + hits, 3, `calls ${calls}, hits ${hits}, followers ${followers}`);
     });
 });
+
+describe('without Redis', () => {
+    it('keeps answering when Redis dies: lookups miss quickly, each worker still caches in-process', T, async () => {
+        await redis.kill();
+        const n = nonce('down');
+        const body = det(`redis down ${n}`);
+        const first = await chat(gw.port, body, { key: keys.t1 });
+        assert.equal(first.status, 200);
+        assert.equal(status(first), 'miss');
+        /* with two workers, a repeat lands on the worker that stored it (hit) or on the other (miss): never an error */
+        for (let i = 0; i < 4; i++) {
+            const r = await chat(gw.port, body, { key: keys.t1 });
+            assert.equal(r.status, 200);
+            assert.ok(['hit', 'miss'].includes(status(r)), status(r));
+            assert.equal(content(r), content(first));
+        }
+        assert.ok((await upstreamCalls(n)) <= 2);
+    });
+});

@@ -483,13 +483,12 @@ describe('quotas on redis', () => {
                 assert.equal(keys.length, 1, `redis keys ${JSON.stringify(keys)}`);
                 assert.equal(Number(await redis.command('GET', keys[0])), N * EXACT_TOKENS);
 
-                /* both workers admitted through redis: each worker's connection last ran the admission or
-                 * settlement script, or the usage event that follows a request (gateway/usage.c shares the
-                 * worker's connection); quota_workers.test.mjs proves both ran scripts with MONITOR */
+                /* both workers hold a connection to redis (the shared counters); that both ran the admission
+                 * scripts is proven with MONITOR in quota_workers.test.mjs: the last command of a connection
+                 * here may be anything the worker shares it for (usage events, the caches' stream) */
                 const clients = String(await redis.command('CLIENT', 'LIST')).trim().split('\n')
                     .filter((l) => !/ cmd=client\|list /.test(l) && !/ cmd=client /.test(l));
                 assert.equal(clients.length, 2, `redis clients:\n${clients.join('\n')}`);
-                for (const l of clients) assert.match(l, / cmd=(evalsha|eval|xadd) /, `a worker never ran a script:\n${l}`);
                 /* one admission script per request, one settlement script per admitted request */
                 const scripts = scriptCalls(String(await redis.command('INFO', 'commandstats'))) - scriptsBefore;
                 assert.ok(scripts >= 200 + N, `script calls: ${scripts}`);
