@@ -869,6 +869,46 @@ void leo_route_opt_cache_stats(struct leo_gw_req *g)
     respond(g, 200, j);
 }
 
+void leo_route_opt_cache_threshold(struct leo_gw_req *g)
+{
+    if (!leo_gw_authenticate(g))
+        return;
+    json_t *b = body_object(g);
+    if (b == NULL)
+        return;
+    json_t *jthr = json_object_get(b, "threshold"), *jm = json_object_get(b, "model"), *jt = json_object_get(b, "tenant");
+    if (!(json_is_number(jthr) || json_is_null(jthr)) ||
+        (json_is_number(jthr) && !(json_number_value(jthr) > 0 && json_number_value(jthr) <= 1))) {
+        json_decref(b);
+        leo_gw_error(g, 400, "threshold", "invalid_value",
+                     "field \"threshold\" must be a number in (0, 1], or null to return to the default");
+        return;
+    }
+    if ((jm && !json_is_string(jm)) || (jt && !json_is_string(jt))) {
+        json_decref(b);
+        leo_gw_error(g, 400, jm && !json_is_string(jm) ? "model" : "tenant", "invalid_type",
+                     "fields \"model\" and \"tenant\" must be strings");
+        return;
+    }
+    const char *model = json_string_value(jm);
+    if (model && leo_config_find_model(g->cfg, leo_str_c(model)) == NULL) {
+        json_decref(b);
+        leo_gw_error(g, 404, "model", "model_not_found", "model \"%.128s\" is not configured", model);
+        return;
+    }
+    const char *tenant = target_tenant(g, json_string_value(jt));
+    if (tenant == NULL) {
+        json_decref(b);
+        return;
+    }
+    double thr = json_is_number(jthr) ? json_number_value(jthr) : 0;
+    leo_semcache_set_threshold(g->w->optimizer->sem, tenant, model, thr);
+    json_t *out = json_pack("{s:s,s:o,s:o}", "tenant", tenant, "model", model ? json_string(model) : json_null(),
+                            "threshold", thr > 0 ? json_real(thr) : json_null());
+    json_decref(b);
+    respond(g, 200, out);
+}
+
 /* Deletes a tenant's exact-cache keys from Redis: SCAN ... MATCH, DEL, until the cursor returns to 0. */
 struct purge_scan {
     struct leo_redis *redis;

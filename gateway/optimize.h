@@ -79,6 +79,7 @@ void leo_route_opt_enable(struct leo_gw_req *g);        /* POST /v1/optimization
 void leo_route_opt_cache_stats(struct leo_gw_req *g);   /* GET  /v1/optimization/cache/stats */
 void leo_route_opt_cache_purge(struct leo_gw_req *g);   /* POST /v1/optimization/cache/purge */
 void leo_route_opt_cache_feedback(struct leo_gw_req *g); /* POST /v1/optimization/cache/feedback */
+void leo_route_opt_cache_threshold(struct leo_gw_req *g); /* POST /v1/optimization/cache/threshold */
 
 /** Declares the metric families of the three strategies (before forking). */
 void leo_opt_metrics_describe(void);

@@ -289,6 +289,37 @@ describe('semantic cache', () => {
     });
 });
 
+describe('semantic thresholds at run time', () => {
+    it('a threshold set for a tenant and model applies on every worker, and null restores the default', T, async () => {
+        const n = nonce('thr');
+        const q1 = `How do I reverse a list in Python? (${n})`;
+        const q2 = `how can I reverse a list in Python (${n})`;
+        assert.equal(status(await chat(gw.port, det(q1), { key: keys.t1 })), 'miss');
+        const ask = async () => status(await chat(gw.port, det(q2), { key: keys.t1, headers: { 'x-leo-cache': 'no-store' } }));
+        /* answers from every worker agree ten times in a row */
+        const settle = async (want) => {
+            let agree = 0;
+            const until = Date.now() + 5000;
+            while (agree < 10 && Date.now() < until) agree = (await ask()) === want ? agree + 1 : 0;
+            assert.equal(agree, 10, `expected ${want} from every worker`);
+        };
+        await settle('semantic-hit');
+        const set = (body, key = keys.t1) => request(gw.port, {
+            method: 'POST', path: '/v1/optimization/cache/threshold', body, headers: { Authorization: `Bearer ${key}` },
+        });
+        const r = await set({ model: 'gpt-4o-mini', threshold: 0.999 });
+        assert.equal(r.status, 200, r.text);
+        assert.deepEqual(r.json(), { tenant: 't1', model: 'gpt-4o-mini', threshold: 0.999 });
+        await settle('miss');
+        assert.equal((await set({ model: 'gpt-4o-mini', threshold: null })).status, 200);
+        await settle('semantic-hit');
+        assert.equal((await set({ threshold: 1.5 })).status, 400);
+        assert.equal((await set({ model: 'no-such-model', threshold: 0.9 })).status, 404);
+        /* a tenant key cannot set another tenant's threshold */
+        assert.equal((await set({ tenant: 't1', threshold: 0.9 }, keys.t2)).status, 403);
+    });
+});
+
 describe('deduplication', () => {
     it('identical requests in flight share one upstream call', T, async () => {
         const n = nonce('dd');
