@@ -209,6 +209,34 @@ async function everyWorkerSays(enabled) {
     assert.equal(agree, 10);
 }
 
+describe('exact cache on /v1/messages (Anthropic dialect)', () => {
+    it('caches a message, replays it as whole JSON and as Anthropic stream events', T, async () => {
+        const n = nonce('msg');
+        const body = { model: 'gpt-4o-mini', max_tokens: 50, temperature: 0, messages: [{ role: 'user', content: `hello ${n}` }] };
+        const headers = { 'x-api-key': keys.t1, 'anthropic-version': '2023-06-01' };
+        const post = () => request(gw.port, { method: 'POST', path: '/v1/messages', body, headers });
+        const a = await post();
+        assert.equal(a.status, 200, a.text);
+        assert.equal(status(a), 'miss');
+        const b = await post();
+        assert.equal(status(b), 'hit');
+        assert.deepEqual(b.json().content, a.json().content);
+        assert.equal(b.json().type, 'message');
+        const s = await openStream(gw.port, { ...body, stream: true }, { path: '/v1/messages', headers });
+        assert.equal(s.headers['x-leo-cache-status'], 'hit');
+        const { events } = await s.end;
+        const names = events.map((e) => e.event);
+        assert.equal(names[0], 'message_start');
+        assert.equal(names.at(-1), 'message_stop');
+        const text = events.filter((e) => e.event === 'content_block_delta')
+            .map((e) => JSON.parse(e.data).delta.text ?? '').join('');
+        assert.equal(text, a.json().content.filter((c) => c.type === 'text').map((c) => c.text).join(''));
+        /* an OpenAI client asking the same is another dialect: its own entry */
+        assert.equal(status(await chat(gw.port, det(`hello ${n}`, { max_tokens: 50 }), { key: keys.t1 })), 'miss');
+        assert.equal(await upstreamCalls(n), 2);
+    });
+});
+
 describe('semantic cache', () => {
     it('serves a paraphrase, refuses a changed number, never crosses tenants, and learns from feedback', T, async () => {
         const n = nonce('sem');
