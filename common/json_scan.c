@@ -186,3 +186,234 @@ int leo_json_splice(const char *p, size_t len, struct leo_json_edit *edits, size
         rc = leo_buf_add(out, p + close, len - close);
     return rc;
 }
+
+/* ---- leo_json_find_member: a validating scan ---- */
+
+/* One past a well-formed UTF-8 sequence starting at p[i] (a byte >= 0x80), or 0: no overlong forms, no
+ * surrogates, nothing above U+10FFFF (the checks jansson makes). */
+static size_t utf8_next(const unsigned char *p, size_t len, size_t i)
+{
+    unsigned char c = p[i];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF; /* the allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (len - i < n || p[i + 1] < lo || p[i + 1] > hi)
+        return 0;
+    for (size_t k = 2; k < n; k++)
+        if (p[i + k] < 0x80 || p[i + k] > 0xBF)
+            return 0;
+    return i + n;
+}
+
+static int hex4(const unsigned char *p, size_t len, size_t i, unsigned *out)
+{
+    if (len < 4 || i > len - 4)
+        return 0;
+    unsigned v = 0;
+    for (size_t k = 0; k < 4; k++) {
+        unsigned char c = p[i + k];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* i at an opening quote; one past the closing quote of a valid string, or 0 */
+static size_t valid_string(const unsigned char *p, size_t len, size_t i)
+{
+    for (i++;;) {
+        /* the common case, printable ASCII, in a tight loop */
+        while (i < len && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20 && p[i] < 0x80)
+            i++;
+        if (i >= len)
+            return 0;
+        unsigned char c = p[i];
+        if (c == '"')
+            return i + 1;
+        if (c < 0x20)
+            return 0;
+        if (c >= 0x80) {
+            i = utf8_next(p, len, i);
+            if (i == 0)
+                return 0;
+            continue;
+        }
+        /* an escape */
+        if (++i >= len)
+            return 0;
+        switch (p[i]) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': i++; break;
+        case 'u': {
+            unsigned cp, lo;
+            if (!hex4(p, len, i + 1, &cp) || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+                return 0;
+            i += 5;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                /* a high surrogate must be followed by an escaped low one */
+                if (len - i < 6 || p[i] != '\\' || p[i + 1] != 'u' || !hex4(p, len, i + 2, &lo) || lo < 0xDC00 ||
+                    lo > 0xDFFF)
+                    return 0;
+                i += 6;
+            }
+            break;
+        }
+        default: return 0;
+        }
+    }
+}
+
+static int is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* i at the first byte of a number or literal; one past its end, or 0 */
+static size_t valid_scalar(const unsigned char *p, size_t len, size_t i)
+{
+    static const char *const literals[] = {"true", "false", "null"};
+    for (size_t k = 0; k < 3; k++) {
+        size_t n = strlen(literals[k]);
+        if (p[i] == (unsigned char)literals[k][0])
+            return len - i >= n && memcmp(p + i, literals[k], n) == 0 ? i + n : 0;
+    }
+    if (p[i] == '-')
+        i++;
+    if (i >= len)
+        return 0;
+    if (p[i] == '0') {
+        i++;
+    } else if (is_digit(p[i])) {
+        while (i < len && is_digit(p[i]))
+            i++;
+    } else {
+        return 0;
+    }
+    if (i < len && p[i] == '.') {
+        if (++i >= len || !is_digit(p[i]))
+            return 0;
+        while (i < len && is_digit(p[i]))
+            i++;
+    }
+    if (i < len && (p[i] == 'e' || p[i] == 'E')) {
+        if (++i < len && (p[i] == '+' || p[i] == '-'))
+            i++;
+        if (i >= len || !is_digit(p[i]))
+            return 0;
+        while (i < len && is_digit(p[i]))
+            i++;
+    }
+    return i;
+}
+
+/* One pass over the document with an explicit stack (one bit per level: object or array), so hostile nesting
+ * costs 256 bytes of stack, not recursion. At depth 1 (the members of the top-level object) keys are compared
+ * with `key` and the span of a matching member's value is kept when the value ends. */
+int leo_json_find_member(const char *text, size_t len, const char *key, struct leo_str *value)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    unsigned char is_obj[LEO_JSON_MAX_DEPTH / 8];
+    size_t depth = 0, klen = strlen(key), vstart = 0;
+    int match = 0, found = 0;
+    *value = (struct leo_str){text, 0};
+    size_t i = skip_ws(text, len, 0);
+    if (i >= len || p[i] != '{')
+        return LEO_EPARSE;
+
+value: /* i at the first byte of a value */
+    if (i >= len)
+        return LEO_EPARSE;
+    if (p[i] == '{' || p[i] == '[') {
+        if (depth == LEO_JSON_MAX_DEPTH)
+            return LEO_EPARSE;
+        int obj = p[i] == '{';
+        if (obj)
+            is_obj[depth / 8] |= (unsigned char)(1u << (depth % 8));
+        else
+            is_obj[depth / 8] &= (unsigned char)~(1u << (depth % 8));
+        depth++;
+        i = skip_ws(text, len, i + 1);
+        if (i < len && p[i] == (obj ? '}' : ']')) {
+            i++;
+            depth--;
+            goto after_value;
+        }
+        if (obj)
+            goto member;
+        goto value;
+    }
+    i = p[i] == '"' ? valid_string(p, len, i) : valid_scalar(p, len, i);
+    if (i == 0)
+        return LEO_EPARSE;
+
+after_value: /* a value ends at i, inside the container at `depth` (0: the document) */
+    if (depth == 0) {
+        if (skip_ws(text, len, i) != len)
+            return LEO_EPARSE;
+        return found ? 0 : LEO_ENOTFOUND;
+    }
+    if (depth == 1 && match) {
+        *value = (struct leo_str){text + vstart, i - vstart};
+        found = 1;
+        match = 0;
+    }
+    i = skip_ws(text, len, i);
+    if (i >= len)
+        return LEO_EPARSE;
+    {
+        int obj = (is_obj[(depth - 1) / 8] >> ((depth - 1) % 8)) & 1;
+        if (p[i] == ',') {
+            i = skip_ws(text, len, i + 1);
+            if (obj)
+                goto member;
+            goto value;
+        }
+        if (p[i] != (obj ? '}' : ']'))
+            return LEO_EPARSE;
+        i++;
+        depth--;
+        goto after_value;
+    }
+
+member: /* i at a member's key, inside an object */
+    if (i >= len || p[i] != '"')
+        return LEO_EPARSE;
+    {
+        size_t ks = i;
+        i = valid_string(p, len, i);
+        if (i == 0)
+            return LEO_EPARSE;
+        if (depth == 1)
+            match = i - ks - 2 == klen && memcmp(p + ks + 1, key, klen) == 0;
+    }
+    i = skip_ws(text, len, i);
+    if (i >= len || p[i] != ':')
+        return LEO_EPARSE;
+    i = skip_ws(text, len, i + 1);
+    if (depth == 1)
+        vstart = i;
+    goto value;
+}

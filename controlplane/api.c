@@ -25,6 +25,8 @@
 #include "../common/alloc.h"
 #include "../common/error.h"
 #include "../common/log.h"
+#include "../common/metrics.h"
+#include "../common/secretbox.h"
 #include "auth.h"
 #include "snapshot.h"
 
@@ -66,8 +68,58 @@
     " 'created_by', " a ".created_by, 'created_at', " a ".created_at, 'updated_at', " a ".updated_at,"                 \
     " 'revoked_at', " a ".revoked_at, 'rotated_from', " a ".rotated_from)::text"
 
+/* the sealed secret never leaves the database through the API: only its masked form and key id */
+#define PROVIDER_JSON(a)                                                                                               \
+    "json_build_object('id', " a ".id, 'name', " a ".name, 'type', " a ".type, 'base_url', " a ".base_url,"            \
+    " 'api_version', " a ".api_version, 'timeouts', json_build_object('connect_ms', " a ".connect_timeout_ms,"         \
+    " 'first_byte_ms', " a ".first_byte_timeout_ms, 'total_ms', " a ".total_timeout_ms), 'enabled', " a ".enabled,"    \
+    " 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
+
+#define CRED_JSON(a)                                                                                                   \
+    "json_build_object('id', " a ".id, 'provider_id', " a ".provider_id, 'name', " a ".name, 'masked', " a ".masked,"  \
+    " 'key_id', " a ".key_id, 'weight', " a ".weight, 'enabled', " a ".enabled, 'created_at', " a ".created_at,"       \
+    " 'updated_at', " a ".updated_at)::text"
+
+#define DEPLOYMENT_JSON(a)                                                                                             \
+    "json_build_object('id', " a ".id, 'provider_id', " a ".provider_id, 'provider', (SELECT pp.name FROM providers"   \
+    " pp WHERE pp.id = " a ".provider_id), 'model', " a ".model, 'limits', " a ".limits, 'enabled', " a ".enabled,"    \
+    " 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
+
+/* a model with its deployments, ordered as the gateway tries them (priority, then weight, then id) */
+#define MODEL_JSON(a)                                                                                                  \
+    "json_build_object('id', " a ".id, 'name', " a ".name, 'strategy', " a ".strategy, 'enabled', " a ".enabled,"      \
+    " 'deployments', coalesce((SELECT json_agg(json_build_object('deployment_id', md.deployment_id, 'provider',"       \
+    " pp.name, 'model', dd.model, 'priority', md.priority, 'weight', md.weight) ORDER BY md.priority,"                 \
+    " md.weight DESC, md.deployment_id) FROM model_deployments md JOIN deployments dd ON dd.id = md.deployment_id"     \
+    " JOIN providers pp ON pp.id = dd.provider_id WHERE md.model_id = " a ".id), '[]'::json),"                         \
+    " 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
+
+/* $p: a jsonb array of {"deployment_id", "priority", "weight"} (checked by the daemon) */
+#define MODEL_DEPLOYMENTS_FROM(p)                                                                                      \
+    "SELECT (e->>'deployment_id')::uuid AS deployment_id, (e->>'priority')::int AS priority,"                          \
+    " (e->>'weight')::int AS weight FROM jsonb_array_elements($" p "::jsonb) e"
+
 #define MODELS_FROM(p)                                                                                                 \
     "CASE WHEN $" p "::jsonb IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text($" p "::jsonb)) END"
+
+/* an admin API token as lists show it: never the secret, only "leo_at_…" and its last four */
+#define TOKEN_JSON(a)                                                                                                  \
+    "json_build_object('id', " a ".id, 'name', " a ".name, 'role', " a ".role, 'tenant_id', " a ".tenant_id,"          \
+    " 'prefix', " a ".prefix, 'last4', " a ".last4, 'masked', " a ".prefix || '…' || " a ".last4, 'status',"           \
+    " CASE WHEN " a ".revoked_at IS NOT NULL THEN 'revoked' WHEN " a ".expires_at <= now() THEN 'expired'"             \
+    " ELSE 'active' END, 'created_by', " a ".created_by, 'created_at', " a ".created_at, 'last_used_at',"              \
+    " " a ".last_used_at, 'expires_at', " a ".expires_at, 'revoked_at', " a ".revoked_at)::text"
+
+#define INVITE_STATUS(a)                                                                                               \
+    "CASE WHEN " a ".accepted_at IS NOT NULL THEN 'accepted' WHEN " a ".revoked_at IS NOT NULL THEN 'revoked'"         \
+    " WHEN " a ".expires_at <= now() THEN 'expired' ELSE 'pending' END"
+
+#define INVITE_JSON(a)                                                                                                 \
+    "json_build_object('id', " a ".id, 'email', " a ".email, 'role', " a ".role, 'tenant_id', " a ".tenant_id,"        \
+    " 'invited_by', " a ".invited_by, 'created_at', " a ".created_at, 'expires_at', " a ".expires_at,"                 \
+    " 'accepted_at', " a ".accepted_at, 'revoked_at', " a ".revoked_at, 'status', " INVITE_STATUS(a) ")::text"
+
+#define INVITE_PENDING(a) "(" a ".accepted_at IS NULL AND " a ".revoked_at IS NULL AND " a ".expires_at > now())"
 
 enum stmt {
     S_AUTH,
@@ -88,6 +140,35 @@ enum stmt {
     S_KEY_REVOKE,
     S_KEY_ROTATE,
     S_AUDIT_LIST,
+    S_USAGE_REPORT,
+    S_PROVIDER_LIST,
+    S_PROVIDER_CREATE,
+    S_PROVIDER_GET,
+    S_PROVIDER_PATCH,
+    S_PROVIDER_DELETE,
+    S_CRED_LIST,
+    S_CRED_CREATE,
+    S_CRED_PATCH,
+    S_CRED_DELETE,
+    S_DEPLOYMENT_LIST,
+    S_DEPLOYMENT_CREATE,
+    S_DEPLOYMENT_GET,
+    S_DEPLOYMENT_PATCH,
+    S_DEPLOYMENT_DELETE,
+    S_MODEL_LIST,
+    S_MODEL_CREATE,
+    S_MODEL_GET,
+    S_MODEL_PATCH,
+    S_MODEL_DELETE,
+    S_AUTH_TOKEN,
+    S_TOKEN_CREATE,
+    S_TOKEN_LIST,
+    S_TOKEN_REVOKE,
+    S_INVITE_CREATE,
+    S_INVITE_LIST,
+    S_INVITE_REVOKE,
+    S_INVITE_CHECK,
+    S_INVITE_ACCEPT,
     S_COUNT
 };
 
@@ -255,6 +336,262 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         " AND ($4::bigint IS NULL OR l.id < $4::bigint)"
         " AND ($6::text IS NULL OR l.target = $6::text) AND ($7::text IS NULL OR l.actor = $7::text)"
         " ORDER BY l.id DESC LIMIT $5::int"},
+
+    /* $1 allowed tenant ids (jsonb array, NULL for all), $2 tenant slug, $3 key name, $4 model, $5 from,
+     * $6 to (all but $7 may be NULL), $7 group_by → group, key name (group_by key), requests, errors,
+     * cache hits, prompt tokens, completion tokens, cost, saved, average latency; one row more than shown */
+    [S_USAGE_REPORT] = {"usage_report",
+        "SELECT CASE $7::text WHEN 'hour' THEN to_char(r.hour, 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"')"
+        " WHEN 'day' THEN to_char(r.hour, 'YYYY-MM-DD') WHEN 'model' THEN r.model ELSE r.tenant END,"
+        " CASE WHEN $7::text = 'key' THEN r.key_name ELSE '' END,"
+        " sum(r.requests)::text, sum(r.errors)::text, sum(r.cache_hits)::text, sum(r.prompt_tokens)::text,"
+        " sum(r.completion_tokens)::text, sum(r.cost_usd)::text, sum(r.saved_usd)::text,"
+        " (sum(r.latency_ms_sum) / nullif(sum(r.requests), 0))::text"
+        " FROM usage_rollups r"
+        " WHERE ($1::jsonb IS NULL OR r.tenant IN (SELECT t.slug FROM tenants t WHERE " IN_ALLOWED("t.id", "1") "))"
+        " AND ($2::text IS NULL OR r.tenant = $2::text) AND ($3::text IS NULL OR r.key_name = $3::text)"
+        " AND ($4::text IS NULL OR r.model = $4::text)"
+        " AND ($5::timestamptz IS NULL OR r.hour >= date_trunc('hour', $5::timestamptz))"
+        " AND ($6::timestamptz IS NULL OR r.hour < $6::timestamptz)"
+        " GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 10001"},
+
+    /* $1/$2 cursor, $3 limit */
+    [S_PROVIDER_LIST] = {"provider_list",
+        "SELECT " PROVIDER_JSON("p") ", " CURSOR_US("p") ", p.id FROM providers p"
+        " WHERE " AFTER("p", "1", "2") " ORDER BY p.created_at, p.id LIMIT $3::int"},
+
+    /* $1 name, $2 type, $3 base_url, $4 api_version, $5-$7 timeouts (ms or NULL), $8 enabled, $9 actor */
+    [S_PROVIDER_CREATE] = {"provider_create",
+        "WITH p AS (INSERT INTO providers (name, type, base_url, api_version, connect_timeout_ms,"
+        " first_byte_timeout_ms, total_timeout_ms, enabled) VALUES ($1::text, $2::text, $3::text, $4::text,"
+        " $5::int, $6::int, $7::int, $8::bool) RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $9::text, 'provider.create', 'provider:' || p.id, jsonb_build_object('name', p.name,"
+        " 'type', p.type, 'base_url', p.base_url, 'enabled', p.enabled) FROM p)"
+        " SELECT " PROVIDER_JSON("p") " FROM p"},
+
+    /* $1 provider id */
+    [S_PROVIDER_GET] = {"provider_get",
+        "SELECT " PROVIDER_JSON("p") " FROM providers p WHERE p.id = $1::uuid"},
+
+    /* $1 id, $2 base_url, $3 set api_version?, $4 api_version, $5-$7 timeouts (NULL: unchanged), $8 enabled,
+     * $9 actor, $10 the change (jsonb) */
+    [S_PROVIDER_PATCH] = {"provider_patch",
+        "WITH p AS (UPDATE providers SET base_url = coalesce($2::text, base_url),"
+        " api_version = CASE WHEN $3::bool THEN $4::text ELSE api_version END,"
+        " connect_timeout_ms = coalesce($5::int, connect_timeout_ms),"
+        " first_byte_timeout_ms = coalesce($6::int, first_byte_timeout_ms),"
+        " total_timeout_ms = coalesce($7::int, total_timeout_ms), enabled = coalesce($8::bool, enabled),"
+        " updated_at = now() WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $9::text, 'provider.update', 'provider:' || p.id, $10::jsonb FROM p)"
+        " SELECT " PROVIDER_JSON("p") " FROM p"},
+
+    /* $1 id, $2 actor; credentials and deployments go with it (ON DELETE CASCADE) */
+    [S_PROVIDER_DELETE] = {"provider_delete",
+        "WITH p AS (DELETE FROM providers WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $2::text, 'provider.delete', 'provider:' || p.id, jsonb_build_object('name', p.name) FROM p)"
+        " SELECT " PROVIDER_JSON("p") " FROM p"},
+
+    /* $1 provider, $2/$3 cursor, $4 limit; no row: no such provider; a row of NULLs: no credentials */
+    [S_CRED_LIST] = {"credential_list",
+        "SELECT " CRED_JSON("k") ", " CURSOR_US("k") ", k.id FROM providers p"
+        " LEFT JOIN LATERAL (SELECT * FROM provider_credentials k WHERE k.provider_id = p.id"
+        " AND " AFTER("k", "2", "3") " ORDER BY k.created_at, k.id LIMIT $4::int) k ON true"
+        " WHERE p.id = $1::uuid ORDER BY k.created_at, k.id"},
+
+    /* $1 credential id, $2 provider, $3 name, $4 sealed, $5 key id, $6 masked, $7 weight, $8 enabled, $9 actor */
+    [S_CRED_CREATE] = {"credential_create",
+        "WITH k AS (INSERT INTO provider_credentials (id, provider_id, name, sealed, key_id, masked, weight,"
+        " enabled) VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::text, $7::int, $8::bool)"
+        " RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $9::text, 'credential.create', 'credential:' || k.id, jsonb_build_object('provider_id',"
+        " k.provider_id, 'name', k.name, 'masked', k.masked, 'key_id', k.key_id) FROM k)"
+        " SELECT " CRED_JSON("k") " FROM k"},
+
+    /* $1 provider, $2 credential, $3 name, $4 weight, $5 enabled (NULL: unchanged), $6 actor, $7 change */
+    [S_CRED_PATCH] = {"credential_patch",
+        "WITH k AS (UPDATE provider_credentials SET name = coalesce($3::text, name),"
+        " weight = coalesce($4::int, weight), enabled = coalesce($5::bool, enabled), updated_at = now()"
+        " WHERE id = $2::uuid AND provider_id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $6::text, 'credential.update', 'credential:' || k.id,"
+        " jsonb_build_object('provider_id', k.provider_id, 'changes', $7::jsonb) FROM k)"
+        " SELECT " CRED_JSON("k") " FROM k"},
+
+    /* $1 provider, $2 credential, $3 actor */
+    [S_CRED_DELETE] = {"credential_delete",
+        "WITH k AS (DELETE FROM provider_credentials WHERE id = $2::uuid AND provider_id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $3::text, 'credential.delete', 'credential:' || k.id,"
+        " jsonb_build_object('provider_id', k.provider_id, 'name', k.name, 'masked', k.masked) FROM k)"
+        " SELECT " CRED_JSON("k") " FROM k"},
+
+    /* $1/$2 cursor, $3 limit */
+    [S_DEPLOYMENT_LIST] = {"deployment_list",
+        "SELECT " DEPLOYMENT_JSON("d") ", " CURSOR_US("d") ", d.id FROM deployments d"
+        " WHERE " AFTER("d", "1", "2") " ORDER BY d.created_at, d.id LIMIT $3::int"},
+
+    /* $1 provider id, $2 upstream model, $3 limits, $4 enabled, $5 actor */
+    [S_DEPLOYMENT_CREATE] = {"deployment_create",
+        "WITH d AS (INSERT INTO deployments (provider_id, model, limits, enabled)"
+        " VALUES ($1::uuid, $2::text, $3::jsonb, $4::bool) RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $5::text, 'deployment.create', 'deployment:' || d.id, jsonb_build_object('provider_id',"
+        " d.provider_id, 'model', d.model, 'limits', d.limits, 'enabled', d.enabled) FROM d)"
+        " SELECT " DEPLOYMENT_JSON("d") " FROM d"},
+
+    /* $1 id */
+    [S_DEPLOYMENT_GET] = {"deployment_get",
+        "SELECT " DEPLOYMENT_JSON("d") " FROM deployments d WHERE d.id = $1::uuid"},
+
+    /* $1 id, $2 enabled, $3 limits (NULL: unchanged), $4 actor, $5 the change */
+    [S_DEPLOYMENT_PATCH] = {"deployment_patch",
+        "WITH d AS (UPDATE deployments SET enabled = coalesce($2::bool, enabled),"
+        " limits = coalesce($3::jsonb, limits), updated_at = now() WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $4::text, 'deployment.update', 'deployment:' || d.id, $5::jsonb FROM d)"
+        " SELECT " DEPLOYMENT_JSON("d") " FROM d"},
+
+    /* $1 id, $2 actor; the models lose it (ON DELETE CASCADE on model_deployments) */
+    [S_DEPLOYMENT_DELETE] = {"deployment_delete",
+        "WITH d AS (DELETE FROM deployments WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $2::text, 'deployment.delete', 'deployment:' || d.id, jsonb_build_object('provider_id',"
+        " d.provider_id, 'model', d.model) FROM d)"
+        " SELECT json_build_object('id', d.id, 'provider_id', d.provider_id, 'model', d.model)::text FROM d"},
+
+    /* $1/$2 cursor, $3 limit */
+    [S_MODEL_LIST] = {"model_list",
+        "SELECT " MODEL_JSON("m") ", " CURSOR_US("m") ", m.id FROM models m"
+        " WHERE " AFTER("m", "1", "2") " ORDER BY m.created_at, m.id LIMIT $3::int"},
+
+    /* $1 name, $2 strategy, $3 enabled, $4 deployments (jsonb), $5 actor → the new id (the caller reads the
+     * model back: a statement does not see the rows its own CTEs insert) */
+    [S_MODEL_CREATE] = {"model_create",
+        "WITH m AS (INSERT INTO models (name, strategy, enabled) VALUES ($1::text, $2::text, $3::bool)"
+        " RETURNING *),"
+        " md AS (INSERT INTO model_deployments (model_id, deployment_id, priority, weight)"
+        " SELECT m.id, x.deployment_id, x.priority, x.weight FROM m, (" MODEL_DEPLOYMENTS_FROM("4") ") x),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $5::text, 'model.create', 'model:' || m.id, jsonb_build_object('name', m.name, 'strategy',"
+        " m.strategy, 'enabled', m.enabled, 'deployments', $4::jsonb) FROM m)"
+        " SELECT m.id::text FROM m"},
+
+    /* $1 id */
+    [S_MODEL_GET] = {"model_get",
+        "SELECT " MODEL_JSON("m") " FROM models m WHERE m.id = $1::uuid"},
+
+    /* $1 id, $2 strategy, $3 enabled (NULL: unchanged), $4 replace deployments?, $5 deployments (jsonb),
+     * $6 actor, $7 the change → the id. Deployments no longer listed are deleted and the others upserted, so
+     * the two never touch the same row. */
+    [S_MODEL_PATCH] = {"model_patch",
+        "WITH m AS (UPDATE models SET strategy = coalesce($2::text, strategy), enabled = coalesce($3::bool, enabled),"
+        " updated_at = now() WHERE id = $1::uuid RETURNING *),"
+        " x AS (" MODEL_DEPLOYMENTS_FROM("5") " WHERE $4::bool),"
+        " del AS (DELETE FROM model_deployments md USING m WHERE $4::bool AND md.model_id = m.id"
+        " AND md.deployment_id NOT IN (SELECT deployment_id FROM x)),"
+        " ins AS (INSERT INTO model_deployments (model_id, deployment_id, priority, weight)"
+        " SELECT m.id, x.deployment_id, x.priority, x.weight FROM m, x ON CONFLICT (model_id, deployment_id)"
+        " DO UPDATE SET priority = EXCLUDED.priority, weight = EXCLUDED.weight),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $6::text, 'model.update', 'model:' || m.id, $7::jsonb FROM m)"
+        " SELECT m.id::text FROM m"},
+
+    /* $1 id, $2 actor */
+    [S_MODEL_DELETE] = {"model_delete",
+        "WITH m AS (DELETE FROM models WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $2::text, 'model.delete', 'model:' || m.id, jsonb_build_object('name', m.name) FROM m)"
+        " SELECT json_build_object('id', m.id, 'name', m.name)::text FROM m"},
+
+    /* $1 token hash (hex) → id, role, tenant id, expires_at of a live admin API token. Marks it used, at most
+     * once a minute: the condition is on the row itself, so concurrent requests with one token update it once. */
+    [S_AUTH_TOKEN] = {"auth_token",
+        "WITH t AS (SELECT id, role, tenant_id, expires_at FROM admin_tokens"
+        " WHERE token_hash = decode($1::text, 'hex') AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > now())),"
+        " u AS (UPDATE admin_tokens x SET last_used_at = now() FROM t WHERE x.id = t.id"
+        " AND (x.last_used_at IS NULL OR x.last_used_at < now() - interval '1 minute'))"
+        " SELECT t.id, t.role, t.tenant_id, " RFC3339("t.expires_at") " FROM t"},
+
+    /* $1 token hash, $2 name, $3 role, $4 tenant or NULL, $5 prefix, $6 last4, $7 expires_at or NULL, $8 actor */
+    [S_TOKEN_CREATE] = {"token_create",
+        "WITH t AS (INSERT INTO admin_tokens (token_hash, name, role, tenant_id, prefix, last4, expires_at,"
+        " created_by) VALUES (decode($1::text, 'hex'), $2::text, $3::text, $4::uuid, $5::text, $6::text,"
+        " $7::timestamptz, $8::text) RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $8::text, 'token.create', 'token:' || t.id, jsonb_build_object('name', t.name, 'role', t.role,"
+        " 'tenant_id', t.tenant_id, 'last4', t.last4, 'expires_at', t.expires_at) FROM t)"
+        " SELECT " TOKEN_JSON("t") " FROM t"},
+
+    /* $1 allowed tenant ids (jsonb array, NULL for all), $2/$3 cursor, $4 limit */
+    [S_TOKEN_LIST] = {"token_list",
+        "SELECT " TOKEN_JSON("t") ", " CURSOR_US("t") ", t.id FROM admin_tokens t"
+        " WHERE ($1::jsonb IS NULL OR " IN_ALLOWED("t.tenant_id", "1") ")"
+        " AND " AFTER("t", "2", "3") " ORDER BY t.created_at, t.id LIMIT $4::int"},
+
+    /* $1 token id, $2 allowed tenant ids or NULL, $3 actor → the token (NULL when not changed), whether it exists
+     * in the caller's scope */
+    [S_TOKEN_REVOKE] = {"token_revoke",
+        "WITH cur AS (SELECT id FROM admin_tokens WHERE id = $1::uuid"
+        " AND ($2::jsonb IS NULL OR " IN_ALLOWED("tenant_id", "2") ")),"
+        " t AS (UPDATE admin_tokens SET revoked_at = now() WHERE id IN (SELECT id FROM cur) AND revoked_at IS NULL"
+        " RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $3::text, 'token.revoke', 'token:' || t.id, jsonb_build_object('name', t.name, 'role', t.role,"
+        " 'tenant_id', t.tenant_id) FROM t)"
+        " SELECT (SELECT " TOKEN_JSON("t") " FROM t), (SELECT count(*) FROM cur)"},
+
+    /* $1 token hash, $2 email, $3 role, $4 tenant or NULL, $5 lifetime in seconds, $6 actor; no row when a user
+     * with this email exists */
+    [S_INVITE_CREATE] = {"invitation_create",
+        "WITH i AS (INSERT INTO invitations (token_hash, email, role, tenant_id, expires_at, invited_by)"
+        " SELECT decode($1::text, 'hex'), $2::text, $3::text, $4::uuid, now() + $5::int * interval '1 second',"
+        " $6::text WHERE NOT EXISTS (SELECT 1 FROM users WHERE email = $2::text) RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $6::text, 'invitation.create', 'invitation:' || i.id, jsonb_build_object('email', i.email,"
+        " 'role', i.role, 'tenant_id', i.tenant_id, 'expires_at', i.expires_at) FROM i)"
+        " SELECT " INVITE_JSON("i") " FROM i"},
+
+    /* $1 allowed tenant ids or NULL, $2/$3 cursor, $4 limit; pending invitations only */
+    [S_INVITE_LIST] = {"invitation_list",
+        "SELECT " INVITE_JSON("i") ", " CURSOR_US("i") ", i.id FROM invitations i"
+        " WHERE " INVITE_PENDING("i") " AND ($1::jsonb IS NULL OR " IN_ALLOWED("i.tenant_id", "1") ")"
+        " AND " AFTER("i", "2", "3") " ORDER BY i.created_at, i.id LIMIT $4::int"},
+
+    /* $1 invitation id, $2 allowed tenant ids or NULL, $3 actor → the invitation (NULL when not changed), its
+     * status before (NULL when it does not exist in the caller's scope) */
+    [S_INVITE_REVOKE] = {"invitation_revoke",
+        "WITH cur AS (SELECT i.id, " INVITE_STATUS("i") " AS status FROM invitations i WHERE i.id = $1::uuid"
+        " AND ($2::jsonb IS NULL OR " IN_ALLOWED("i.tenant_id", "2") ")),"
+        " i AS (UPDATE invitations x SET revoked_at = now() FROM cur WHERE x.id = cur.id AND " INVITE_PENDING("x")
+        " RETURNING x.*),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $3::text, 'invitation.revoke', 'invitation:' || i.id, jsonb_build_object('email', i.email,"
+        " 'role', i.role, 'tenant_id', i.tenant_id) FROM i)"
+        " SELECT (SELECT " INVITE_JSON("i") " FROM i), (SELECT status FROM cur)"},
+
+    /* $1 token hash → a row when the invitation is pending */
+    [S_INVITE_CHECK] = {"invitation_check",
+        "SELECT i.id FROM invitations i WHERE i.token_hash = decode($1::text, 'hex') AND " INVITE_PENDING("i")},
+
+    /* $1 token hash, $2 password hash → the new user; no row when the invitation is not (or no longer) pending.
+     * Two accepts of one invitation: the second waits for the first's row lock, then finds accepted_at set and
+     * changes nothing. */
+    [S_INVITE_ACCEPT] = {"invitation_accept",
+        "WITH i AS (UPDATE invitations x SET accepted_at = now() WHERE x.token_hash = decode($1::text, 'hex')"
+        " AND " INVITE_PENDING("x") " RETURNING x.*),"
+        " u AS (INSERT INTO users (email, password_hash) SELECT i.email, $2::text FROM i RETURNING *),"
+        " m AS (INSERT INTO memberships (user_id, tenant_id, role) SELECT u.id, i.tenant_id, i.role FROM u, i),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT 'user:' || u.id, 'invitation.accept', 'invitation:' || i.id, jsonb_build_object('user_id', u.id,"
+        " 'email', u.email, 'role', i.role, 'tenant_id', i.tenant_id) FROM u, i)"
+        " SELECT json_build_object('id', u.id, 'email', u.email, 'disabled', u.disabled,"
+        " 'created_at', u.created_at, 'memberships',"
+        " json_build_array(json_build_object('role', i.role, 'tenant_id', i.tenant_id)))::text FROM u, i"},
 };
 /* clang-format on */
 
@@ -273,6 +610,7 @@ struct leo_api {
     uint8_t key_secret[LEO_KEYHASH_SECRET_BYTES];
     unsigned session_ttl_s;
     unsigned busy;
+    struct leo_secretbox_ring ring; /* seals provider credentials; nkeys 0: credentials cannot be written */
 };
 
 struct call;
@@ -305,10 +643,13 @@ struct call {
     json_t *body;
     char tenant_id[LEO_UUID_TEXT_LEN + 1];
     char key_id[LEO_UUID_TEXT_LEN + 1];
+    char obj_id[LEO_UUID_TEXT_LEN + 1]; /* {provider} of the path */
     char token_hash[2 * LEO_SESSION_HASH_BYTES + 1];
-    char actor[8 + LEO_UUID_TEXT_LEN]; /* "user:<id>" */
+    char actor[8 + LEO_UUID_TEXT_LEN]; /* "user:<id>" or "token:<id>" */
     struct leo_principal who;
     bool authenticated;
+    char token_id[LEO_UUID_TEXT_LEN + 1]; /* the admin API token that authenticated the call; "" for a session */
+    bool dry_run; /* POST /config/validate: the handler validates and answers; nothing is written */
     char session_expires[48];
     char user_created_at[48];
     query_step next;
@@ -327,6 +668,8 @@ struct call {
     const char *body_tenant; /* points into body */
     char secret[sizeof(KEY_PREFIX) + 48];
     int limit; /* page size of a list */
+    const char *usage_group; /* usage report: group_by (static storage) */
+    bool usage_csv;          /* usage report: format=csv */
 };
 
 static void call_free(struct call *c)
@@ -376,7 +719,9 @@ static void access_log(struct call *c, int status)
     leo_buf_addf(&b, "\",\"status\":%d,\"ms\":%.3f,\"remote\":\"", status, (double)(uv_hrtime() - c->t0) / 1e6);
     leo_buf_add_json_escaped(&b, req->remote_addr, strlen(req->remote_addr));
     leo_buf_adds(&b, "\",\"user\":");
-    if (c->authenticated)
+    if (c->authenticated && c->token_id[0])
+        leo_buf_addf(&b, "null,\"token\":\"%s\"}", c->token_id);
+    else if (c->authenticated)
         leo_buf_addf(&b, "\"%s\"}", c->who.user_id);
     else
         leo_buf_adds(&b, "null}");
@@ -448,7 +793,14 @@ static void fail_extra(struct call *c, int status, const char *code, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    json_t *j = error_json(status, code, param, msg);
+    json_t *j;
+    if (c->dry_run && status == 400) {
+        /* a dry run (POST /config/validate) answers what the real request would have been refused for */
+        j = json_pack("{s:b,s:[{s:s?,s:s}]}", "valid", 0, "errors", "field", param, "message", msg);
+        status = 200;
+    } else {
+        j = error_json(status, code, param, msg);
+    }
     char *s = json_dumps(j, DUMP_ORDERED);
     json_decref(j);
     respond_extra(c, status, s, strlen(s), extra, nextra);
@@ -484,8 +836,20 @@ static const struct {
     {"23505", "tenants_slug_key", 409, "already_exists", "slug", "a tenant with this slug already exists"},
     {"23505", "users_email_key", 409, "already_exists", "email", "a user with this email already exists"},
     {"23505", "api_keys_key_hash_key", 409, "already_exists", NULL, "key collision, try again"},
+    {"23505", "providers_name_key", 409, "already_exists", "name", "a provider with this name already exists"},
+    {"23505", "provider_credentials_provider_id_name_key", 409, "already_exists", "name",
+     "this provider already has a credential with this name"},
+    {"23503", "provider_credentials_provider_id_fkey", 404, "not_found", NULL, "provider not found"},
+    {"23503", "deployments_provider_id_fkey", 400, "invalid_value", "provider_id", "provider does not exist"},
+    {"23505", "deployments_provider_id_model_key", 409, "already_exists", "model",
+     "this provider already has a deployment of this model"},
+    {"23503", "model_deployments_deployment_id_fkey", 400, "invalid_value", "deployments",
+     "a listed deployment does not exist"},
+    {"23505", "models_name_key", 409, "already_exists", "name", "a model with this name already exists"},
     {"23503", "memberships_tenant_id_fkey", 400, "invalid_value", "tenant_id", "tenant does not exist"},
     {"23503", "api_keys_tenant_id_fkey", 404, "not_found", NULL, "tenant not found"},
+    {"23503", "admin_tokens_tenant_id_fkey", 400, "invalid_value", "tenant_id", "tenant does not exist"},
+    {"23503", "invitations_tenant_id_fkey", 400, "invalid_value", "tenant_id", "tenant does not exist"},
     {"23514", NULL, 400, "invalid_value", NULL, "a value is out of range"},
     {"22P02", NULL, 400, "invalid_value", NULL, "a value has the wrong format"},
     {"22007", NULL, 400, "invalid_value", NULL, "a value has the wrong format"},
@@ -520,8 +884,18 @@ static void on_query(const struct leo_db_result *r, void *ud)
     c->next(c, r);
 }
 
+static void respond_dry_run_valid(struct call *c)
+{
+    respond_json(c, 200, json_pack("{s:b}", "valid", 1));
+}
+
 static void run_query(struct call *c, enum stmt s, const char *const *params, int n, query_step next)
 {
+    /* a dry run ends where the handler, its validation passed, would write */
+    if (c->dry_run) {
+        respond_dry_run_valid(c);
+        return;
+    }
     c->next = next;
     c->pending++;
     c->api->busy++;
@@ -546,6 +920,10 @@ static void on_work_done(uv_work_t *w, int status)
  * loop. */
 static void run_work(struct call *c, call_step fn, call_step after)
 {
+    if (c->dry_run) { /* the work (a password hash) comes after validation */
+        respond_dry_run_valid(c);
+        return;
+    }
     c->work.data = c;
     c->work_fn = fn;
     c->after_work = after;
@@ -990,7 +1368,31 @@ static void auth_done(struct call *c, const struct leo_db_result *r)
     dispatch_route(c);
 }
 
-/* Looks up the bearer token's session, then continues with the route. */
+/* An admin API token authenticates as a principal with the token's one role (and tenant): the same permission
+ * table as a session, and the token, not a user, as the actor of what it writes. */
+static void token_auth_done(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    int role = PQntuples(r->res) == 1 ? leo_role_parse(leo_str_c(PQgetvalue(r->res, 0, 1))) : -1;
+    if (role < 0) {
+        fail(c, 401, "invalid_session", NULL, "the API token is unknown, expired or revoked");
+        return;
+    }
+    snprintf(c->token_id, sizeof(c->token_id), "%s", PQgetvalue(r->res, 0, 0));
+    snprintf(c->actor, sizeof(c->actor), "token:%s", c->token_id);
+    snprintf(c->session_expires, sizeof(c->session_expires), "%s", PQgetvalue(r->res, 0, 3));
+    c->who.memberships = leo_calloc(1, sizeof(struct leo_membership));
+    c->who.memberships[0].role = (enum leo_role)role;
+    snprintf(c->who.memberships[0].tenant_id, sizeof(c->who.memberships[0].tenant_id), "%s", PQgetvalue(r->res, 0, 2));
+    c->who.nmemberships = 1;
+    c->authenticated = true;
+    dispatch_route(c);
+}
+
+/* Looks up the bearer token's session (or admin API token), then continues with the route. */
 static void authenticate(struct call *c)
 {
     const struct leo_http_header *h = leo_http_header_find(c->req, "authorization");
@@ -1002,7 +1404,10 @@ static void authenticate(struct call *c)
     struct leo_str token = leo_str_trim(leo_str_n(v.p + 7, v.len - 7));
     leo_session_token_hash_hex(token, c->token_hash);
     const char *params[] = {c->token_hash};
-    run_query(c, S_AUTH, params, 1, auth_done);
+    if (leo_token_has_prefix(token, LEO_ADMIN_TOKEN_PREFIX))
+        run_query(c, S_AUTH_TOKEN, params, 1, token_auth_done);
+    else
+        run_query(c, S_AUTH, params, 1, auth_done);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1121,6 +1526,11 @@ static void logout_done(struct call *c, const struct leo_db_result *r)
 
 static void h_logout(struct call *c)
 {
+    if (c->token_id[0]) {
+        fail(c, 400, "invalid_value", NULL,
+             "logout ends a session; an API token is revoked with POST /admin/v1/tokens/{id}/revoke");
+        return;
+    }
     const char *params[] = {c->token_hash, c->who.user_id};
     run_query(c, S_LOGOUT, params, 2, logout_done);
 }
@@ -1133,10 +1543,31 @@ static void h_me(struct call *c)
         json_array_append_new(ms, json_pack("{s:s,s:s?}", "role", leo_role_name(m->role), "tenant_id",
                                             m->tenant_id[0] ? m->tenant_id : NULL));
     }
+    if (c->token_id[0]) {
+        respond_json(c, 200,
+                     json_pack("{s:n,s:o,s:{s:s,s:s?}}", "user", "memberships", ms, "token", "id", c->token_id,
+                               "expires_at", c->session_expires[0] ? c->session_expires : NULL));
+        return;
+    }
     json_t *j =
         json_pack("{s:{s:s,s:s,s:s},s:o,s:{s:s}}", "user", "id", c->who.user_id, "email", c->who.email, "created_at",
                   c->user_created_at, "memberships", ms, "session", "expires_at", c->session_expires);
     respond_json(c, 200, j);
+}
+
+/* Prometheus text for the daemon's own series (the usage consumer's, docs/usage.md). Public like /health: it
+ * carries counts only, never a tenant, key or secret. */
+static void h_metrics(struct call *c)
+{
+    struct leo_buf b = LEO_BUF_INIT;
+    leo_metrics_render(&b);
+    struct leo_http_header h[] = {
+        {LEO_STR_LIT("Content-Type"), LEO_STR_LIT("text/plain; version=0.0.4; charset=utf-8")},
+        {LEO_STR_LIT("Cache-Control"), LEO_STR_LIT("no-store")},
+    };
+    access_log(c, 200);
+    leo_http_respond(c->req, 200, h, 2, b.p, b.len);
+    leo_buf_release(&b);
 }
 
 static void h_health(struct call *c)
@@ -1288,63 +1719,89 @@ static void user_hashed(struct call *c)
     run_query(c, S_USER_CREATE, params, 5, user_created);
 }
 
+/* "role" and "tenant_id" of a body that gives someone a role (a user, an invitation, an admin API token):
+ * a known role, a tenant id exactly when the role is a tenant role. */
+static int body_role(struct call *c, enum leo_role *role, const char **tenant)
+{
+    const char *name;
+    if (body_string(c, "role", true, 1, 64, &name) != 0 || body_string(c, "tenant_id", false, 1, 64, tenant) != 0)
+        return -1;
+    int r = leo_role_parse(leo_str_c(name));
+    if (r < 0) {
+        fail(c, 400, "invalid_value", "role",
+             "role: must be one of owner, admin, operator, viewer, tenant_admin, tenant_member");
+        return -1;
+    }
+    if (leo_role_is_global((enum leo_role)r) && *tenant) {
+        fail(c, 400, "invalid_value", "tenant_id", "tenant_id: must be left out for the global role \"%s\"", name);
+        return -1;
+    }
+    if (!leo_role_is_global((enum leo_role)r) && !*tenant) {
+        fail(c, 400, "missing_field", "tenant_id", "tenant_id: required for the tenant role \"%s\"", name);
+        return -1;
+    }
+    if (*tenant && !leo_uuid_valid(leo_str_c(*tenant))) {
+        fail(c, 400, "invalid_value", "tenant_id", "tenant_id: not a tenant id");
+        return -1;
+    }
+    *role = (enum leo_role)r;
+    return 0;
+}
+
+/* body_role, and the caller may grant that role there: what creating a user and inviting one both need. */
+static int body_grant(struct call *c, enum leo_role *role, const char **tenant)
+{
+    if (body_role(c, role, tenant) != 0)
+        return -1;
+    /* the permission applies to the tenant named in the body (or globally) */
+    if (!leo_principal_can(&c->who, LEO_PERM_USERS_WRITE, *tenant)) {
+        fail(c, 403, "forbidden", NULL, "this account may not create users %s",
+             *tenant ? "in this tenant" : "with global roles");
+        return -1;
+    }
+    if (!leo_principal_can_grant(&c->who, *role, *tenant)) {
+        fail(c, 403, "forbidden", "role", "role: this account may not grant the role \"%s\"", leo_role_name(*role));
+        return -1;
+    }
+    return 0;
+}
+
+/* "password" of a new account: required, within the password policy; copied into c->password for the hash. */
+static int body_password(struct call *c)
+{
+    json_t *pw = json_object_get(c->body, "password");
+    if (pw == NULL || json_is_null(pw)) {
+        fail(c, 400, "missing_field", "password", "password: required");
+        return -1;
+    }
+    if (!json_is_string(pw)) {
+        fail(c, 400, "invalid_type", "password", "password: expected a string");
+        return -1;
+    }
+    const char *password = json_string_value(pw), *why;
+    if (leo_password_policy(leo_str_n(password, json_string_length(pw)), &why) != 0) {
+        fail(c, 400, "invalid_value", "password", "password: %s", why);
+        return -1;
+    }
+    c->password_len = json_string_length(pw);
+    c->password = leo_malloc(c->password_len + 1);
+    memcpy(c->password, password, c->password_len + 1);
+    return 0;
+}
+
 static void h_user_create(struct call *c)
 {
     static const char *const fields[] = {"email", "password", "role", "tenant_id", NULL};
-    const char *email, *password, *role, *tenant;
-    if (body_fields(c, fields) != 0 || body_string(c, "email", true, 1, EMAIL_MAX, &email) != 0 ||
-        body_string(c, "role", true, 1, 64, &role) != 0 || body_string(c, "tenant_id", false, 1, 64, &tenant) != 0)
+    const char *email, *tenant;
+    enum leo_role r;
+    if (body_fields(c, fields) != 0 || body_string(c, "email", true, 1, EMAIL_MAX, &email) != 0)
         return;
     if (!email_normalise(email, c->email)) {
         fail(c, 400, "invalid_value", "email", "email: not an email address");
         return;
     }
-    int r = leo_role_parse(leo_str_c(role));
-    if (r < 0) {
-        fail(c, 400, "invalid_value", "role",
-             "role: must be one of owner, admin, operator, viewer, tenant_admin, tenant_member");
+    if (body_grant(c, &r, &tenant) != 0 || body_password(c) != 0)
         return;
-    }
-    if (leo_role_is_global((enum leo_role)r) && tenant) {
-        fail(c, 400, "invalid_value", "tenant_id", "tenant_id: must be left out for the global role \"%s\"", role);
-        return;
-    }
-    if (!leo_role_is_global((enum leo_role)r) && !tenant) {
-        fail(c, 400, "missing_field", "tenant_id", "tenant_id: required for the tenant role \"%s\"", role);
-        return;
-    }
-    if (tenant && !leo_uuid_valid(leo_str_c(tenant))) {
-        fail(c, 400, "invalid_value", "tenant_id", "tenant_id: not a tenant id");
-        return;
-    }
-    /* the permission applies to the tenant named in the body (or globally) */
-    if (!leo_principal_can(&c->who, LEO_PERM_USERS_WRITE, tenant)) {
-        fail(c, 403, "forbidden", NULL, "this account may not create users %s",
-             tenant ? "in this tenant" : "with global roles");
-        return;
-    }
-    if (!leo_principal_can_grant(&c->who, (enum leo_role)r, tenant)) {
-        fail(c, 403, "forbidden", "role", "role: this account may not grant the role \"%s\"", role);
-        return;
-    }
-    json_t *pw = json_object_get(c->body, "password");
-    if (pw == NULL || json_is_null(pw)) {
-        fail(c, 400, "missing_field", "password", "password: required");
-        return;
-    }
-    if (!json_is_string(pw)) {
-        fail(c, 400, "invalid_type", "password", "password: expected a string");
-        return;
-    }
-    password = json_string_value(pw);
-    const char *why;
-    if (leo_password_policy(leo_str_n(password, json_string_length(pw)), &why) != 0) {
-        fail(c, 400, "invalid_value", "password", "password: %s", why);
-        return;
-    }
-    c->password_len = json_string_length(pw);
-    c->password = leo_malloc(c->password_len + 1);
-    memcpy(c->password, password, c->password_len + 1);
     c->role = leo_role_name((enum leo_role)r);
     c->body_tenant = tenant;
     run_work(c, user_hash, user_hashed);
@@ -1403,6 +1860,13 @@ static void respond_key(struct call *c, int status, const char *json, bool with_
         json_object_set_new(k, "secret", json_string(c->secret));
     sodium_memzero(c->secret, sizeof(c->secret));
     respond_json(c, status, k);
+}
+
+/* The user behind the call, for created_by columns that reference users: NULL when an admin API token made the
+ * call (the audit entry names the token). */
+static const char *creator_id(const struct call *c)
+{
+    return c->token_id[0] ? NULL : c->who.user_id;
 }
 
 /* Makes a new secret in c->secret and its hash, display prefix and last four. */
@@ -1587,9 +2051,9 @@ static void h_key_create(struct call *c)
     }
     char hash[LEO_KEYHASH_TEXT_LEN + 1], prefix[KEY_DISPLAY_PREFIX + 1], last4[5];
     key_new(c, hash, prefix, last4);
-    const char *params[] = {c->tenant_id,   f.name,       hash,     prefix,
-                            last4,          f.expires_at, f.models, f.limits ? f.limits : "{}",
-                            c->who.user_id, c->actor};
+    const char *params[] = {c->tenant_id,  f.name,       hash,     prefix,
+                            last4,         f.expires_at, f.models, f.limits ? f.limits : "{}",
+                            creator_id(c), c->actor};
     run_query(c, S_KEY_CREATE, params, 10, key_created);
     key_fields_release(&f);
 }
@@ -1721,8 +2185,701 @@ static void h_key_rotate(struct call *c)
     }
     char hash[LEO_KEYHASH_TEXT_LEN + 1], prefix[KEY_DISPLAY_PREFIX + 1], last4[5];
     key_new(c, hash, prefix, last4);
-    const char *params[] = {c->tenant_id, c->key_id, hash, prefix, last4, c->who.user_id, c->actor};
+    const char *params[] = {c->tenant_id, c->key_id, hash, prefix, last4, creator_id(c), c->actor};
     run_query(c, S_KEY_ROTATE, params, 7, key_rotated);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Providers and credentials                                                                               */
+
+/* Providers, credentials, deployments and models are global configuration. Until auth.c has permissions of
+ * their own (providers.read, providers.write), reading them needs what reading the audit log needs (every
+ * global role) and changing them what changing tenants needs (owner, admin); tenant roles get neither. */
+#define PERM_PROVIDERS_READ LEO_PERM_AUDIT_READ
+#define PERM_PROVIDERS_WRITE LEO_PERM_TENANTS_WRITE
+#define CREDENTIAL_SECRET_MAX 8192
+
+static const char *const provider_types[] = {"openai", "azure", "anthropic", "gemini", NULL};
+
+static bool provider_name_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 64 || !isalnum((unsigned char)s[0]))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!(isalnum(ch) || ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* An optional whole number in [min, max], written as text into out (NULL when absent). */
+static int body_uint(struct call *c, json_t *obj, const char *field, const char *param, long long min, long long max,
+                     char out[24], const char **p)
+{
+    json_t *v = json_object_get(obj, field);
+    *p = NULL;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        fail(c, 400, "invalid_value", param, "%s: expected a whole number from %lld to %lld", param, min, max);
+        return -1;
+    }
+    snprintf(out, 24, "%lld", (long long)json_integer_value(v));
+    *p = out;
+    return 0;
+}
+
+/* An optional boolean: "true", "false" or NULL when absent. */
+static int body_bool(struct call *c, const char *field, const char **out)
+{
+    json_t *v = json_object_get(c->body, field);
+    *out = NULL;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v)) {
+        fail(c, 400, "invalid_type", field, "%s: expected true or false", field);
+        return -1;
+    }
+    *out = json_is_true(v) ? "true" : "false";
+    return 0;
+}
+
+/* http(s)://host[...] without whitespace, as the gateway's configuration requires (gateway/config.c). */
+static int body_base_url(struct call *c, bool required, const char **out)
+{
+    if (body_string(c, "base_url", required, 1, 2048, out) != 0)
+        return -1;
+    if (*out == NULL)
+        return 0;
+    const char *s = *out;
+    size_t scheme = strncmp(s, "https://", 8) == 0 ? 8 : strncmp(s, "http://", 7) == 0 ? 7 : 0;
+    bool ok = scheme != 0 && s[scheme] != '\0' && s[scheme] != '/';
+    for (const char *q = s; ok && *q; q++)
+        ok = (unsigned char)*q > 0x20 && (unsigned char)*q != 0x7f;
+    if (!ok) {
+        fail(c, 400, "invalid_value", "base_url", "base_url: must be an http:// or https:// URL with a host");
+        return -1;
+    }
+    return 0;
+}
+
+struct provider_fields {
+    const char *base_url, *api_version, *enabled;
+    bool set_api_version;
+    char t[3][24];
+    const char *timeouts[3];
+};
+
+static int provider_common(struct call *c, bool create, struct provider_fields *f)
+{
+    static const char *const tnames[] = {"connect_ms", "first_byte_ms", "total_ms"};
+    static const long long tmax[] = {600000, 3600000, 86400000};
+    memset(f, 0, sizeof(*f));
+    if (body_base_url(c, create, &f->base_url) != 0 || body_bool(c, "enabled", &f->enabled) != 0)
+        return -1;
+    json_t *av = json_object_get(c->body, "api_version");
+    if (av) {
+        f->set_api_version = true;
+        if (body_string(c, "api_version", false, 1, 64, &f->api_version) != 0)
+            return -1;
+    }
+    json_t *t = json_object_get(c->body, "timeouts");
+    if (t == NULL || json_is_null(t))
+        return 0;
+    if (!json_is_object(t)) {
+        fail(c, 400, "invalid_type", "timeouts", "timeouts: expected an object");
+        return -1;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(t, k, x)
+    {
+        bool known = false;
+        for (size_t i = 0; i < 3; i++)
+            known = known || strcmp(k, tnames[i]) == 0;
+        if (!known) {
+            char param[96];
+            snprintf(param, sizeof(param), "timeouts.%s", k);
+            fail(c, 400, "unknown_field", param, "%s: unknown field", param);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < 3; i++) {
+        char param[32];
+        snprintf(param, sizeof(param), "timeouts.%s", tnames[i]);
+        if (body_uint(c, t, tnames[i], param, 1, tmax[i], f->t[i], &f->timeouts[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void provider_written(struct call *c, const struct leo_db_result *r, int status)
+{
+    if (r->err == 0)
+        leo_snapshot_changed();
+    one_object_done(c, r, status, "provider");
+}
+
+static void provider_created(struct call *c, const struct leo_db_result *r)
+{
+    provider_written(c, r, 201);
+}
+
+static void provider_changed(struct call *c, const struct leo_db_result *r)
+{
+    provider_written(c, r, 200);
+}
+
+static void provider_found(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 200, "provider");
+}
+
+static void h_provider_create(struct call *c)
+{
+    static const char *const fields[] = {"name", "type", "base_url", "api_version", "timeouts", "enabled", NULL};
+    const char *name, *type;
+    struct provider_fields f;
+    if (body_fields(c, fields) != 0 || body_string(c, "name", true, 1, 64, &name) != 0)
+        return;
+    if (!provider_name_valid(name)) {
+        fail(c, 400, "invalid_value", "name",
+             "name: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit");
+        return;
+    }
+    if (body_enum(c, "type", provider_types, &type) != 0 || provider_common(c, true, &f) != 0)
+        return;
+    if (type == NULL) {
+        fail(c, 400, "missing_field", "type", "type: required");
+        return;
+    }
+    if (strcmp(type, "azure") == 0 && f.api_version == NULL) {
+        fail(c, 400, "missing_field", "api_version", "api_version: required for provider type \"azure\"");
+        return;
+    }
+    const char *params[] = {name,          type,          f.base_url,    f.api_version,
+                            f.timeouts[0], f.timeouts[1], f.timeouts[2], f.enabled ? f.enabled : "true",
+                            c->actor};
+    run_query(c, S_PROVIDER_CREATE, params, 9, provider_created);
+}
+
+static void providers_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+/* The lists of providers, deployments and models take the same parameters and differ in the statement. */
+static void global_list(struct call *c, enum stmt s, query_step next)
+{
+    static const char *const names[] = {"limit", "cursor", NULL};
+    const char *v[2], *p_us, *p_id;
+    char lim[16], us[24], id[LEO_UUID_TEXT_LEN + 1];
+    int limit;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[0], &limit, lim) != 0 ||
+        keyset_cursor(c, v[1], us, id, &p_us, &p_id) != 0)
+        return;
+    const char *params[] = {p_us, p_id, lim};
+    c->limit = limit;
+    run_query(c, s, params, 3, next);
+}
+
+static void h_providers_list(struct call *c)
+{
+    global_list(c, S_PROVIDER_LIST, providers_listed);
+}
+
+static void h_provider_get(struct call *c)
+{
+    const char *params[] = {c->obj_id};
+    run_query(c, S_PROVIDER_GET, params, 1, provider_found);
+}
+
+static void h_provider_patch(struct call *c)
+{
+    static const char *const fields[] = {"base_url", "api_version", "timeouts", "enabled", NULL};
+    struct provider_fields f;
+    if (json_object_get(c->body, "name") || json_object_get(c->body, "type")) {
+        const char *which = json_object_get(c->body, "name") ? "name" : "type";
+        fail(c, 400, "immutable_field", which, "%s: cannot be changed", which);
+        return;
+    }
+    if (body_fields(c, fields) != 0 || provider_common(c, false, &f) != 0)
+        return;
+    if (json_object_size(c->body) == 0) {
+        fail(c, 400, "empty_change", NULL, "the body changes nothing: give base_url, api_version, timeouts or enabled");
+        return;
+    }
+    char *change = json_dumps(c->body, DUMP_SORTED);
+    const char *params[] = {c->obj_id,     f.base_url,    f.set_api_version ? "true" : "false",
+                            f.api_version, f.timeouts[0], f.timeouts[1],
+                            f.timeouts[2], f.enabled,     c->actor,
+                            change};
+    run_query(c, S_PROVIDER_PATCH, params, 10, provider_changed);
+    free(change);
+}
+
+static void h_provider_delete(struct call *c)
+{
+    const char *params[] = {c->obj_id, c->actor};
+    run_query(c, S_PROVIDER_DELETE, params, 2, provider_changed);
+}
+
+static void credential_written(struct call *c, const struct leo_db_result *r, int status)
+{
+    if (r->err == 0)
+        leo_snapshot_changed();
+    one_object_done(c, r, status, "credential");
+}
+
+static void credential_created(struct call *c, const struct leo_db_result *r)
+{
+    credential_written(c, r, 201);
+}
+
+static void credential_changed(struct call *c, const struct leo_db_result *r)
+{
+    credential_written(c, r, 200);
+}
+
+/* A random (version 4) UUID in canonical text form. */
+static void uuid_v4(char out[LEO_UUID_TEXT_LEN + 1])
+{
+    uint8_t b[16];
+    randombytes_buf(b, sizeof(b));
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    char hex[33];
+    sodium_bin2hex(hex, sizeof(hex), b, sizeof(b));
+    snprintf(out, LEO_UUID_TEXT_LEN + 1, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+/* The secret is sealed here, with the new row's id as associated data, and never stored or logged in clear;
+ * the response shows only its masked form. */
+static void h_credential_create(struct call *c)
+{
+    static const char *const fields[] = {"name", "secret", "weight", "enabled", NULL};
+    const char *name, *secret, *enabled, *weight;
+    char wtext[24];
+    if (body_fields(c, fields) != 0 || body_string(c, "name", true, 1, NAME_MAX_CHARS, &name) != 0 ||
+        body_string(c, "secret", true, 1, CREDENTIAL_SECRET_MAX, &secret) != 0 ||
+        body_uint(c, c->body, "weight", "weight", 1, 1000, wtext, &weight) != 0 ||
+        body_bool(c, "enabled", &enabled) != 0)
+        return;
+    if (c->api->ring.nkeys == 0) {
+        fail(c, 503, "master_key_missing", NULL,
+             "credentials cannot be stored: the control plane has no master key (LEO_MASTER_KEY)");
+        return;
+    }
+    char id[LEO_UUID_TEXT_LEN + 1], masked[32];
+    uuid_v4(id);
+    leo_secret_mask(leo_str_c(secret), masked, sizeof(masked));
+    struct leo_buf sealed = LEO_BUF_INIT;
+    const struct leo_secretbox_key *k = &c->api->ring.keys[0];
+    leo_secretbox_seal(k, leo_str_c(secret), leo_str_c(id), &sealed);
+    sodium_memzero((char *)secret, strlen(secret)); /* the body's copy; the sealed form is all that goes on */
+    const char *params[] = {
+        id, c->obj_id, name, sealed.p, k->id, masked, weight ? weight : "1", enabled ? enabled : "true", c->actor};
+    run_query(c, S_CRED_CREATE, params, 9, credential_created);
+    leo_buf_release(&sealed);
+}
+
+static void credentials_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) == 0) {
+        fail(c, 404, "not_found", NULL, "provider not found");
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+static void h_credentials_list(struct call *c)
+{
+    static const char *const names[] = {"limit", "cursor", NULL};
+    const char *v[2], *p_us, *p_id;
+    char lim[16], us[24], id[LEO_UUID_TEXT_LEN + 1];
+    int limit;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[0], &limit, lim) != 0 ||
+        keyset_cursor(c, v[1], us, id, &p_us, &p_id) != 0)
+        return;
+    const char *params[] = {c->obj_id, p_us, p_id, lim};
+    c->limit = limit;
+    run_query(c, S_CRED_LIST, params, 4, credentials_listed);
+}
+
+static void h_credential_patch(struct call *c)
+{
+    static const char *const fields[] = {"name", "weight", "enabled", NULL};
+    const char *name, *enabled, *weight;
+    char wtext[24];
+    if (json_object_get(c->body, "secret")) {
+        fail(c, 400, "immutable_field", "secret", "secret: cannot be changed; create a new credential instead");
+        return;
+    }
+    if (body_fields(c, fields) != 0 || body_string(c, "name", false, 1, NAME_MAX_CHARS, &name) != 0 ||
+        body_uint(c, c->body, "weight", "weight", 1, 1000, wtext, &weight) != 0 ||
+        body_bool(c, "enabled", &enabled) != 0)
+        return;
+    if (!name && !weight && !enabled) {
+        fail(c, 400, "empty_change", NULL, "the body changes nothing: give name, weight or enabled");
+        return;
+    }
+    char *change = json_dumps(c->body, DUMP_SORTED);
+    const char *params[] = {c->obj_id, c->key_id, name, weight, enabled, c->actor, change};
+    run_query(c, S_CRED_PATCH, params, 7, credential_changed);
+    free(change);
+}
+
+static void h_credential_delete(struct call *c)
+{
+    const char *params[] = {c->obj_id, c->key_id, c->actor};
+    run_query(c, S_CRED_DELETE, params, 3, credential_changed);
+}
+
+/* ---- deployments ---- */
+
+static void deployment_written(struct call *c, const struct leo_db_result *r, int status)
+{
+    if (r->err == 0)
+        leo_snapshot_changed();
+    one_object_done(c, r, status, "deployment");
+}
+
+static void deployment_created(struct call *c, const struct leo_db_result *r)
+{
+    deployment_written(c, r, 201);
+}
+
+static void deployment_changed(struct call *c, const struct leo_db_result *r)
+{
+    deployment_written(c, r, 200);
+}
+
+static void deployment_found(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 200, "deployment");
+}
+
+/* Model names as the gateway's configuration takes them: 1 to 128 printable ASCII characters without spaces,
+ * quotes or backslashes. */
+static int body_model_name(struct call *c, const char *field, const char **out)
+{
+    if (body_string(c, field, true, 1, MODEL_NAME_MAX, out) != 0)
+        return -1;
+    for (const unsigned char *p = (const unsigned char *)*out; *p; p++) {
+        if (*p <= 0x20 || *p >= 0x7f || *p == '"' || *p == '\\') {
+            fail(c, 400, "invalid_value", field,
+                 "%s: 1 to %d printable ASCII characters without spaces, quotes or backslashes", field, MODEL_NAME_MAX);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A deployment's limits: the provider's rpm, tpm and concurrency (the gateway's deployment quota). */
+static int deployment_limits(struct call *c, char **out)
+{
+    static const struct {
+        const char *name;
+        double max;
+    } fields[] = {{"rpm", 1e15}, {"tpm", 1e15}, {"concurrency", 1e6}};
+    json_t *v = json_object_get(c->body, "limits");
+    *out = NULL;
+    if (v == NULL)
+        return 0;
+    if (!json_is_object(v)) {
+        fail(c, 400, "invalid_type", "limits", "limits: expected an object");
+        return -1;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x)
+    {
+        size_t i = 0, n = sizeof(fields) / sizeof(fields[0]);
+        while (i < n && strcmp(fields[i].name, k) != 0)
+            i++;
+        char param[96];
+        snprintf(param, sizeof(param), "limits.%s", k);
+        if (i == n) {
+            fail(c, 400, "unknown_field", param, "%s: unknown field (known: rpm, tpm, concurrency)", param);
+            return -1;
+        }
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || (double)json_integer_value(x) > fields[i].max) {
+            fail(c, 400, "invalid_value", param, "%s: expected a whole number from 0 to %.0f", param, fields[i].max);
+            return -1;
+        }
+    }
+    *out = json_dumps(v, DUMP_SORTED);
+    return 0;
+}
+
+static void h_deployment_create(struct call *c)
+{
+    static const char *const fields[] = {"provider_id", "model", "limits", "enabled", NULL};
+    const char *provider, *model, *enabled;
+    char *limits = NULL;
+    if (body_fields(c, fields) != 0 || body_string(c, "provider_id", true, 36, 36, &provider) != 0)
+        return;
+    if (!leo_uuid_valid(leo_str_c(provider))) {
+        fail(c, 400, "invalid_value", "provider_id", "provider_id: expected a provider id (a UUID)");
+        return;
+    }
+    if (body_model_name(c, "model", &model) != 0 || body_bool(c, "enabled", &enabled) != 0 ||
+        deployment_limits(c, &limits) != 0)
+        return;
+    const char *params[] = {provider, model, limits ? limits : "{}", enabled ? enabled : "true", c->actor};
+    run_query(c, S_DEPLOYMENT_CREATE, params, 5, deployment_created);
+    free(limits);
+}
+
+static void deployments_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+static void h_deployments_list(struct call *c)
+{
+    global_list(c, S_DEPLOYMENT_LIST, deployments_listed);
+}
+
+static void h_deployment_get(struct call *c)
+{
+    const char *params[] = {c->key_id};
+    run_query(c, S_DEPLOYMENT_GET, params, 1, deployment_found);
+}
+
+static void h_deployment_patch(struct call *c)
+{
+    static const char *const fields[] = {"limits", "enabled", NULL};
+    const char *enabled;
+    char *limits = NULL;
+    if (json_object_get(c->body, "provider_id") || json_object_get(c->body, "model")) {
+        const char *which = json_object_get(c->body, "model") ? "model" : "provider_id";
+        fail(c, 400, "immutable_field", which, "%s: cannot be changed; create another deployment", which);
+        return;
+    }
+    if (body_fields(c, fields) != 0 || body_bool(c, "enabled", &enabled) != 0 || deployment_limits(c, &limits) != 0)
+        return;
+    if (enabled == NULL && limits == NULL) {
+        fail(c, 400, "empty_change", NULL, "the body changes nothing: give enabled or limits");
+        return;
+    }
+    char *change = json_dumps(c->body, DUMP_SORTED);
+    const char *params[] = {c->key_id, enabled, limits, c->actor, change};
+    run_query(c, S_DEPLOYMENT_PATCH, params, 5, deployment_changed);
+    free(change);
+    free(limits);
+}
+
+static void h_deployment_delete(struct call *c)
+{
+    const char *params[] = {c->key_id, c->actor};
+    run_query(c, S_DEPLOYMENT_DELETE, params, 2, deployment_changed);
+}
+
+/* ---- models ---- */
+
+static const char *const model_strategies[] = {"weighted",       "priority",    "least-busy",
+                                               "lowest-latency", "lowest-cost", NULL};
+
+/* "deployments": [{"deployment_id", "priority"?, "weight"?}], 1 to MODELS_MAX entries, each deployment once;
+ * written out with the defaults filled in (priority 0, weight 1), for the statement. */
+static int model_deployments(struct call *c, bool required, char **out)
+{
+    static const char *const fields[] = {"deployment_id", "priority", "weight", NULL};
+    json_t *v = json_object_get(c->body, "deployments");
+    *out = NULL;
+    if (v == NULL && !required)
+        return 0;
+    if (v == NULL) {
+        fail(c, 400, "missing_field", "deployments", "deployments: required");
+        return -1;
+    }
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > MODELS_MAX) {
+        fail(c, 400, "invalid_value", "deployments", "deployments: expected an array of 1 to %d objects", MODELS_MAX);
+        return -1;
+    }
+    json_t *norm = json_array();
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e)
+    {
+        char param[96];
+        snprintf(param, sizeof(param), "deployments[%zu]", i);
+        const char *k;
+        json_t *x;
+        const char *bad = NULL;
+        if (!json_is_object(e)) {
+            fail(c, 400, "invalid_type", param, "%s: expected an object", param);
+            json_decref(norm);
+            return -1;
+        }
+        json_object_foreach(e, k, x)
+        {
+            bool known = false;
+            for (size_t f = 0; fields[f]; f++)
+                known = known || strcmp(fields[f], k) == 0;
+            if (!known && bad == NULL)
+                bad = k;
+        }
+        if (bad) {
+            snprintf(param, sizeof(param), "deployments[%zu].%s", i, bad);
+            fail(c, 400, "unknown_field", param, "%s: unknown field", param);
+            json_decref(norm);
+            return -1;
+        }
+        const char *id = json_string_value(json_object_get(e, "deployment_id"));
+        if (id == NULL || !leo_uuid_valid(leo_str_c(id))) {
+            snprintf(param, sizeof(param), "deployments[%zu].deployment_id", i);
+            fail(c, 400, "invalid_value", param, "%s: expected a deployment id (a UUID)", param);
+            json_decref(norm);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcasecmp(json_string_value(json_object_get(json_array_get(v, j), "deployment_id")), id) == 0) {
+                snprintf(param, sizeof(param), "deployments[%zu].deployment_id", i);
+                fail(c, 400, "invalid_value", param, "%s: listed twice", param);
+                json_decref(norm);
+                return -1;
+            }
+        }
+        char t1[24], t2[24], pp[64], pw[64];
+        const char *prio, *weight;
+        snprintf(pp, sizeof(pp), "deployments[%zu].priority", i);
+        snprintf(pw, sizeof(pw), "deployments[%zu].weight", i);
+        if (body_uint(c, e, "priority", pp, 0, 1000, t1, &prio) != 0 ||
+            body_uint(c, e, "weight", pw, 0, 1000000, t2, &weight) != 0) {
+            json_decref(norm);
+            return -1;
+        }
+        json_array_append_new(norm, json_pack("{s:s,s:I,s:I}", "deployment_id", id, "priority",
+                                              (json_int_t)(prio ? strtoll(prio, NULL, 10) : 0), "weight",
+                                              (json_int_t)(weight ? strtoll(weight, NULL, 10) : 1)));
+    }
+    *out = json_dumps(norm, DUMP_ORDERED);
+    json_decref(norm);
+    return 0;
+}
+
+/* A model write returns its id; the model is then read back with its deployments. */
+static void model_read_back(struct call *c, const struct leo_db_result *r, query_step next)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) != 1) {
+        fail(c, 404, "not_found", NULL, "model not found");
+        return;
+    }
+    leo_snapshot_changed();
+    snprintf(c->key_id, sizeof(c->key_id), "%s", PQgetvalue(r->res, 0, 0));
+    const char *params[] = {c->key_id};
+    run_query(c, S_MODEL_GET, params, 1, next);
+}
+
+static void model_found_created(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 201, "model");
+}
+
+static void model_found(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 200, "model");
+}
+
+static void model_created(struct call *c, const struct leo_db_result *r)
+{
+    model_read_back(c, r, model_found_created);
+}
+
+static void model_patched(struct call *c, const struct leo_db_result *r)
+{
+    model_read_back(c, r, model_found);
+}
+
+static void model_deleted(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err == 0)
+        leo_snapshot_changed();
+    one_object_done(c, r, 200, "model");
+}
+
+static void h_model_create(struct call *c)
+{
+    static const char *const fields[] = {"name", "strategy", "enabled", "deployments", NULL};
+    const char *name, *strategy, *enabled;
+    char *deps = NULL;
+    if (body_fields(c, fields) != 0 || body_model_name(c, "name", &name) != 0 ||
+        body_enum(c, "strategy", model_strategies, &strategy) != 0 || body_bool(c, "enabled", &enabled) != 0 ||
+        model_deployments(c, true, &deps) != 0)
+        return;
+    const char *params[] = {name, strategy ? strategy : "weighted", enabled ? enabled : "true", deps, c->actor};
+    run_query(c, S_MODEL_CREATE, params, 5, model_created);
+    free(deps);
+}
+
+static void models_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+static void h_models_list(struct call *c)
+{
+    global_list(c, S_MODEL_LIST, models_listed);
+}
+
+static void h_model_get(struct call *c)
+{
+    const char *params[] = {c->key_id};
+    run_query(c, S_MODEL_GET, params, 1, model_found);
+}
+
+static void h_model_patch(struct call *c)
+{
+    static const char *const fields[] = {"strategy", "enabled", "deployments", NULL};
+    const char *strategy, *enabled;
+    char *deps = NULL;
+    if (json_object_get(c->body, "name")) {
+        fail(c, 400, "immutable_field", "name", "name: cannot be changed; create another model");
+        return;
+    }
+    if (body_fields(c, fields) != 0 || body_enum(c, "strategy", model_strategies, &strategy) != 0 ||
+        body_bool(c, "enabled", &enabled) != 0 || model_deployments(c, false, &deps) != 0)
+        return;
+    if (!strategy && !enabled && !deps) {
+        fail(c, 400, "empty_change", NULL, "the body changes nothing: give strategy, enabled or deployments");
+        return;
+    }
+    char *change = json_dumps(c->body, DUMP_SORTED);
+    const char *params[] = {c->key_id,          strategy, enabled, deps ? "true" : "false",
+                            deps ? deps : "[]", c->actor, change};
+    run_query(c, S_MODEL_PATCH, params, 7, model_patched);
+    free(change);
+    free(deps);
+}
+
+static void h_model_delete(struct call *c)
+{
+    const char *params[] = {c->key_id, c->actor};
+    run_query(c, S_MODEL_DELETE, params, 2, model_deleted);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1776,10 +2933,399 @@ static void h_audit_list(struct call *c)
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* Usage reports (docs/usage.md)                                                                           */
+
+/* Usage is read with what reading a tenant's keys needs, scoped the same way (a tenant role sees its own
+ * tenants only), until auth.c has a usage.read permission of its own. */
+#define PERM_USAGE_READ LEO_PERM_KEYS_READ
+#define USAGE_ROWS_MAX 10000
+#define USAGE_FILTER_MAX 256
+
+static const char *const usage_groups[] = {"hour", "day", "model", "key", "tenant", NULL};
+static const char *const usage_columns[] = {"requests",          "errors",   "cache_hits", "prompt_tokens",
+                                            "completion_tokens", "cost_usd", "saved_usd",  "avg_latency_ms"};
+
+/* A CSV field: quoted when it holds a separator, a quote or a line break; a leading = + - @ (a formula to a
+ * spreadsheet) is defused with a leading apostrophe. */
+static void csv_field(struct leo_buf *b, const char *s)
+{
+    bool quote = strpbrk(s, ",\"\r\n") != NULL;
+    if (quote)
+        leo_buf_addch(b, '"');
+    if (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@')
+        leo_buf_addch(b, '\'');
+    for (const char *p = s; *p; p++) {
+        if (*p == '"')
+            leo_buf_addch(b, '"');
+        leo_buf_addch(b, *p);
+    }
+    if (quote)
+        leo_buf_addch(b, '"');
+}
+
+static json_t *usage_value(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return json_null();
+    const char *s = PQgetvalue(res, row, col);
+    if (col - 2 >= 5) /* cost_usd, saved_usd, avg_latency_ms */
+        return json_real(strtod(s, NULL));
+    return json_integer(strtoll(s, NULL, 10));
+}
+
+static void usage_reported(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    const char *group = c->usage_group;
+    bool csv = c->usage_csv;
+    int n = PQntuples(r->res);
+    bool truncated = n > USAGE_ROWS_MAX;
+    if (truncated)
+        n = USAGE_ROWS_MAX;
+    bool by_key = strcmp(group, "key") == 0;
+    if (csv) {
+        struct leo_buf b = LEO_BUF_INIT;
+        leo_buf_adds(&b, by_key ? "tenant,key" : group);
+        for (size_t i = 0; i < sizeof(usage_columns) / sizeof(usage_columns[0]); i++)
+            leo_buf_addf(&b, ",%s", usage_columns[i]);
+        leo_buf_adds(&b, "\r\n");
+        for (int i = 0; i < n; i++) {
+            csv_field(&b, PQgetvalue(r->res, i, 0));
+            if (by_key) {
+                leo_buf_addch(&b, ',');
+                csv_field(&b, PQgetvalue(r->res, i, 1));
+            }
+            for (int col = 2; col < 10; col++)
+                leo_buf_addf(&b, ",%s", PQgetvalue(r->res, i, col));
+            leo_buf_adds(&b, "\r\n");
+        }
+        struct leo_http_header h[] = {
+            {LEO_STR_LIT("Content-Type"), LEO_STR_LIT("text/csv; charset=utf-8")},
+            {LEO_STR_LIT("Content-Disposition"), LEO_STR_LIT("attachment; filename=\"usage.csv\"")},
+            {LEO_STR_LIT("Cache-Control"), LEO_STR_LIT("no-store")},
+            {LEO_STR_LIT("x-leo-truncated"), truncated ? LEO_STR_LIT("true") : LEO_STR_LIT("false")},
+        };
+        access_log(c, 200);
+        leo_http_respond(c->req, 200, h, 4, b.p, b.len);
+        leo_buf_release(&b);
+        return;
+    }
+    json_t *rows = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *row = json_object();
+        if (by_key) {
+            json_object_set_new(row, "tenant", json_string(PQgetvalue(r->res, i, 0)));
+            json_object_set_new(row, "key", json_string(PQgetvalue(r->res, i, 1)));
+        } else {
+            json_object_set_new(row, group, json_string(PQgetvalue(r->res, i, 0)));
+        }
+        for (int col = 2; col < 10; col++)
+            json_object_set_new(row, usage_columns[col - 2], usage_value(r->res, i, col));
+        json_array_append_new(rows, row);
+    }
+    json_t *j = json_pack("{s:s,s:o,s:b}", "group_by", group, "rows", rows, "truncated", truncated);
+    respond_json(c, 200, j);
+}
+
+static void h_usage_report(struct call *c)
+{
+    static const char *const names[] = {"tenant", "key", "model", "from", "to", "group_by", "format", NULL};
+    const char *v[7];
+    time_t from = 0, to = 0;
+    if (query_params(c, names, v) != 0)
+        return;
+    for (int i = 0; i < 3; i++) {
+        if (v[i] && (v[i][0] == '\0' || strlen(v[i]) > USAGE_FILTER_MAX)) {
+            fail(c, 400, "invalid_value", names[i], "%s: must be 1 to %d bytes long", names[i], USAGE_FILTER_MAX);
+            return;
+        }
+    }
+    if (v[3] && !rfc3339_parse(v[3], &from)) {
+        fail(c, 400, "invalid_value", "from", "from: expected an RFC 3339 date-time");
+        return;
+    }
+    if (v[4] && !rfc3339_parse(v[4], &to)) {
+        fail(c, 400, "invalid_value", "to", "to: expected an RFC 3339 date-time");
+        return;
+    }
+    if (v[3] && v[4] && to <= from) {
+        fail(c, 400, "invalid_value", "to", "to: must be later than from");
+        return;
+    }
+    const char *group = v[5] ? v[5] : "hour";
+    size_t gi = 0;
+    while (usage_groups[gi] && strcmp(usage_groups[gi], group) != 0)
+        gi++;
+    if (usage_groups[gi] == NULL) {
+        fail(c, 400, "invalid_value", "group_by", "group_by: must be one of \"hour\", \"day\", \"model\", \"key\", "
+                                                  "\"tenant\"");
+        return;
+    }
+    if (v[6] && strcmp(v[6], "json") != 0 && strcmp(v[6], "csv") != 0) {
+        fail(c, 400, "invalid_value", "format", "format: must be \"json\" or \"csv\"");
+        return;
+    }
+    c->usage_group = usage_groups[gi];
+    c->usage_csv = v[6] && strcmp(v[6], "csv") == 0;
+    char *allowed = allowed_tenants(c, PERM_USAGE_READ);
+    const char *params[] = {allowed, v[0], v[1], v[2], v[3], v[4], usage_groups[gi]};
+    run_query(c, S_USAGE_REPORT, params, 7, usage_reported);
+    leo_free(allowed);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Admin API tokens and invitations                                                                        */
+
+#define INVITE_TTL_S (7 * 24 * 3600)
+_Static_assert(sizeof(((struct call *)0)->secret) > LEO_TOKEN_MAX_LEN, "secret buffer too small");
+
+static void page_listed(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    respond_page(c, r->res, c->limit, 2, NULL);
+}
+
+/* A keyset page of s, limited to the tenants where the caller holds perm (all of them for a global role). */
+static void scoped_list(struct call *c, unsigned perm, enum stmt s)
+{
+    static const char *const names[] = {"limit", "cursor", NULL};
+    const char *v[2], *p_us, *p_id;
+    char lim[16], us[24], id[LEO_UUID_TEXT_LEN + 1];
+    int limit;
+    if (query_params(c, names, v) != 0 || page_limit(c, v[0], &limit, lim) != 0 ||
+        keyset_cursor(c, v[1], us, id, &p_us, &p_id) != 0)
+        return;
+    char *allowed = allowed_tenants(c, perm);
+    const char *params[] = {allowed, p_us, p_id, lim};
+    c->limit = limit;
+    run_query(c, s, params, 4, page_listed);
+    leo_free(allowed);
+}
+
+/* 201 with the new object and, once, its secret (member), which is then wiped. No row: conflict_message. */
+static void respond_created_with_secret(struct call *c, const struct leo_db_result *r, const char *member,
+                                        const char *conflict_param, const char *conflict_message)
+{
+    json_t *j = NULL;
+    if (r->err)
+        fail_db(c, r);
+    else if (PQntuples(r->res) != 1 || PQgetisnull(r->res, 0, 0))
+        fail(c, 409, "already_exists", conflict_param, "%s", conflict_message);
+    else if ((j = json_loads(PQgetvalue(r->res, 0, 0), 0, NULL)) == NULL)
+        fail(c, 500, "internal_error", NULL, "internal error");
+    if (j) {
+        json_object_set_new(j, member, json_string(c->secret));
+        respond_json(c, 201, j);
+    }
+    sodium_memzero(c->secret, sizeof(c->secret));
+}
+
+/* Revocations return (the object or NULL when nothing changed, NULL or 0 when it is not in the caller's
+ * scope). */
+static void revoked(struct call *c, const struct leo_db_result *r, const char *what, const char *code)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQgetisnull(r->res, 0, 1) || strcmp(PQgetvalue(r->res, 0, 1), "0") == 0) {
+        fail(c, 404, "not_found", NULL, "%s not found", what);
+        return;
+    }
+    if (PQgetisnull(r->res, 0, 0)) {
+        fail(c, 409, code, NULL, "the %s is no longer %s and cannot be revoked", what,
+             strcmp(what, "token") == 0 ? "active" : "pending");
+        return;
+    }
+    one_object_done(c, r, 200, what);
+}
+
+static void token_created(struct call *c, const struct leo_db_result *r)
+{
+    respond_created_with_secret(c, r, "token", NULL, "token collision, try again");
+}
+
+/* A token's role is bounded like a grant: never above what the caller holds in the token's scope. */
+static void h_token_create(struct call *c)
+{
+    static const char *const fields[] = {"name", "role", "tenant_id", "expires_at", NULL};
+    const char *name, *tenant;
+    enum leo_role r;
+    struct key_fields f = {0};
+    json_t *v;
+    if (body_fields(c, fields) != 0 || body_string(c, "name", true, 1, NAME_MAX_CHARS, &name) != 0 ||
+        body_role(c, &r, &tenant) != 0)
+        return;
+    if (!leo_principal_can(&c->who, LEO_PERM_TOKENS_WRITE, tenant)) {
+        fail(c, 403, "forbidden", NULL, "this account may not create API tokens %s",
+             tenant ? "for this tenant" : "with global roles");
+        return;
+    }
+    if (!leo_principal_can_issue_token(&c->who, r, tenant)) {
+        fail(c, 403, "forbidden", "role", "role: this account may not issue a token with the role \"%s\"",
+             leo_role_name(r));
+        return;
+    }
+    if ((v = json_object_get(c->body, "expires_at")) && key_expiry(c, v, &f) != 0)
+        return;
+    char hash[2 * LEO_SESSION_HASH_BYTES + 1], last4[5];
+    leo_token_new(LEO_ADMIN_TOKEN_PREFIX, c->secret);
+    leo_session_token_hash_hex(leo_str_c(c->secret), hash);
+    memcpy(last4, c->secret + strlen(c->secret) - 4, 5);
+    const char *params[] = {hash,  name,         leo_role_name(r), tenant, LEO_ADMIN_TOKEN_PREFIX,
+                            last4, f.expires_at, c->actor};
+    run_query(c, S_TOKEN_CREATE, params, 8, token_created);
+}
+
+static void h_tokens_list(struct call *c)
+{
+    scoped_list(c, LEO_PERM_TOKENS_READ, S_TOKEN_LIST);
+}
+
+static void token_revoked(struct call *c, const struct leo_db_result *r)
+{
+    revoked(c, r, "token", "token_revoked");
+}
+
+/* Global tokens.write holders revoke any token; tenant admins only the tokens of their tenants (others are
+ * 404, as if they did not exist). */
+static void h_token_revoke(struct call *c)
+{
+    if (body_fields(c, (const char *const[]){NULL}) != 0)
+        return;
+    char *allowed = allowed_tenants(c, LEO_PERM_TOKENS_WRITE);
+    const char *params[] = {c->key_id, allowed, c->actor};
+    run_query(c, S_TOKEN_REVOKE, params, 3, token_revoked);
+    leo_free(allowed);
+}
+
+static void invitation_created(struct call *c, const struct leo_db_result *r)
+{
+    respond_created_with_secret(c, r, "token", "email", "a user with this email already exists");
+}
+
+/* Inviting grants a role as creating the user would, so it needs the same permission and obeys the same bound. */
+static void h_invitation_create(struct call *c)
+{
+    static const char *const fields[] = {"email", "role", "tenant_id", NULL};
+    const char *email, *tenant;
+    enum leo_role r;
+    if (body_fields(c, fields) != 0 || body_string(c, "email", true, 1, EMAIL_MAX, &email) != 0)
+        return;
+    if (!email_normalise(email, c->email)) {
+        fail(c, 400, "invalid_value", "email", "email: not an email address");
+        return;
+    }
+    if (body_grant(c, &r, &tenant) != 0)
+        return;
+    char hash[2 * LEO_SESSION_HASH_BYTES + 1], ttl[16];
+    leo_token_new(LEO_INVITE_TOKEN_PREFIX, c->secret);
+    leo_session_token_hash_hex(leo_str_c(c->secret), hash);
+    snprintf(ttl, sizeof(ttl), "%d", INVITE_TTL_S);
+    const char *params[] = {hash, c->email, leo_role_name(r), tenant, ttl, c->actor};
+    run_query(c, S_INVITE_CREATE, params, 6, invitation_created);
+}
+
+static void h_invitations_list(struct call *c)
+{
+    scoped_list(c, LEO_PERM_USERS_READ, S_INVITE_LIST);
+}
+
+static void invitation_revoked(struct call *c, const struct leo_db_result *r)
+{
+    revoked(c, r, "invitation", "invitation_not_pending");
+}
+
+static void h_invitation_revoke(struct call *c)
+{
+    if (body_fields(c, (const char *const[]){NULL}) != 0)
+        return;
+    char *allowed = allowed_tenants(c, LEO_PERM_USERS_WRITE);
+    const char *params[] = {c->key_id, allowed, c->actor};
+    run_query(c, S_INVITE_REVOKE, params, 3, invitation_revoked);
+    leo_free(allowed);
+}
+
+static void invitation_accepted(struct call *c, const struct leo_db_result *r)
+{
+    one_object_done(c, r, 201, "invitation");
+}
+
+static void invitation_hashed(struct call *c)
+{
+    sodium_memzero(c->password, c->password_len);
+    if (c->pwhash == NULL) {
+        leo_error("password hashing failed (out of memory?)");
+        fail(c, 500, "internal_error", NULL, "internal error");
+        return;
+    }
+    const char *params[] = {c->token_hash, c->pwhash};
+    run_query(c, S_INVITE_ACCEPT, params, 2, invitation_accepted);
+}
+
+static void invitation_checked(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    if (PQntuples(r->res) != 1) {
+        fail(c, 404, "not_found", NULL, "invitation not found: unknown, already used, revoked or expired");
+        return;
+    }
+    run_work(c, user_hash, invitation_hashed);
+}
+
+/* Public: the invitation token is the credential. It is looked up before the password is hashed, so a guess
+ * costs the server one indexed read, not an argon2id hash; the accept statement checks it again, atomically. */
+static void h_invitation_accept(struct call *c)
+{
+    static const char *const fields[] = {"token", "password", NULL};
+    const char *token;
+    if (body_fields(c, fields) != 0 || body_string(c, "token", true, 1, 128, &token) != 0 || body_password(c) != 0)
+        return;
+    leo_session_token_hash_hex(leo_str_c(token), c->token_hash);
+    const char *params[] = {c->token_hash};
+    run_query(c, S_INVITE_CHECK, params, 1, invitation_checked);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Config validation                                                                                       */
+
+/* What POST /config/validate can dry-run: each kind and action names the route that makes the change for
+ * real, whose handler (its validation) and permission are used as they are. */
+static const struct {
+    const char *kind, *action, *method, *pattern;
+} validate_targets[] = {
+    {"tenant", "create", "POST", "/admin/v1/tenants"},
+    {"tenant", "update", "PATCH", "/admin/v1/tenants/{tenant}"},
+    {"user", "create", "POST", "/admin/v1/users"},
+    {"key", "create", "POST", "/admin/v1/tenants/{tenant}/keys"},
+    {"key", "update", "PATCH", "/admin/v1/tenants/{tenant}/keys/{key}"},
+    {"provider", "create", "POST", "/admin/v1/providers"},
+    {"provider", "update", "PATCH", "/admin/v1/providers/{provider}"},
+    {"deployment", "create", "POST", "/admin/v1/deployments"},
+    {"deployment", "update", "PATCH", "/admin/v1/deployments/{deployment}"},
+    {"model", "create", "POST", "/admin/v1/models"},
+    {"model", "update", "PATCH", "/admin/v1/models/{model}"},
+    {"token", "create", "POST", "/admin/v1/tokens"},
+    {"invitation", "create", "POST", "/admin/v1/invitations"},
+};
+
+static void h_config_validate(struct call *c);
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* Routing                                                                                                 */
 
 static const struct route routes[] = {
     {"GET", "/admin/v1/health", 0, SCOPE_PUBLIC, h_health},
+    {"GET", "/metrics", 0, SCOPE_PUBLIC, h_metrics},
     {"POST", "/admin/v1/login", 0, SCOPE_PUBLIC, h_login},
     {"POST", "/admin/v1/logout", 0, SCOPE_SESSION, h_logout},
     {"GET", "/admin/v1/me", 0, SCOPE_SESSION, h_me},
@@ -1789,6 +3335,14 @@ static const struct route routes[] = {
     {"PATCH", "/admin/v1/tenants/{tenant}", LEO_PERM_TENANTS_WRITE, SCOPE_TENANT, h_tenant_patch},
     {"GET", "/admin/v1/users", LEO_PERM_USERS_READ, SCOPE_ANY, h_users_list},
     {"POST", "/admin/v1/users", LEO_PERM_USERS_WRITE, SCOPE_BODY, h_user_create},
+    {"GET", "/admin/v1/invitations", LEO_PERM_USERS_READ, SCOPE_ANY, h_invitations_list},
+    {"POST", "/admin/v1/invitations", LEO_PERM_USERS_WRITE, SCOPE_BODY, h_invitation_create},
+    {"POST", "/admin/v1/invitations/accept", 0, SCOPE_PUBLIC, h_invitation_accept},
+    {"POST", "/admin/v1/invitations/{invitation}/revoke", LEO_PERM_USERS_WRITE, SCOPE_ANY, h_invitation_revoke},
+    {"GET", "/admin/v1/tokens", LEO_PERM_TOKENS_READ, SCOPE_ANY, h_tokens_list},
+    {"POST", "/admin/v1/tokens", LEO_PERM_TOKENS_WRITE, SCOPE_BODY, h_token_create},
+    {"POST", "/admin/v1/tokens/{token}/revoke", LEO_PERM_TOKENS_WRITE, SCOPE_ANY, h_token_revoke},
+    {"POST", "/admin/v1/config/validate", 0, SCOPE_SESSION, h_config_validate},
     {"GET", "/admin/v1/tenants/{tenant}/keys", LEO_PERM_KEYS_READ, SCOPE_TENANT, h_keys_list},
     {"POST", "/admin/v1/tenants/{tenant}/keys", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_create},
     {"GET", "/admin/v1/tenants/{tenant}/keys/{key}", LEO_PERM_KEYS_READ, SCOPE_TENANT, h_key_get},
@@ -1796,12 +3350,35 @@ static const struct route routes[] = {
     {"POST", "/admin/v1/tenants/{tenant}/keys/{key}/revoke", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_revoke},
     {"POST", "/admin/v1/tenants/{tenant}/keys/{key}/rotate", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_rotate},
     {"GET", "/admin/v1/audit", LEO_PERM_AUDIT_READ, SCOPE_GLOBAL, h_audit_list},
+    {"GET", "/admin/v1/usage", PERM_USAGE_READ, SCOPE_ANY, h_usage_report},
+    {"GET", "/admin/v1/providers", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_providers_list},
+    {"POST", "/admin/v1/providers", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_create},
+    {"GET", "/admin/v1/providers/{provider}", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_provider_get},
+    {"PATCH", "/admin/v1/providers/{provider}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_patch},
+    {"DELETE", "/admin/v1/providers/{provider}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_delete},
+    {"GET", "/admin/v1/providers/{provider}/credentials", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_credentials_list},
+    {"POST", "/admin/v1/providers/{provider}/credentials", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_credential_create},
+    {"PATCH", "/admin/v1/providers/{provider}/credentials/{key}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
+     h_credential_patch},
+    {"DELETE", "/admin/v1/providers/{provider}/credentials/{key}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
+     h_credential_delete},
+    {"GET", "/admin/v1/deployments", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_deployments_list},
+    {"POST", "/admin/v1/deployments", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_create},
+    {"GET", "/admin/v1/deployments/{deployment}", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_deployment_get},
+    {"PATCH", "/admin/v1/deployments/{deployment}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_patch},
+    {"DELETE", "/admin/v1/deployments/{deployment}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_delete},
+    {"GET", "/admin/v1/models", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_models_list},
+    {"POST", "/admin/v1/models", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_create},
+    {"GET", "/admin/v1/models/{model}", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_model_get},
+    {"PATCH", "/admin/v1/models/{model}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_patch},
+    {"DELETE", "/admin/v1/models/{model}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_delete},
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
 /* Matches path against a pattern; captures {tenant} and {key} as raw segments. */
-static bool match(const char *pattern, struct leo_str path, struct leo_str *tenant, struct leo_str *key)
+static bool match(const char *pattern, struct leo_str path, struct leo_str *tenant, struct leo_str *key,
+                  struct leo_str *provider)
 {
     const char *p = pattern;
     size_t i = 0;
@@ -1816,6 +3393,8 @@ static bool match(const char *pattern, struct leo_str path, struct leo_str *tena
             struct leo_str v = leo_str_n(path.p + seg, i - seg);
             if (strncmp(p, "{tenant}", 8) == 0)
                 *tenant = v;
+            else if (strncmp(p, "{provider}", 10) == 0)
+                *provider = v;
             else
                 *key = v;
             p = close + 1;
@@ -1850,6 +3429,85 @@ static void dispatch_route(struct call *c)
     rt->run(c);
 }
 
+/* Dry-runs a change: the target route's permission check and handler run as for the real request, on the
+ * inner body, with c->dry_run set; a 400 from the handler's validation becomes {"valid": false, ...}, and the
+ * handler's first statement (or password hash) becomes {"valid": true} instead of running. Checks made by the
+ * database itself (a taken slug, a tenant that does not exist) are not reached. */
+static void h_config_validate(struct call *c)
+{
+    static const char *const fields[] = {"kind", "action", "tenant_id", "id", "body", NULL};
+    const char *kind, *action, *tenant, *id;
+    if (body_fields(c, fields) != 0 || body_string(c, "kind", true, 1, 64, &kind) != 0 ||
+        body_string(c, "action", true, 1, 64, &action) != 0 ||
+        body_string(c, "tenant_id", false, 1, 64, &tenant) != 0 || body_string(c, "id", false, 1, 64, &id) != 0)
+        return;
+    size_t n = sizeof(validate_targets) / sizeof(validate_targets[0]), i = 0, k = 0;
+    while (k < n && strcmp(validate_targets[k].kind, kind) != 0)
+        k++;
+    if (k == n) {
+        fail(c, 400, "invalid_value", "kind",
+             "kind: must be one of tenant, user, key, provider, deployment, model, token, invitation");
+        return;
+    }
+    for (i = k; i < n && strcmp(validate_targets[i].kind, kind) == 0; i++)
+        if (strcmp(validate_targets[i].action, action) == 0)
+            break;
+    if (i == n || strcmp(validate_targets[i].kind, kind) != 0) {
+        fail(c, 400, "invalid_value", "action", "action: \"%s\" cannot be validated for kind \"%s\"", action, kind);
+        return;
+    }
+    const struct route *rt = NULL;
+    for (size_t j = 0; j < NROUTES && rt == NULL; j++)
+        if (strcmp(routes[j].method, validate_targets[i].method) == 0 &&
+            strcmp(routes[j].pattern, validate_targets[i].pattern) == 0)
+            rt = &routes[j];
+    if (rt == NULL) {
+        leo_error("config validate: no route %s %s", validate_targets[i].method, validate_targets[i].pattern);
+        fail(c, 500, "internal_error", NULL, "internal error");
+        return;
+    }
+    bool wants_tenant = strstr(rt->pattern, "{tenant}") != NULL;
+    bool wants_id = strchr(rt->pattern, '{') != NULL && (!wants_tenant || strstr(rt->pattern, "{key}") != NULL);
+    const char *const names[] = {"tenant_id", "id"};
+    const char *const values[] = {tenant, id};
+    const bool wanted[] = {wants_tenant, wants_id};
+    for (int x = 0; x < 2; x++) {
+        if (wanted[x] && values[x] == NULL) {
+            fail(c, 400, "missing_field", names[x], "%s: required to validate a %s %s", names[x], kind, action);
+            return;
+        }
+        if (!wanted[x] && values[x]) {
+            fail(c, 400, "invalid_value", names[x], "%s: not used to validate a %s %s", names[x], kind, action);
+            return;
+        }
+        if (values[x] && !leo_uuid_valid(leo_str_c(values[x]))) {
+            fail(c, 400, "invalid_value", names[x], "%s: expected a UUID", names[x]);
+            return;
+        }
+    }
+    json_t *inner = json_object_get(c->body, "body");
+    if (inner == NULL) {
+        fail(c, 400, "missing_field", "body", "body: required");
+        return;
+    }
+    if (!json_is_object(inner)) {
+        fail(c, 400, "invalid_type", "body", "body: expected an object");
+        return;
+    }
+    /* the ids go where the real route's path would have put them */
+    char *id_dst = strstr(rt->pattern, "{provider}") ? c->obj_id : c->key_id;
+    for (size_t j = 0; tenant && j < LEO_UUID_TEXT_LEN; j++)
+        c->tenant_id[j] = (char)tolower((unsigned char)tenant[j]);
+    for (size_t j = 0; id && j < LEO_UUID_TEXT_LEN; j++)
+        id_dst[j] = (char)tolower((unsigned char)id[j]);
+    json_incref(inner);
+    json_decref(c->body);
+    c->body = inner;
+    c->route = rt;
+    c->dry_run = true;
+    dispatch_route(c);
+}
+
 void leo_api_handle(struct leo_http_request *req, void *ud)
 {
     struct leo_api *api = ud;
@@ -1862,16 +3520,17 @@ void leo_api_handle(struct leo_http_request *req, void *ud)
 
     const struct route *found = NULL;
     bool path_known = false;
-    struct leo_str tenant = {NULL, 0}, key = {NULL, 0};
+    struct leo_str tenant = {NULL, 0}, key = {NULL, 0}, provider = {NULL, 0};
     for (size_t i = 0; i < NROUTES; i++) {
-        struct leo_str t = {NULL, 0}, k = {NULL, 0};
-        if (!match(routes[i].pattern, req->path, &t, &k))
+        struct leo_str t = {NULL, 0}, k = {NULL, 0}, pv = {NULL, 0};
+        if (!match(routes[i].pattern, req->path, &t, &k, &pv))
             continue;
         path_known = true;
         if (leo_str_eqc(req->method, routes[i].method)) {
             found = &routes[i];
             tenant = t;
             key = k;
+            provider = pv;
             break;
         }
     }
@@ -1894,9 +3553,23 @@ void leo_api_handle(struct leo_http_request *req, void *ud)
         for (size_t i = 0; i < tenant.len; i++)
             c->tenant_id[i] = (char)tolower((unsigned char)tenant.p[i]);
     }
+    if (provider.p) {
+        if (!leo_uuid_valid(provider)) {
+            fail(c, 404, "not_found", NULL, "provider not found");
+            return;
+        }
+        for (size_t i = 0; i < provider.len; i++)
+            c->obj_id[i] = (char)tolower((unsigned char)provider.p[i]);
+    }
     if (key.p) {
         if (!leo_uuid_valid(key)) {
-            fail(c, 404, "not_found", NULL, "key not found");
+            const char *what = strstr(found->pattern, "{deployment}")   ? "deployment"
+                               : strstr(found->pattern, "{model}")      ? "model"
+                               : strstr(found->pattern, "{token}")      ? "token"
+                               : strstr(found->pattern, "{invitation}") ? "invitation"
+                               : provider.p                             ? "credential"
+                                                                        : "key";
+            fail(c, 404, "not_found", NULL, "%s not found", what);
             return;
         }
         for (size_t i = 0; i < key.len; i++)
@@ -1933,6 +3606,12 @@ struct leo_api *leo_api_new(const struct leo_api_opts *opts)
     api->db = opts->db;
     memcpy(api->key_secret, opts->key_hash_secret, sizeof(api->key_secret));
     api->session_ttl_s = opts->session_ttl_s ? opts->session_ttl_s : SESSION_TTL_DEFAULT_S;
+    struct leo_buf err = LEO_BUF_INIT;
+    if (leo_secretbox_ring_from_env(&api->ring, &err) != 0)
+        leo_error("master key: %s; provider credentials cannot be written", err.p);
+    else if (api->ring.nkeys == 0)
+        leo_warn("LEO_MASTER_KEY is not set: provider credentials cannot be written");
+    leo_buf_release(&err);
     return api;
 }
 
@@ -1946,5 +3625,6 @@ void leo_api_free(struct leo_api *api)
     if (api == NULL)
         return;
     sodium_memzero(api->key_secret, sizeof(api->key_secret));
+    leo_secretbox_ring_clear(&api->ring);
     leo_free(api);
 }

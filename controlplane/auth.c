@@ -19,18 +19,21 @@ static const struct {
 } roles[LEO_ROLE_COUNT] = {
     [LEO_ROLE_OWNER] = {"owner", true,
                         LEO_PERM_TENANTS_READ | LEO_PERM_TENANTS_WRITE | LEO_PERM_USERS_READ | LEO_PERM_USERS_WRITE |
-                            LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE | LEO_PERM_AUDIT_READ | LEO_PERM_OWNERS},
+                            LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE | LEO_PERM_AUDIT_READ | LEO_PERM_OWNERS |
+                            LEO_PERM_TOKENS_READ | LEO_PERM_TOKENS_WRITE},
     [LEO_ROLE_ADMIN] = {"admin", true,
                         LEO_PERM_TENANTS_READ | LEO_PERM_TENANTS_WRITE | LEO_PERM_USERS_READ | LEO_PERM_USERS_WRITE |
-                            LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE | LEO_PERM_AUDIT_READ},
+                            LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE | LEO_PERM_AUDIT_READ | LEO_PERM_TOKENS_READ |
+                            LEO_PERM_TOKENS_WRITE},
     [LEO_ROLE_OPERATOR] = {"operator", true,
                            LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE |
-                               LEO_PERM_AUDIT_READ},
+                               LEO_PERM_AUDIT_READ | LEO_PERM_TOKENS_READ},
     [LEO_ROLE_VIEWER] = {"viewer", true,
-                         LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_KEYS_READ | LEO_PERM_AUDIT_READ},
+                         LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_KEYS_READ | LEO_PERM_AUDIT_READ |
+                             LEO_PERM_TOKENS_READ},
     [LEO_ROLE_TENANT_ADMIN] = {"tenant_admin", false,
                                LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_USERS_WRITE | LEO_PERM_KEYS_READ |
-                                   LEO_PERM_KEYS_WRITE},
+                                   LEO_PERM_KEYS_WRITE | LEO_PERM_TOKENS_READ | LEO_PERM_TOKENS_WRITE},
     [LEO_ROLE_TENANT_MEMBER] = {"tenant_member", false, LEO_PERM_TENANTS_READ | LEO_PERM_KEYS_READ},
 };
 
@@ -42,6 +45,7 @@ static const struct {
     {LEO_PERM_USERS_READ, "users.read"},     {LEO_PERM_USERS_WRITE, "users.write"},
     {LEO_PERM_KEYS_READ, "keys.read"},       {LEO_PERM_KEYS_WRITE, "keys.write"},
     {LEO_PERM_AUDIT_READ, "audit.read"},     {LEO_PERM_OWNERS, "owners.manage"},
+    {LEO_PERM_TOKENS_READ, "tokens.read"},   {LEO_PERM_TOKENS_WRITE, "tokens.write"},
 };
 
 int leo_role_parse(struct leo_str s)
@@ -124,6 +128,12 @@ bool leo_principal_can_grant(const struct leo_principal *p, enum leo_role r, con
     return (held & LEO_PERM_USERS_WRITE) && (leo_role_perms(r) & ~held) == 0;
 }
 
+bool leo_principal_can_issue_token(const struct leo_principal *p, enum leo_role r, const char *tenant_id)
+{
+    unsigned held = leo_principal_perms(p, leo_role_is_global(r) ? NULL : tenant_id);
+    return (held & LEO_PERM_TOKENS_WRITE) && (leo_role_perms(r) & ~held) == 0;
+}
+
 /* ---- passwords ---- */
 
 int leo_password_policy(struct leo_str pw, const char **why)
@@ -189,6 +199,22 @@ void leo_session_token_new(char out[LEO_SESSION_TOKEN_LEN + 1])
     sodium_bin2base64(out + sizeof(LEO_SESSION_TOKEN_PREFIX) - 1, LEO_SESSION_TOKEN_LEN + 1 - 9, raw, sizeof(raw),
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     sodium_memzero(raw, sizeof(raw));
+}
+
+void leo_token_new(const char *prefix, char out[LEO_TOKEN_MAX_LEN + 1])
+{
+    unsigned char raw[32];
+    size_t n = strlen(prefix);
+    randombytes_buf(raw, sizeof(raw));
+    memcpy(out, prefix, n);
+    sodium_bin2base64(out + n, LEO_TOKEN_MAX_LEN + 1 - n, raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof(raw));
+}
+
+bool leo_token_has_prefix(struct leo_str token, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return token.len >= n && memcmp(token.p, prefix, n) == 0;
 }
 
 void leo_session_token_hash_hex(struct leo_str token, char out[2 * LEO_SESSION_HASH_BYTES + 1])

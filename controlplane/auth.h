@@ -10,8 +10,11 @@
  *   tenant of the membership.
  * - A principal may grant a role (create a user with it) only when the role's permissions are a subset of
  *   what the principal holds in the same scope, so nobody can create an account stronger than their own.
- * - Passwords are hashed with libsodium's crypto_pwhash_str (argon2id). Session tokens are 32 random bytes
- *   in URL-safe base64 behind the "leo_sess_" prefix; only their BLAKE2b-256 hash is ever stored.
+ * - The same rule bounds admin API tokens: a principal may issue a token with a role only when it holds
+ *   tokens.write and every permission of that role in the same scope.
+ * - Passwords are hashed with libsodium's crypto_pwhash_str (argon2id). Session tokens, admin API tokens and
+ *   invitation tokens are 32 random bytes in URL-safe base64 behind a prefix that says what they are
+ *   ("leo_sess_", "leo_at_", "leo_inv_"); only their BLAKE2b-256 hash is ever stored.
  */
 #ifndef LEO_CP_AUTH_H
 #define LEO_CP_AUTH_H
@@ -32,6 +35,8 @@ enum leo_perm {
     LEO_PERM_KEYS_WRITE = 1u << 5,
     LEO_PERM_AUDIT_READ = 1u << 6,
     LEO_PERM_OWNERS = 1u << 7, /* grant the owner role */
+    LEO_PERM_TOKENS_READ = 1u << 8,
+    LEO_PERM_TOKENS_WRITE = 1u << 9, /* create and revoke admin API tokens */
 };
 
 enum leo_role {
@@ -81,6 +86,9 @@ bool leo_principal_can(const struct leo_principal *p, unsigned perm, const char 
 bool leo_principal_can_anywhere(const struct leo_principal *p, unsigned perm);
 /** True when the principal may create a membership with role r in tenant_id (NULL for a global role). */
 bool leo_principal_can_grant(const struct leo_principal *p, enum leo_role r, const char *tenant_id);
+/** True when the principal may issue an admin API token with role r in tenant_id (NULL for a global role):
+ *  it holds tokens.write there and every permission of r. */
+bool leo_principal_can_issue_token(const struct leo_principal *p, enum leo_role r, const char *tenant_id);
 
 /** Bytes of a password hash string including its NUL (crypto_pwhash_STRBYTES). */
 #define LEO_PASSWORD_HASH_MAX 128
@@ -103,7 +111,19 @@ bool leo_password_verify(const char *hash, struct leo_str pw);
 
 /** Writes a new random session token (LEO_SESSION_TOKEN_LEN characters and a NUL). */
 void leo_session_token_new(char out[LEO_SESSION_TOKEN_LEN + 1]);
-/** Hashes a presented token into the form stored in sessions.token_hash, as 64 lowercase hex digits. */
+/** Hashes a presented token into the form stored in sessions.token_hash, as 64 lowercase hex digits. Admin API
+ *  tokens and invitation tokens are stored as the same hash. */
 void leo_session_token_hash_hex(struct leo_str token, char out[2 * LEO_SESSION_HASH_BYTES + 1]);
+
+#define LEO_ADMIN_TOKEN_PREFIX "leo_at_"
+#define LEO_INVITE_TOKEN_PREFIX "leo_inv_"
+/** The longest token leo_token_new makes (the longest prefix + 43 characters). */
+#define LEO_TOKEN_MAX_LEN (8 + 43)
+
+/** Writes prefix followed by 32 random bytes in unpadded URL-safe base64 into out (at most
+ *  LEO_TOKEN_MAX_LEN characters and a NUL; prefix at most 8 characters). */
+void leo_token_new(const char *prefix, char out[LEO_TOKEN_MAX_LEN + 1]);
+/** True when token begins with prefix. */
+bool leo_token_has_prefix(struct leo_str token, const char *prefix);
 
 #endif

@@ -20,12 +20,14 @@
 #include "../common/http_server.h"
 #include "../common/keyhash.h"
 #include "../common/log.h"
+#include "../common/secretbox.h"
 #include "api.h"
 #include "audit.h"
 #include "auth.h"
 #include "db.h"
 #include "migrate.h"
 #include "snapshot.h"
+#include "usage.h"
 
 #define LEO_VERSION "0.1.0"
 #define DRAIN_TIMEOUT_MS 10000
@@ -40,14 +42,22 @@ static void usage(FILE *out)
                  "       leo-controlplane migrate\n"
                  "       leo-controlplane create-owner --email EMAIL\n"
                  "       leo-controlplane audit verify\n"
+                 "       leo-controlplane rotate-master-key\n"
                  "\n"
                  "environment:\n"
                  "  DATABASE_URL                  PostgreSQL connection string or URI (required)\n"
                  "  LEO_KEY_HASH_SECRET           secret tenant API keys are hashed with (as for leo-gateway)\n"
                  "  LEO_REDIS_URL                 serve: Redis where the gateways' snapshot is published\n"
+                 "                                and their usage events are read (docs/usage.md)\n"
+                 "  LEO_USAGE_CONSUMER, LEO_USAGE_BATCH, LEO_USAGE_CLAIM_IDLE_MS, LEO_USAGE_RETENTION_DAYS\n"
+                 "                                serve: the usage consumer's name, batch size, reclaim delay\n"
+                 "                                and retention (docs/usage.md)\n"
                  "  LEO_BOOTSTRAP_OWNER_EMAIL     serve: create this owner at start when there is no user yet\n"
                  "  LEO_BOOTSTRAP_OWNER_PASSWORD  ... with this password\n"
-                 "  LEO_OWNER_PASSWORD            create-owner: the password (else one line from stdin)\n");
+                 "  LEO_OWNER_PASSWORD            create-owner: the password (else one line from stdin)\n"
+                 "  LEO_MASTER_KEY[_FILE]         the master key provider credentials are sealed under\n"
+                 "  LEO_MASTER_KEY_NEW[_FILE]     rotate-master-key: the key to re-seal every credential under\n"
+                 "  LEO_MASTER_KEY_PREVIOUS[_FILE] a further key accepted for opening credentials\n");
 }
 
 static const char *database_url(void)
@@ -128,6 +138,7 @@ struct daemon {
     struct leo_db *db;
     struct leo_api *api;
     struct leo_snapshot *snapshot; /* NULL without LEO_REDIS_URL */
+    struct leo_usage_consumer *usage; /* NULL without LEO_REDIS_URL */
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t drain_started;
@@ -160,6 +171,10 @@ static void close_all(struct daemon *d)
     if (d->snapshot) {
         leo_snapshot_close(d->snapshot, NULL, NULL);
         d->snapshot = NULL;
+    }
+    if (d->usage) {
+        leo_usage_consumer_close(d->usage, NULL, NULL);
+        d->usage = NULL;
     }
     leo_http_server_close(d->http, on_http_closed, d);
 }
@@ -345,6 +360,12 @@ static int cmd_serve(int argc, char **argv)
         struct leo_buf rerr = LEO_BUF_INIT;
         if (leo_snapshot_start(d.loop, url, redis_url, &d.snapshot, &rerr) != 0)
             leo_error("LEO_REDIS_URL: %s; gateways will not receive snapshots", rerr.p);
+        leo_buf_release(&rerr);
+        struct leo_usage_consumer_opts uopts = {.conninfo = url, .redis_url = redis_url};
+        leo_usage_consumer_metrics_describe();
+        if (leo_usage_consumer_opts_env(&uopts, &rerr) != 0 ||
+            leo_usage_consumer_start(d.loop, &uopts, &d.usage, &rerr) != 0)
+            leo_error("usage consumer: %s; usage events are not consumed", rerr.p);
         leo_buf_release(&rerr);
     } else {
         leo_warn("LEO_REDIS_URL is not set: tenants and keys are not published to gateways");
@@ -552,6 +573,131 @@ static int cmd_audit(int argc, char **argv)
     return 0;
 }
 
+/* ---- master key rotation ---- */
+
+/* Opens every credential with the keys it may be sealed under (LEO_MASTER_KEY, _PREVIOUS, _NEW) and seals it
+ * again under LEO_MASTER_KEY_NEW, in one transaction whose rows are locked from the read to the write: either
+ * every credential moves to the new key or none does. The gateways accept both keys while the change spreads
+ * (docs/controlplane.md, "Rotating the master key"). */
+static int rotate_credentials(PGconn *pg, const struct leo_secretbox_ring *ring, const struct leo_secretbox_key *newk,
+                              long *count, char *err, size_t errlen)
+{
+    PGresult *res = leo_db_exec(pg, "BEGIN", 0, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    PQclear(res);
+    int rc = -1;
+    json_t *rows = json_array(), *from = json_array();
+    res = leo_db_exec(pg, "SELECT id::text, sealed, key_id FROM provider_credentials ORDER BY id FOR UPDATE", 0, NULL,
+                      err, errlen);
+    if (res == NULL)
+        goto rollback;
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *id = PQgetvalue(res, i, 0), *kid = PQgetvalue(res, i, 2);
+        struct leo_buf plain = LEO_BUF_INIT, sealed = LEO_BUF_INIT;
+        const char *why = NULL;
+        if (leo_secretbox_open(ring, leo_str_c(PQgetvalue(res, i, 1)), leo_str_c(id), &plain, &why) != 0) {
+            snprintf(err, errlen, "credential %s (sealed under %s) cannot be opened: %s; nothing was changed", id, kid,
+                     why);
+            leo_secretbox_wipe(&plain);
+            PQclear(res);
+            goto rollback;
+        }
+        leo_secretbox_seal(newk, leo_buf_str(&plain), leo_str_c(id), &sealed);
+        leo_secretbox_wipe(&plain);
+        json_array_append_new(rows, json_pack("{s:s,s:s}", "id", id, "sealed", sealed.p));
+        leo_buf_release(&sealed);
+        bool seen = false;
+        size_t j;
+        json_t *v;
+        json_array_foreach(from, j, v)
+        {
+            seen = seen || strcmp(json_string_value(v), kid) == 0;
+        }
+        if (!seen)
+            json_array_append_new(from, json_string(kid));
+    }
+    PQclear(res);
+    char *rows_text = json_dumps(rows, JSON_COMPACT), *from_text = json_dumps(from, JSON_COMPACT);
+    const char *params[] = {rows_text, newk->id, from_text};
+    /* one statement: the credentials and the audit entry change together */
+    res = leo_db_exec(pg,
+                      "WITH u AS (UPDATE provider_credentials c SET sealed = v.sealed, key_id = $2::text,"
+                      " updated_at = now() FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, sealed text)"
+                      " WHERE c.id = v.id RETURNING c.id),"
+                      " a AS (INSERT INTO audit_log (actor, action, target, details)"
+                      " SELECT 'cli:rotate-master-key', 'master_key.rotate', 'master_key:' || $2::text,"
+                      " jsonb_build_object('credentials', (SELECT count(*) FROM u), 'from', $3::jsonb))"
+                      " SELECT count(*) FROM u",
+                      3, params, err, errlen);
+    free(rows_text);
+    free(from_text);
+    if (res == NULL)
+        goto rollback;
+    *count = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    res = leo_db_exec(pg, "COMMIT", 0, NULL, err, errlen);
+    if (res == NULL)
+        goto done;
+    PQclear(res);
+    rc = 0;
+    goto done;
+rollback:
+    PQclear(PQexec(pg, "ROLLBACK"));
+done:
+    json_decref(rows);
+    json_decref(from);
+    return rc;
+}
+
+static int cmd_rotate_master_key(int argc, char **argv)
+{
+    if (argc != 1) {
+        fprintf(stderr, "usage: %s rotate-master-key   (keys from LEO_MASTER_KEY and LEO_MASTER_KEY_NEW)\n", prog);
+        return 2;
+    }
+    const char *url = database_url();
+    if (url == NULL)
+        return 2;
+    struct leo_buf kerr = LEO_BUF_INIT;
+    struct leo_secretbox_key newk;
+    struct leo_secretbox_ring ring;
+    int krc = leo_secretbox_key_from_env("LEO_MASTER_KEY_NEW", &newk, &kerr);
+    if (krc == LEO_ENOTFOUND) {
+        fprintf(stderr, "%s rotate-master-key: LEO_MASTER_KEY_NEW (or LEO_MASTER_KEY_NEW_FILE) is not set\n", prog);
+        return 2;
+    }
+    if (krc == 0)
+        krc = leo_secretbox_ring_from_env(&ring, &kerr);
+    if (krc != 0) {
+        fprintf(stderr, "%s rotate-master-key: %s\n", prog, kerr.p);
+        leo_buf_release(&kerr);
+        return 1;
+    }
+    leo_buf_release(&kerr);
+    if (ring.nkeys == 0) {
+        fprintf(stderr, "%s rotate-master-key: LEO_MASTER_KEY (or LEO_MASTER_KEY_FILE), the current key, is not set\n",
+                prog);
+        return 2;
+    }
+    char err[1024];
+    int rc = 1, applied = 0;
+    long n = 0;
+    PGconn *pg = leo_db_connect_blocking(url, err, sizeof(err));
+    if (pg == NULL || leo_migrate(pg, &applied, print_applied, (void *)1, err, sizeof(err)) != 0 ||
+        rotate_credentials(pg, &ring, &newk, &n, err, sizeof(err)) != 0)
+        fprintf(stderr, "%s rotate-master-key: %s\n", prog, err);
+    else {
+        printf("re-encrypted %ld credentials under master key %s\n", n, newk.id);
+        rc = 0;
+    }
+    if (pg)
+        PQfinish(pg);
+    leo_secretbox_ring_clear(&ring);
+    sodium_memzero(&newk, sizeof(newk));
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     leo_keyhash_init(); /* sodium_init */
@@ -568,6 +714,8 @@ int main(int argc, char **argv)
         return cmd_create_owner(argc - 1, argv + 1);
     if (strcmp(cmd, "audit") == 0)
         return cmd_audit(argc - 1, argv + 1);
+    if (strcmp(cmd, "rotate-master-key") == 0)
+        return cmd_rotate_master_key(argc - 1, argv + 1);
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;

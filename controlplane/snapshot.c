@@ -7,9 +7,8 @@
  * run that read older data than the last publication (another daemon published in between) carries a lower
  * position and the script refuses it instead of overwriting newer data with older.
  *
- * Keys restricted to some models (api_keys.allowed_models) are left out of the snapshot for now: the
- * gateway's key has no model list, and admitting such a key to every model would widen what it may do. They
- * are counted in the log line of each publication.
+ * Keys restricted to some models (api_keys.allowed_models) carry their list as "models"; the gateway narrows
+ * the key to those names (gateway/config.h, leo_tenant_key._view).
  */
 #include "snapshot.h"
 
@@ -25,22 +24,36 @@
 
 /* clang-format off */
 static const struct leo_db_stmt stmts[] = {
-    /* → audit position, tenants JSON array, ms until the next key expires (NULL: none), keys left out */
+    /* → audit position, tenants JSON array, ms until the next key expires (NULL: none), providers JSON array
+     * (enabled providers with their enabled credentials, still sealed), models JSON array (enabled models with
+     * their usable deployments: enabled, at an enabled provider; a model left with none is not published) */
     {"snapshot_compile",
         "SELECT coalesce((SELECT max(id) FROM audit_log), 0)::text,"
         " coalesce(json_agg(json_build_object('id', t.slug, 'allow_byok', false, 'keys',"
-        " coalesce((SELECT json_agg(CASE WHEN k.limits = '{}'::jsonb"
-        " THEN json_build_object('name', k.name, 'hash', k.key_hash)"
-        " ELSE json_build_object('name', k.name, 'hash', k.key_hash, 'quotas', k.limits) END"
+        " coalesce((SELECT json_agg(jsonb_build_object('name', k.name, 'hash', k.key_hash)"
+        " || CASE WHEN k.limits = '{}'::jsonb THEN '{}'::jsonb ELSE jsonb_build_object('quotas', k.limits) END"
+        " || CASE WHEN k.allowed_models IS NULL THEN '{}'::jsonb"
+        " ELSE jsonb_build_object('models', to_jsonb(k.allowed_models)) END"
         " ORDER BY k.created_at, k.id) FROM api_keys k WHERE k.tenant_id = t.id AND k.status = 'active'"
-        " AND (k.expires_at IS NULL OR k.expires_at > now()) AND k.allowed_models IS NULL), '[]'::json))"
+        " AND (k.expires_at IS NULL OR k.expires_at > now())), '[]'::json))"
         " ORDER BY t.created_at, t.id), '[]'::json)::text,"
         " (SELECT ceil(extract(epoch FROM min(k.expires_at) - now()) * 1000)::bigint FROM api_keys k"
         " JOIN tenants t2 ON t2.id = k.tenant_id WHERE t2.status = 'active' AND k.status = 'active'"
         " AND k.expires_at > now())::text,"
-        " (SELECT count(*) FROM api_keys k JOIN tenants t3 ON t3.id = k.tenant_id WHERE t3.status = 'active'"
-        " AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > now())"
-        " AND k.allowed_models IS NOT NULL)::text"
+        " (SELECT coalesce(json_agg(json_strip_nulls(json_build_object('name', p.name, 'type', p.type,"
+        " 'base_url', p.base_url, 'api_version', p.api_version, 'timeouts', CASE WHEN coalesce(p.connect_timeout_ms,"
+        " p.first_byte_timeout_ms, p.total_timeout_ms) IS NULL THEN NULL ELSE json_build_object('connect_ms',"
+        " p.connect_timeout_ms, 'first_byte_ms', p.first_byte_timeout_ms, 'total_ms', p.total_timeout_ms) END,"
+        " 'credentials', coalesce((SELECT json_agg(json_build_object('id', c.id, 'name', c.name, 'weight', c.weight,"
+        " 'sealed', c.sealed) ORDER BY c.created_at, c.id) FROM provider_credentials c WHERE c.provider_id = p.id"
+        " AND c.enabled), '[]'::json))) ORDER BY p.created_at, p.id), '[]'::json) FROM providers p"
+        " WHERE p.enabled)::text,"
+        " (SELECT coalesce(json_agg(json_build_object('name', m.name, 'strategy', m.strategy, 'deployments', ds.list)"
+        " ORDER BY m.created_at, m.id), '[]'::json) FROM models m CROSS JOIN LATERAL (SELECT json_agg("
+        "json_build_object('provider', p.name, 'model', d.model, 'priority', md.priority, 'weight', md.weight,"
+        " 'limits', d.limits) ORDER BY md.priority, md.weight DESC, d.id) AS list FROM model_deployments md"
+        " JOIN deployments d ON d.id = md.deployment_id JOIN providers p ON p.id = d.provider_id"
+        " WHERE md.model_id = m.id AND d.enabled AND p.enabled) ds WHERE m.enabled AND ds.list IS NOT NULL)::text"
         " FROM tenants t WHERE t.status = 'active'"},
 };
 /* clang-format on */
@@ -165,15 +178,14 @@ static void on_compiled(const struct leo_db_result *res, void *ud)
         if (ms < LEO_SNAPSHOT_REFRESH_MS)
             uv_timer_start(&s->expiry, on_timer, ms, 0);
     }
-    long omitted = strtol(PQgetvalue(res->res, 0, 3), NULL, 10);
-    if (omitted > 0)
-        leo_warn("snapshot: %ld active keys restricted to some models are not published (the gateway cannot "
-                 "enforce a per-key model list yet)",
-                 omitted);
 
     struct leo_buf doc = LEO_BUF_INIT;
     leo_buf_adds(&doc, "\"tenants\":");
     leo_buf_adds(&doc, tenants);
+    leo_buf_adds(&doc, ",\"providers\":");
+    leo_buf_adds(&doc, PQgetvalue(res->res, 0, 3));
+    leo_buf_adds(&doc, ",\"models\":");
+    leo_buf_adds(&doc, PQgetvalue(res->res, 0, 4));
     leo_buf_addch(&doc, '}');
     const char *keys_and_args[] = {"leo:snapshot", "leo:snapshot:version", "leo:snapshot:position", doc.p,
                                    position};

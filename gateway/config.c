@@ -154,6 +154,8 @@ struct ctx {
     size_t plen;
     bool failed;
     const char *secret_env; /* auth.key_hash_secret_env; the secret is derived once the whole file is valid */
+    bool key_values;        /* provider keys may be given as values (the control plane's snapshot), not only as
+                               environment variable names (files) */
 };
 
 static size_t path_push(struct ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -577,7 +579,8 @@ static int parse_routing(struct ctx *c, const json_t *root, struct leo_config *c
 {
     static const char *const fields[] = {"max_attempts",    "backoff_base_ms",  "backoff_max_ms",
                                          "deadline_ms",     "key_cooldown_ms",  "breaker_failures",
-                                         "breaker_open_ms", "hedge_after_ms",   NULL};
+                                         "breaker_open_ms", "hedge_after_ms",   "breaker_slow_ms",
+                                         NULL};
     int rc;
     json_t *o = get_container(c, root, "routing", JSON_OBJECT, false, &rc);
     if (o == NULL)
@@ -601,6 +604,8 @@ static int parse_routing(struct ctx *c, const json_t *root, struct leo_config *c
         rc = get_uint(c, o, "breaker_open_ms", 0, 3600000, &cfg->routing.breaker_open_ms);
     if (rc == 0)
         rc = get_uint(c, o, "hedge_after_ms", 0, 600000, &cfg->routing.hedge_after_ms);
+    if (rc == 0)
+        rc = get_uint(c, o, "breaker_slow_ms", 0, 3600000, &cfg->routing.breaker_slow_ms);
     cfg->routing.max_attempts = (unsigned)attempts;
     cfg->routing.breaker_failures = (unsigned)failures;
     path_pop(c, old);
@@ -718,9 +723,29 @@ static int load_provider_key(struct ctx *c, const json_t *obj, const char *field
     return 0;
 }
 
+/* A key given as its value, from the control plane's snapshot (leo_config_parse_overlay): "label" names it in
+ * logs and the status API ("env" holds the label, as it is what those print). */
+static int load_provider_key_value(struct ctx *c, const json_t *k, struct leo_provider_key *key)
+{
+    const char *label = NULL, *value = NULL;
+    int rc = get_string(c, k, "label", true, &label);
+    if (rc == 0)
+        rc = get_string(c, k, "value", true, &value);
+    if (rc == 0 && !valid_label(label))
+        rc = fail_at(c, "label", "must be 1 to 128 characters without control characters");
+    if (rc == 0 && value[0] == '\0')
+        rc = fail_at(c, "value", "must not be empty"); /* never the value itself in a message */
+    if (rc)
+        return rc;
+    key->env = leo_strdup(label);
+    key->value = leo_strdup(value);
+    return 0;
+}
+
 static int parse_provider_keys(struct ctx *c, const json_t *o, struct leo_provider *p)
 {
     static const char *const key_fields[] = {"env", "weight", NULL};
+    static const char *const value_fields[] = {"label", "value", "weight", NULL};
     int rc;
     json_t *shorthand = json_object_get(o, "api_key_env");
     json_t *arr = get_container(c, o, "api_keys", JSON_ARRAY, false, &rc);
@@ -743,12 +768,13 @@ static int parse_provider_keys(struct ctx *c, const json_t *o, struct leo_provid
         size_t o2 = path_index(c, i);
         json_t *k = json_array_get(arr, i);
         uint64_t weight = 1;
-        rc = open_object(c, k, key_fields);
+        bool by_value = c->key_values && json_is_object(k) && json_object_get(k, "value") != NULL;
+        rc = open_object(c, k, by_value ? value_fields : key_fields);
         if (rc == 0)
             rc = get_uint(c, k, "weight", 0, 1000000, &weight);
         p->keys[i].weight = (unsigned)weight;
         if (rc == 0)
-            rc = load_provider_key(c, k, "env", &p->keys[i]);
+            rc = by_value ? load_provider_key_value(c, k, &p->keys[i]) : load_provider_key(c, k, "env", &p->keys[i]);
         path_pop(c, o2);
     }
     path_pop(c, old);
@@ -1084,13 +1110,65 @@ static int parse_prices(struct ctx *c, const json_t *root, struct leo_config *cf
 /* Finds where an already indexed key lives, for the duplicate message. */
 static void key_location(const struct leo_config *cfg, const struct leo_tenant_key *k, size_t *ti, size_t *ki)
 {
-    *ti = (size_t)(k->tenant - cfg->tenants);
-    *ki = (size_t)(k - k->tenant->keys);
+    /* a view shares its tenant's id string (see leo_tenant_key._view) */
+    *ti = 0;
+    while (*ti < cfg->ntenants && cfg->tenants[*ti].id != k->tenant->id)
+        (*ti)++;
+    *ki = (size_t)(k - cfg->tenants[*ti].keys);
+}
+
+/* A key's own model list. Names are kept even when no model has them (they then grant nothing), so a list
+ * written in the control plane before a model exists does not reject the whole snapshot. The key's view of
+ * its tenant allows the names on both lists; when none is left, it holds the single name "", which no
+ * request can ask for, so the key is refused every model rather than granted all. */
+static int parse_key_models(struct ctx *c, const json_t *k, struct leo_tenant *t, struct leo_tenant_key *tk)
+{
+    int rc;
+    json_t *arr = get_container(c, k, "models", JSON_ARRAY, false, &rc);
+    if (arr == NULL)
+        return rc;
+    size_t n = json_array_size(arr);
+    if (n == 0)
+        return fail_at(c, "models", "must not be empty (leave it out to allow every model of the tenant)");
+    struct leo_tenant *v = leo_new(struct leo_tenant);
+    *v = *t;
+    v->keys = NULL;
+    v->nkeys = 0;
+    v->models = leo_calloc(n, sizeof(*v->models));
+    v->nmodels = 0;
+    tk->_view = v;
+    size_t old = path_key(c, "models");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        json_t *m = json_array_get(arr, i);
+        if (!json_is_string(m)) {
+            size_t o2 = path_index(c, i);
+            rc = expected(c, "a string");
+            path_pop(c, o2);
+            continue;
+        }
+        struct leo_str name = leo_str_n(json_string_value(m), json_string_length(m));
+        if (leo_tenant_allows_model(t, name))
+            v->models[v->nmodels++] = leo_strndup(name.p, name.len);
+    }
+    path_pop(c, old);
+    if (rc == 0 && v->nmodels == 0)
+        v->models[v->nmodels++] = leo_strdup("");
+    return rc;
+}
+
+static void key_view_free(struct leo_tenant_key *k)
+{
+    if (k->_view == NULL)
+        return;
+    for (size_t m = 0; m < k->_view->nmodels; m++)
+        leo_free(k->_view->models[m]);
+    leo_free(k->_view->models);
+    leo_free(k->_view);
 }
 
 static int parse_tenant_keys(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_tenant *t)
 {
-    static const char *const fields[] = {"name", "hash", "quotas", "admin", NULL};
+    static const char *const fields[] = {"name", "hash", "quotas", "admin", "models", NULL};
     int rc;
     json_t *arr = get_container(c, o, "keys", JSON_ARRAY, false, &rc);
     if (arr == NULL)
@@ -1128,6 +1206,9 @@ static int parse_tenant_keys(struct ctx *c, const json_t *o, struct leo_config *
                 tk->tenant = t;
                 t->nkeys++;
                 index_put(cfg->_key_index, h, tk);
+                rc = parse_key_models(c, k, t, tk);
+                if (tk->_view)
+                    tk->tenant = tk->_view;
             }
         }
         path_pop(c, o2);
@@ -1230,6 +1311,8 @@ static uint64_t config_version; /* per process; see leo_config.version */
 
 static void config_free(struct leo_config *cfg)
 {
+    leo_cache_config_release(&cfg->cache);
+    leo_semcache_config_release(&cfg->semantic_cache);
     for (size_t i = 0; i < cfg->nproviders; i++) {
         struct leo_provider *p = &cfg->providers[i];
         for (size_t k = 0; k < p->nkeys; k++) {
@@ -1266,8 +1349,10 @@ static void config_free(struct leo_config *cfg)
         for (size_t m = 0; m < t->nmodels; m++)
             leo_free(t->models[m]);
         leo_free(t->models);
-        for (size_t k = 0; k < t->nkeys; k++)
+        for (size_t k = 0; k < t->nkeys; k++) {
             leo_free(t->keys[k].name);
+            key_view_free(&t->keys[k]);
+        }
         leo_free(t->keys);
         leo_free(t->id);
     }
@@ -1317,10 +1402,32 @@ static int parse_process(struct ctx *c, const json_t *root, struct leo_config *c
     return get_bool(c, root, "access_log", &cfg->access_log);
 }
 
+/* "cache" and "semantic_cache": parsed by their modules; an error carries the section's path. */
+static int parse_caches(struct ctx *c, const json_t *root, struct leo_config *cfg)
+{
+    static const char *const names[] = {"cache", "semantic_cache"};
+    for (size_t i = 0; i < 2; i++) {
+        const json_t *sec = json_object_get(root, names[i]);
+        struct leo_buf e = LEO_BUF_INIT;
+        int rc = i == 0 ? leo_cache_config_parse(sec, names[i], &cfg->cache, &e)
+                        : leo_semcache_config_parse(sec, names[i], &cfg->semantic_cache, &e);
+        if (rc != 0) {
+            if (c->err && !c->failed)
+                leo_buf_addf(c->err, "%s", e.p); /* the message already starts with the field's path */
+            c->failed = true;
+            leo_buf_release(&e);
+            return LEO_ECONFIG;
+        }
+        leo_buf_release(&e);
+    }
+    return 0;
+}
+
 /* In dependency order: models refer to providers, tenants to models. */
 static int (*const sections[])(struct ctx *, const json_t *, struct leo_config *) = {
     parse_listen,    parse_process, parse_limits, parse_auth,    parse_defaults, parse_routing, parse_redis,
     parse_control_plane, parse_alerts,    parse_providers, parse_models,  parse_prices, parse_tenants,
+    parse_caches,
 };
 
 static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
@@ -1328,7 +1435,7 @@ static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
     static const char *const fields[] = {"listen",   "workers",   "drain_timeout_ms", "log_level", "access_log",
                                          "limits",   "auth",      "defaults",         "routing",   "redis",
                                          "control_plane", "alerts",   "providers", "models",           "prices",    "tenants",
-                                         NULL};
+                                         "cache", "semantic_cache", NULL};
     int rc = open_object(c, root, fields);
     for (size_t i = 0; rc == 0 && i < sizeof(sections) / sizeof(sections[0]); i++)
         rc = sections[i](c, root, cfg);
@@ -1341,7 +1448,7 @@ static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
     return 0;
 }
 
-int leo_config_parse_json(const char *json, size_t len, const char *source, struct leo_config **out,
+static int parse_document(const char *json, size_t len, const char *source, bool key_values, struct leo_config **out,
                           struct leo_buf *err)
 {
     *out = NULL;
@@ -1373,8 +1480,10 @@ int leo_config_parse_json(const char *json, size_t len, const char *source, stru
     cfg->redis.timeout_ms = 50;
     cfg->redis.fail_open = true;
     cfg->alerts.threshold = 0.8;
+    leo_cache_config_defaults(&cfg->cache);
+    leo_semcache_config_defaults(&cfg->semantic_cache);
 
-    struct ctx c = {.err = err, .secret_env = "LEO_KEY_HASH_SECRET"};
+    struct ctx c = {.err = err, .secret_env = "LEO_KEY_HASH_SECRET", .key_values = key_values};
     int rc = parse_root(&c, root, cfg);
     json_decref(root);
     if (rc) {
@@ -1384,6 +1493,18 @@ int leo_config_parse_json(const char *json, size_t len, const char *source, stru
     cfg->version = ++config_version;
     *out = cfg;
     return 0;
+}
+
+int leo_config_parse_json(const char *json, size_t len, const char *source, struct leo_config **out,
+                          struct leo_buf *err)
+{
+    return parse_document(json, len, source, false, out, err);
+}
+
+int leo_config_parse_overlay(const char *json, size_t len, const char *source, struct leo_config **out,
+                             struct leo_buf *err)
+{
+    return parse_document(json, len, source, true, out, err);
 }
 
 int leo_config_load_file(const char *path, struct leo_config **out, struct leo_buf *err)

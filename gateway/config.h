@@ -4,13 +4,15 @@
  * A struct leo_config is immutable once built and reference-counted. The worker holds one "current"
  * snapshot; every request takes a reference when it starts and drops it when it ends, so a reload (a new
  * snapshot swapped in by leo_worker_set_config) never changes what a request in flight sees. Snapshots come
- * from a source: today the JSON file (leo_config_load_file); the control plane's Redis-published snapshot
- * drops in beside it by producing the same struct through leo_config_parse_json.
+ * from a source: the JSON file (leo_config_load_file), or the file overlaid with the control plane's
+ * Redis-published snapshot (gateway/follower.h), which produces the same struct through
+ * leo_config_parse_overlay.
  *
  * Parsing is strict: unknown fields and wrong types are errors that name the JSON path of the offending
  * field ("providers[1].base_url: expected a string"). Secrets (provider API keys) are read from environment
- * variables named in the file; the file itself never holds them. Tenant API keys are stored only as keyed
- * hashes (leo_keyhash_*). Errors never contain a secret.
+ * variables named in the file; the file itself never holds them. Only the control plane's snapshot, once its
+ * sealed credentials are opened in memory, hands keys over as values. Tenant API keys are stored only as
+ * keyed hashes (leo_keyhash_*). Errors never contain a secret.
  *
  * The snapshot is per process and used from one thread (the worker's loop): refcounts are plain integers.
  */
@@ -25,6 +27,8 @@
 #include "../common/http_server.h"
 #include "../common/keyhash.h"
 #include "../common/str.h"
+#include "cache.h"
+#include "semcache.h"
 
 struct leo_adapter;
 
@@ -112,6 +116,10 @@ struct leo_tenant_key {
     struct leo_tenant *tenant;
     struct leo_quota quota;         /* per-key quotas, on top of the tenant's */
     bool admin;                     /* may call the gateway's operational APIs (/v1/status/...) */
+    /* private: a key with its own model list ("models") points `tenant` at this view of its tenant, owned by
+     * the key: the same id, flags and quotas, with models narrowed to the key's list (intersected with the
+     * tenant's), so every check that reads key->tenant (leo_tenant_allows_model) enforces the key's list */
+    struct leo_tenant *_view;
 };
 
 struct leo_tenant {
@@ -147,6 +155,8 @@ struct leo_config {
         uint64_t key_cooldown_ms;   /* a key's cooldown after 429 without Retry-After; default 30000 */
         unsigned breaker_failures;  /* consecutive failures that open a deployment's breaker; default 5 */
         uint64_t breaker_open_ms;   /* how long it stays open before a half-open probe; default 30000 */
+        uint64_t breaker_slow_ms;   /* an OK attempt slower than this to first byte counts as a breaker failure;
+                                       0 = off (default) */
         uint64_t hedge_after_ms;    /* 0 = no hedging */
     } routing;
 
@@ -179,6 +189,8 @@ struct leo_config {
     size_t nprices;
     struct leo_tenant *tenants;
     size_t ntenants;
+    struct leo_cache_config cache;              /* "cache": the exact cache and dedup (gateway/cache.h) */
+    struct leo_semcache_config semantic_cache;  /* "semantic_cache" (gateway/semcache.h) */
 
     /* private: lookup indexes */
     void *_model_index;
@@ -189,6 +201,11 @@ struct leo_config {
  *  message naming the JSON path to err. source is a label for logs. */
 int leo_config_parse_json(const char *json, size_t len, const char *source, struct leo_config **out,
                           struct leo_buf *err);
+/** Like leo_config_parse_json, but a provider's api_keys entries may also be {"label", "value", "weight"?}:
+ *  the key itself, as the control plane's snapshot delivers it once decrypted (gateway/follower.c). Files are
+ *  never parsed this way, so a configuration file cannot hold a secret. */
+int leo_config_parse_overlay(const char *json, size_t len, const char *source, struct leo_config **out,
+                             struct leo_buf *err);
 /** Reads and parses a file. */
 int leo_config_load_file(const char *path, struct leo_config **out, struct leo_buf *err);
 

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@
 #include "../common/alloc.h"
 #include "../common/error.h"
 #include "../common/log.h"
+#include "../common/metrics.h"
+#include "../common/secretbox.h"
 
 #define KEY_VERSION "leo:snapshot:version"
 #define KEY_DOC "leo:snapshot"
@@ -309,6 +312,156 @@ uint64_t leo_follower_version(const struct leo_follower *f)
     return f->version;
 }
 
+/* The master key ring, read from the environment on first use (common/secretbox.h). A malformed key is
+ * logged once and leaves the ring empty: credentials then stay sealed and the providers that need them are
+ * left out, while everything else keeps serving. */
+static const struct leo_secretbox_ring *master_ring(void)
+{
+    static struct leo_secretbox_ring ring;
+    static bool loaded;
+    if (!loaded) {
+        loaded = true;
+        struct leo_buf err = LEO_BUF_INIT;
+        if (leo_secretbox_ring_from_env(&ring, &err) != 0)
+            leo_error("master key: %s; provider credentials from the control plane cannot be opened", err.p);
+        leo_buf_release(&err);
+    }
+    return &ring;
+}
+
+void leo_follower_metrics_describe(void)
+{
+    leo_metrics_describe("leo_snapshot_credentials_total", LEO_METRIC_COUNTER,
+                         "Provider credentials from the control plane's snapshot, by result of opening them.");
+}
+
+/* Removes the members of arr (objects) whose "name" is name. */
+static void drop_named(json_t *arr, const char *name)
+{
+    for (size_t i = json_array_size(arr); i-- > 0;) {
+        const char *n = json_string_value(json_object_get(json_array_get(arr, i), "name"));
+        if (n && strcmp(n, name) == 0)
+            json_array_remove(arr, i);
+    }
+}
+
+static json_t *array_member(json_t *obj, const char *key)
+{
+    json_t *a = json_object_get(obj, key);
+    if (!json_is_array(a)) {
+        a = json_array();
+        json_object_set_new(obj, key, a);
+    }
+    return a;
+}
+
+/*
+ * Turns the snapshot's providers into configuration providers in file (replacing the file's of the same
+ * name): credentials are opened with the master key (associated data: the credential id) and given as
+ * {"label", "value", "weight"} keys. A provider whose credentials all fail to open is left out (its name is
+ * added to dropped), with an error naming the provider, the credential and why; never a secret.
+ */
+static void overlay_providers(json_t *file, json_t *providers, json_t *dropped)
+{
+    const struct leo_secretbox_ring *ring = master_ring();
+    json_t *out = array_member(file, "providers");
+    size_t i;
+    json_t *sp;
+    json_array_foreach(providers, i, sp)
+    {
+        const char *name = json_string_value(json_object_get(sp, "name"));
+        if (name == NULL)
+            continue; /* the configuration parser reports what is wrong with the rest */
+        json_t *cp = json_deep_copy(sp);
+        json_object_del(cp, "credentials");
+        json_t *creds = json_object_get(sp, "credentials");
+        json_t *keys = json_array();
+        size_t j, failed = 0;
+        json_t *cr;
+        json_array_foreach(creds, j, cr)
+        {
+            const char *id = json_string_value(json_object_get(cr, "id"));
+            const char *cname = json_string_value(json_object_get(cr, "name"));
+            const char *sealed = json_string_value(json_object_get(cr, "sealed"));
+            struct leo_buf plain = LEO_BUF_INIT;
+            const char *why = "the credential is malformed";
+            int rc = id && cname && sealed ? leo_secretbox_open(ring, leo_str_c(sealed), leo_str_c(id), &plain, &why)
+                                           : LEO_EPARSE;
+            if (rc != 0) {
+                leo_error("provider \"%s\": credential \"%s\" cannot be opened: %s%s", name, cname ? cname : "?", why,
+                          rc == LEO_ENOTFOUND ? " (set LEO_MASTER_KEY to the control plane's master key)" : "");
+                leo_metrics_add("leo_snapshot_credentials_total", "result=\"failed\"", 1);
+                failed++;
+            } else {
+                struct leo_buf label = LEO_BUF_INIT;
+                leo_buf_addf(&label, "cp:%s", cname);
+                json_t *k = json_pack("{s:s,s:s%}", "label", label.p, "value", plain.p, plain.len);
+                json_t *w = json_object_get(cr, "weight");
+                if (json_is_integer(w))
+                    json_object_set(k, "weight", w);
+                json_array_append_new(keys, k);
+                leo_buf_release(&label);
+                leo_metrics_add("leo_snapshot_credentials_total", "result=\"opened\"", 1);
+            }
+            leo_secretbox_wipe(&plain);
+        }
+        if (failed > 0 && json_array_size(keys) == 0) {
+            leo_error("provider \"%s\" is left out: none of its %zu credentials could be opened", name, failed);
+            json_array_append_new(dropped, json_string(name));
+            json_decref(keys);
+            json_decref(cp);
+            continue;
+        }
+        if (json_array_size(keys) > 0)
+            json_object_set_new(cp, "api_keys", keys);
+        else
+            json_decref(keys);
+        drop_named(out, name);
+        json_array_append_new(out, cp);
+    }
+}
+
+static bool name_in(json_t *names, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(names, i, v)
+    {
+        if (strcmp(json_string_value(v), name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The snapshot's models replace the file's of the same name; deployments at a provider that was left out
+ * are dropped, and a model left with none is not installed. */
+static void overlay_models(json_t *file, json_t *models, json_t *dropped)
+{
+    json_t *out = array_member(file, "models");
+    size_t i;
+    json_t *sm;
+    json_array_foreach(models, i, sm)
+    {
+        const char *name = json_string_value(json_object_get(sm, "name"));
+        if (name == NULL)
+            continue;
+        json_t *cm = json_deep_copy(sm);
+        json_t *deps = json_object_get(cm, "deployments");
+        for (size_t j = json_array_size(deps); j-- > 0;) {
+            const char *prov = json_string_value(json_object_get(json_array_get(deps, j), "provider"));
+            if (prov && name_in(dropped, prov))
+                json_array_remove(deps, j);
+        }
+        if (json_is_array(deps) && json_array_size(deps) == 0) {
+            leo_error("model \"%s\" is left out: all its deployments are at providers that were left out", name);
+            json_decref(cm);
+            continue;
+        }
+        drop_named(out, name);
+        json_array_append_new(out, cm);
+    }
+}
+
 int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t len, struct leo_config **out,
                             struct leo_buf *err)
 {
@@ -321,9 +474,15 @@ int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t 
         return LEO_ECONFIG;
     }
     json_t *tenants = json_object_get(snap, "tenants");
-    if (!json_is_array(tenants)) {
+    json_t *providers = json_object_get(snap, "providers");
+    json_t *models = json_object_get(snap, "models");
+    const char *bad = !json_is_array(tenants)                  ? "\"tenants\" is not an array"
+                      : providers && !json_is_array(providers) ? "\"providers\" is not an array"
+                      : models && !json_is_array(models)       ? "\"models\" is not an array"
+                                                               : NULL;
+    if (bad) {
         if (err)
-            leo_buf_adds(err, "snapshot: \"tenants\" is not an array");
+            leo_buf_addf(err, "snapshot: %s", bad);
         json_decref(snap);
         return LEO_ECONFIG;
     }
@@ -342,6 +501,12 @@ int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t 
         return LEO_ECONFIG;
     }
     json_object_set(file, "tenants", tenants);
+    json_t *dropped = json_array();
+    if (providers)
+        overlay_providers(file, providers, dropped);
+    if (models)
+        overlay_models(file, models, dropped);
+    json_decref(dropped);
     char *text = json_dumps(file, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(file);
     json_decref(snap);
@@ -352,8 +517,10 @@ int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t 
     }
     char source[4096];
     snprintf(source, sizeof(source), "%s+snapshot", path);
-    int rc = leo_config_parse_json(text, strlen(text), source, out, err);
-    /* the merged text holds no secret (provider keys are named by env var), but it is freed at once anyway */
+    int rc = leo_config_parse_overlay(text, strlen(text), source, out, err);
+    /* the merged text holds the opened provider keys: wiped before it is freed. (jansson's own copies in the
+     * freed tree are not wiped: a known limit.) */
+    sodium_memzero(text, strlen(text));
     free(text);
     return rc;
 }

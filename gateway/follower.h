@@ -56,12 +56,23 @@ void leo_follower_stop(struct leo_follower *f);
 uint64_t leo_follower_version(const struct leo_follower *f);
 
 /**
- * Builds a configuration from the JSON file at path with its "tenants" member replaced by the "tenants" array
- * of snapshot_json (len bytes), through leo_config_parse_json: the snapshot's tenants are validated exactly
- * like the file's (their models must exist in the file's models). Returns 0 and *out (refs 1), or
- * LEO_ECONFIG with a message appended to err (which may be NULL); the file's secrets are never in it.
+ * Builds a configuration from the JSON file at path and the snapshot_json (len bytes), through
+ * leo_config_parse_overlay:
+ * - the file's "tenants" are replaced by the snapshot's;
+ * - the snapshot's "providers" (optional) replace the file's of the same name or are added; their sealed
+ *   credentials are opened in memory with the master key ring from the environment (LEO_MASTER_KEY,
+ *   LEO_MASTER_KEY_NEW, LEO_MASTER_KEY_PREVIOUS, each also as _FILE; common/secretbox.h) and become the
+ *   provider's keys. A credential that cannot be opened is logged (provider, credential, why) and skipped; a
+ *   provider none of whose credentials opens is left out, with the deployments that use it;
+ * - the snapshot's "models" (optional) replace the file's of the same name or are added.
+ * The result is validated like a file. Returns 0 and *out (refs 1), or LEO_ECONFIG with a message appended
+ * to err (which may be NULL); no secret is ever in a message.
  */
 int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t len, struct leo_config **out,
                             struct leo_buf *err);
+
+/** Declares the follower's metric families (leo_snapshot_credentials_total); call with the gateway's other
+ *  declarations, before forking. */
+void leo_follower_metrics_describe(void);
 
 #endif

@@ -7,31 +7,43 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/alloc.h"
 #include "../common/log.h"
 #include "../common/metrics.h"
+#include "analytics.h"
+#include "optimize.h"
 #include "errors.h"
 #include "providers/messages.h"
+#include "usage.h"
 
 static const struct route {
     const char *method;
     const char *path;
     bool prefix; /* path is a prefix ending in '/', the rest is a parameter */
+    bool usage;  /* a billed, proxied route: its requests emit usage events (gateway/usage.h) */
     void (*fn)(struct leo_gw_req *g);
 } routes[] = {
-    {"POST", "/v1/chat/completions", false, leo_route_chat_completions},
-    {"POST", "/chat/completions", false, leo_route_chat_completions},
-    {"POST", "/v1/messages", false, leo_route_messages},
-    {"POST", "/v1/messages/count_tokens", false, leo_route_count_tokens},
-    {"POST", "/v1/embeddings", false, leo_route_embeddings},
-    {"POST", "/v1/completions", false, leo_route_completions},
-    {"GET", "/v1/models", false, leo_route_models},
-    {"GET", "/v1/models/", true, leo_route_model_get},
-    {"GET", "/v1/status/deployments", false, leo_route_status_deployments},
-    {"GET", "/health", false, leo_route_health},
-    {"GET", "/ready", false, leo_route_ready},
-    {"GET", "/metrics", false, leo_route_metrics},
+    {"POST", "/v1/chat/completions", false, true, leo_route_chat_completions},
+    {"POST", "/chat/completions", false, true, leo_route_chat_completions},
+    {"POST", "/v1/messages", false, true, leo_route_messages},
+    {"POST", "/v1/messages/count_tokens", false, false, leo_route_count_tokens},
+    {"POST", "/v1/embeddings", false, true, leo_route_embeddings},
+    {"POST", "/v1/completions", false, true, leo_route_completions},
+    {"GET", "/v1/models", false, false, leo_route_models},
+    {"GET", "/v1/models/", true, false, leo_route_model_get},
+    {"GET", "/v1/status/deployments", false, false, leo_route_status_deployments},
+    {"GET", "/health", false, false, leo_route_health},
+    {"GET", "/ready", false, false, leo_route_ready},
+    {"GET", "/metrics", false, false, leo_route_metrics},
+    {"GET", "/v1/analytics", false, false, leo_route_analytics},
+    {"GET", "/v1/optimization/status", false, false, leo_route_opt_status},
+    {"POST", "/v1/optimization/enable", false, false, leo_route_opt_enable},
+    {"GET", "/v1/optimization/cache/stats", false, false, leo_route_opt_cache_stats},
+    {"POST", "/v1/optimization/cache/purge", false, false, leo_route_opt_cache_purge},
+    {"POST", "/v1/optimization/cache/feedback", false, false, leo_route_opt_cache_feedback},
+    {"POST", "/v1/optimization/cache/threshold", false, false, leo_route_opt_cache_threshold},
 };
 
 void leo_gw_metrics_describe(void)
@@ -55,6 +67,9 @@ void leo_gw_metrics_describe(void)
     leo_metrics_describe("leo_worker_restarts_total", LEO_METRIC_COUNTER,
                          "Worker processes restarted by the supervisor after dying.");
     leo_metrics_describe("leo_config_version", LEO_METRIC_GAUGE, "Version of the snapshot each worker serves, by worker.");
+    leo_usage_metrics_describe();
+    leo_analytics_metrics_describe();
+    leo_opt_metrics_describe();
 }
 
 /* ---- responses ---- */
@@ -242,6 +257,53 @@ static void add_json_str(struct leo_buf *b, const char *key, struct leo_str v)
     leo_buf_addch(b, '"');
 }
 
+/* Upstream attempts: what the route recorded, else one per failed attempt in the log plus the deployment
+ * that answered last. (When every attempt failed and the router had nothing left, the last failure is both
+ * in the log and in dep, and this counts it twice; routes that set g->attempts are exact.) */
+static unsigned attempts_made(const struct leo_gw_req *g)
+{
+    if (g->attempts)
+        return g->attempts;
+    unsigned n = g->dep ? 1 : 0;
+    if (g->attempts_log && g->attempts_log[0]) {
+        n++;
+        for (const char *p = g->attempts_log; *p; p++)
+            n += *p == ',';
+    }
+    return n;
+}
+
+/* The usage event of a proxied request that got as far as an authenticated key (anything earlier has no
+ * tenant to charge). */
+static void emit_usage(struct leo_gw_req *g, int status, bool aborted, double latency_ms)
+{
+    if (!g->usage || g->key == NULL)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct leo_usage_event ev = {
+        .request_id = g->id,
+        .time_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000,
+        .tenant = g->key->tenant->id,
+        .key_name = g->key->name,
+        .model = g->model ? g->model->name : NULL,
+        .deployment = g->dep ? g->dep->id : NULL,
+        .provider = g->dep ? g->dep->provider->name : NULL,
+        .route = g->route,
+        .status = status,
+        .error = status >= 400 || g->error != NULL || aborted,
+        .stream = g->stream,
+        .prompt_tokens = g->have_usage ? g->prompt_tokens : 0,
+        .completion_tokens = g->have_usage ? g->completion_tokens : 0,
+        .cost_usd = g->cost_usd,
+        .saved_usd = g->saved_usd,
+        .cache_status = g->cache_status,
+        .latency_ms = latency_ms,
+        .attempts = attempts_made(g),
+    };
+    leo_usage_emit_current(&ev);
+}
+
 static void finish(struct leo_gw_req *g, bool aborted)
 {
     if (g->on_close)
@@ -280,6 +342,8 @@ static void finish(struct leo_gw_req *g, bool aborted)
         leo_metrics_add("leo_cost_usd_total", lbl.p, g->cost_usd);
     }
     leo_buf_release(&lbl);
+    emit_usage(g, status, aborted, total_s * 1000.0);
+    leo_analytics_record_request(g->w->analytics, g, status, total_s * 1000.0);
 
     if (g->cfg == NULL || g->cfg->access_log) {
         char ts[40];
@@ -350,6 +414,7 @@ void leo_gw_handle(struct leo_http_request *req, void *ud)
             !(leo_str_eqc(req->method, "HEAD") && strcmp(r->method, "GET") == 0))
             continue;
         g->route = r->path;
+        g->usage = r->usage;
         r->fn(g);
         return;
     }

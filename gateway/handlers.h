@@ -39,6 +39,12 @@ struct leo_gw_req {
     double upstream_ttfb_ms;
     const char *error;                      /* short reason for a failure, for the log (static or arena) */
     const char *attempts_log;               /* failed attempts before the last, "deployment:outcome,..." */
+    unsigned attempts;                      /* upstream attempts made (the route sets it; 0: derived from
+                                               attempts_log and dep for the usage event) */
+    double saved_usd;                       /* what a cache hit saved; 0 until a cache answers */
+    uint64_t saved_tokens;                  /* tokens a cache hit saved (the original answer's usage); 0 */
+    const char *cache_status;               /* "hit", "miss", ...; NULL: no cache consulted ("none") */
+    bool usage;                             /* a proxied route: emits a usage event at the end */
     /** Called from on_close before the log line, to cancel outstanding work; may be NULL. */
     void (*on_close)(struct leo_gw_req *g, bool aborted);
     void *data;                             /* the route's own state */

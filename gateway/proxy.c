@@ -341,6 +341,18 @@ static void upstream_message(struct proxy *p, char *out, size_t size)
     }
 }
 
+static int client_write(struct proxy *p, const char *data, size_t len);
+
+/* Passthrough events collect in p->out and go to the client in one write once libcurl has delivered what one
+ * read brought (up_data_end), or before anything else is written, instead of one write per event. */
+static void flush_out(struct proxy *p)
+{
+    if (!p->passthrough || p->out.len == 0) /* translated streams write each chunk from relay_chunk */
+        return;
+    client_write(p, p->out.p, p->out.len);
+    leo_buf_reset(&p->out);
+}
+
 static int client_write(struct proxy *p, const char *data, size_t len)
 {
     leo_opt_stream_write(p->opt, data, len);
@@ -365,6 +377,7 @@ static void stream_fail(struct proxy *p, const char *code, const char *fmt, ...)
 {
     if (p->finished)
         return;
+    flush_out(p);
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -397,6 +410,7 @@ static void stream_succeed(struct proxy *p)
     if (p->finished)
         return;
     struct leo_gw_req *g = p->g;
+    flush_out(p);
     account(p);
     leo_buf_reset(&p->out);
     if (g->dialect == LEO_DIALECT_ANTHROPIC) {
@@ -491,7 +505,6 @@ static void passthrough_event(struct proxy *p, struct leo_str event, struct leo_
                 return;
         }
     }
-    leo_buf_reset(&p->out);
     char evname[64];
     const char *ev = NULL;
     if (event.len && event.len < sizeof(evname)) {
@@ -499,10 +512,11 @@ static void passthrough_event(struct proxy *p, struct leo_str event, struct leo_
         evname[event.len] = '\0';
         ev = evname;
     }
-    leo_sse_append_event(&p->out, ev, data.p, data.len);
-    client_write(p, p->out.p, p->out.len);
-    if (p->finished)
+    leo_sse_append_event(&p->out, ev, data.p, data.len); /* written by flush_out */
+    if (p->finished) {
+        flush_out(p);
         leo_http_stream_end(p->g->req);
+    }
 }
 
 static void on_sse_event(void *ud, struct leo_str event, struct leo_str data, struct leo_str id)
@@ -599,6 +613,21 @@ static void up_data(struct leo_upstream_xfer *x, const char *data, size_t len, v
     }
 }
 
+/* The events of one upstream read, collected by passthrough_event, go out in one client write. */
+static void up_data_end(struct leo_upstream_xfer *x, void *ud)
+{
+    (void)x;
+    flush_out(ud);
+}
+
+static void hedge_data_end(struct leo_upstream_xfer *x, void *ud)
+{
+    (void)x;
+    struct hedge *h = ud;
+    if (h->promoted)
+        flush_out(h->p);
+}
+
 static void finish_stream(struct proxy *p, int err, const char *msg)
 {
     struct leo_gw_req *g = p->g;
@@ -630,10 +659,10 @@ static void finish_stream(struct proxy *p, int err, const char *msg)
     stream_succeed(p);
 }
 
-/* Usage of a whole Anthropic answer (passthrough): input counts cache reads and writes, as everywhere. */
-static void usage_from_anthropic_body(json_t *root, struct leo_usage *u)
+/* Usage of a whole Anthropic answer (passthrough), given its "usage" member: input counts cache reads and
+ * writes, as everywhere. */
+static void usage_from_anthropic(json_t *usage, struct leo_usage *u)
 {
-    json_t *usage = json_object_get(root, "usage");
     if (!json_is_object(usage))
         return;
     json_t *in = json_object_get(usage, "input_tokens"), *out = json_object_get(usage, "output_tokens");
@@ -671,15 +700,20 @@ static void finish_whole_ok(struct proxy *p)
         len = owned ? strlen(owned) : 0;
     } else if (p->passthrough || p->kind == KIND_EMBEDDINGS || p->kind == KIND_COMPLETIONS ||
                p->kind == KIND_COUNT_TOKENS) {
-        root = json_loadb(body, len, 0, NULL);
-        if (!json_is_object(root)) {
+        /* Relayed byte for byte: the body is checked against the JSON grammar and only its "usage" member is
+         * parsed into a tree (parsing the whole answer cost more than the rest of the request). */
+        struct leo_str usage_text;
+        int rc = leo_json_find_member(body, len, "usage", &usage_text);
+        if (rc == LEO_EPARSE) {
             relay_error(p, 502, "upstream_invalid_response", "upstream \"%s\" returned an invalid JSON body", prov);
             goto out;
         }
+        if (rc == 0)
+            root = json_loadb(usage_text.p, usage_text.len, JSON_DECODE_ANY, NULL); /* the usage member only */
         if (g->dialect == LEO_DIALECT_ANTHROPIC)
-            usage_from_anthropic_body(root, &p->usage);
+            usage_from_anthropic(root, &p->usage);
         else
-            leo_usage_from_openai(json_object_get(root, "usage"), &p->usage);
+            leo_usage_from_openai(root, &p->usage);
     } else {
         root = p->ad->parse_chat(body, len, &p->ctx, &p->usage, &err);
         if (root == NULL) {
@@ -1169,6 +1203,8 @@ send:;
     };
     p->attempts++;
     *xfer = leo_upstream_start(g->w->up, &ur, cbs, ud);
+    if (*xfer != NULL && g->stream) /* flush_out does nothing unless the stream is relayed as is */
+        leo_upstream_on_data_end(*xfer, cbs == &hedge_cbs ? hedge_data_end : up_data_end);
     if (*xfer == NULL) {
         char msg[300];
         snprintf(msg, sizeof(msg), "upstream \"%s\" could not be started", prov->name);

@@ -1,8 +1,8 @@
 /*
  * upstream.c — libcurl's multi-socket interface driven by libuv.
  *
- * curl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION → one uv_poll_t per socket) and when to wake
- * it up (CURLMOPT_TIMERFUNCTION → one uv_timer_t); every wake-up goes through run_action(), and after curl
+ * curl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when to wake it up
+ * (CURLMOPT_TIMERFUNCTION → one uv_timer_t); every wake-up goes through run_action(), and after curl
  * returns, after_curl() does the work that must not happen inside a curl callback: removing transfers that
  * were cancelled from on_headers/on_data, adding transfers started from them, and reading finished transfers
  * off curl_multi_info_read() to call on_done.
@@ -17,6 +17,21 @@
  *   unwind finishes the close.
  * - Memory of a transfer is released in the close callback of its first-byte timer, and the client itself in
  *   the close callback of its last uv handle, so no pointer on a stack below us ever dangles.
+ *
+ * One watcher per socket for the socket's whole life. libcurl takes a connection's socket off its watch list
+ * (CURL_POLL_REMOVE) whenever the connection goes back to its cache, and asks for it again on the next
+ * transfer. Closing and re-creating the uv_poll_t each time cost an ioctl and about six epoll_ctl per request
+ * (every uv_poll_start begins with an EPOLL_CTL_DEL). So the sockets curl opens for connections come from our
+ * CURLOPT_OPENSOCKETFUNCTION, which creates their watcher ("owned" sockets), and go through our
+ * CURLOPT_CLOSESOCKETFUNCTION, which closes the watcher and then the descriptor: libuv's rule that a poll
+ * handle is stopped before its descriptor is closed holds by construction. In between:
+ * - a watcher is (re)started only when the events curl asks for differ from those it watches;
+ * - CURL_POLL_REMOVE on an owned socket leaves a read-only watcher running (an idle keep-alive connection is
+ *   silent, so it costs nothing); if that idle socket becomes readable (the peer closed it, usually) the
+ *   watcher stops, since epoll is level-triggered, and curl finds the connection dead when it next looks;
+ * - curl forgets the socketp of a removed socket, so sockets are also indexed by descriptor (up->byfd).
+ * Sockets curl opens otherwise (the threaded resolver's wake-up pair) are closed by curl without telling us;
+ * their watchers still close on CURL_POLL_REMOVE, as before.
  */
 #include "upstream.h"
 
@@ -24,8 +39,11 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "../common/alloc.h"
 #include "../common/buf.h"
@@ -48,6 +66,9 @@ struct up_sock {
     uv_poll_t poll;
     struct leo_upstream *up;
     curl_socket_t fd;
+    int watching; /* UV_READABLE | UV_WRITABLE the poll handle is started with; 0 when stopped */
+    bool owned;   /* opened by on_curl_opensocket: lives until on_curl_closesocket */
+    bool wanted;  /* curl watches it now (between CURL_POLL_IN/OUT and CURL_POLL_REMOVE) */
     struct up_sock *prev, *next;
 };
 
@@ -58,13 +79,20 @@ struct leo_upstream {
     struct leo_upstream_xfer *xfers;   /* started, neither finished nor cancelled */
     struct leo_upstream_xfer *zombies; /* cancelled inside a curl callback, still in the multi handle */
     struct up_sock *socks;             /* polled sockets */
+    struct up_sock **byfd;             /* the same, indexed by descriptor (nbyfd entries) */
+    size_t nbyfd;
+    const char *valid_url;             /* the last URL valid_url accepted (most requests repeat it) */
+    size_t valid_url_len;
     CURL *pool[UP_EASY_POOL_MAX];
     unsigned npool;
     unsigned active;
     unsigned handles; /* uv handles not yet closed: the timer, the polls, the transfers' timers */
     unsigned defer;
     unsigned busy;
+    unsigned xfers_gen; /* bumped whenever a transfer leaves up->xfers */
+    bool data_end_pending; /* some transfer got on_data calls whose on_data_end is due */
     bool pending_adds;
+    bool no_proxy_env; /* no *_proxy variable in the environment: transfers say "no proxy" outright */
     bool closing; /* leo_upstream_close was called */
     bool closed;  /* the multi handle is gone; waiting for the uv handles to close */
 };
@@ -73,11 +101,13 @@ struct leo_upstream_xfer {
     struct leo_upstream *up;
     struct leo_upstream_xfer *prev, *next;
     CURL *easy;
-    struct curl_slist *req_headers;
+    struct curl_slist *req_headers; /* one allocation (build_headers): leo_free, not curl_slist_free_all */
     char *body;
     size_t body_len;
     struct leo_upstream_callbacks cbs;
     void *ud;
+    void (*on_data_end)(struct leo_upstream_xfer *x, void *ud);
+    bool data_end_due;
     uv_timer_t fb_timer; /* first-byte timeout; its close callback frees the transfer */
     uint64_t connect_timeout_ms, first_byte_timeout_ms, total_timeout_ms;
     uint64_t start_ns;
@@ -107,6 +137,7 @@ static void xfer_push(struct leo_upstream_xfer **head, struct leo_upstream_xfer 
 
 static void xfer_unlink(struct leo_upstream_xfer **head, struct leo_upstream_xfer *x)
 {
+    x->up->xfers_gen++;
     if (x->prev)
         x->prev->next = x->next;
     else
@@ -120,8 +151,11 @@ static void xfer_unlink(struct leo_upstream_xfer **head, struct leo_upstream_xfe
 
 static void handle_closed(struct leo_upstream *up)
 {
-    if (--up->handles == 0 && up->closed)
+    if (--up->handles == 0 && up->closed) {
+        leo_free(up->byfd);
+        leo_free((char *)up->valid_url);
         leo_free(up);
+    }
 }
 
 static void on_timer_closed(uv_handle_t *h)
@@ -137,6 +171,27 @@ static void on_sock_closed(uv_handle_t *h)
     handle_closed(up);
 }
 
+static void sock_index(struct leo_upstream *up, curl_socket_t fd, struct up_sock *sc)
+{
+    size_t i = (size_t)fd;
+    if (i >= up->nbyfd) {
+        size_t n = up->nbyfd ? up->nbyfd : 64;
+        while (n <= i)
+            n *= 2;
+        up->byfd = leo_realloc(up->byfd, n * sizeof(*up->byfd));
+        memset(up->byfd + up->nbyfd, 0, (n - up->nbyfd) * sizeof(*up->byfd));
+        up->nbyfd = n;
+    }
+    up->byfd[i] = sc;
+}
+
+static struct up_sock *sock_find(const struct leo_upstream *up, curl_socket_t fd)
+{
+    return fd >= 0 && (size_t)fd < up->nbyfd ? up->byfd[fd] : NULL;
+}
+
+/* Stops and closes the watcher. uv_close stops the poll handle at once, so the descriptor may be closed as
+ * soon as this returns; the memory goes in the close callback. */
 static void sock_close(struct up_sock *sc)
 {
     struct leo_upstream *up = sc->up;
@@ -146,8 +201,40 @@ static void sock_close(struct up_sock *sc)
         up->socks = sc->next;
     if (sc->next)
         sc->next->prev = sc->prev;
-    uv_poll_stop(&sc->poll);
+    if (sock_find(up, sc->fd) == sc)
+        up->byfd[sc->fd] = NULL;
     uv_close((uv_handle_t *)&sc->poll, on_sock_closed);
+}
+
+/* A watcher for fd, registered with the client, or NULL (logged) if libuv refuses the descriptor. */
+static struct up_sock *sock_new(struct leo_upstream *up, curl_socket_t fd, bool owned)
+{
+    struct up_sock *sc = leo_new(struct up_sock);
+    sc->up = up;
+    sc->fd = fd;
+    sc->owned = owned;
+    int rc = uv_poll_init_socket(up->loop, &sc->poll, fd);
+    if (rc == UV_EEXIST) {
+        /* curl closed a socket without telling us (only possible for sockets it did not open through
+         * on_curl_opensocket) and got the same number back: drop the stale watcher */
+        struct up_sock *old = sock_find(up, fd);
+        if (old)
+            sock_close(old);
+        rc = uv_poll_init_socket(up->loop, &sc->poll, fd);
+    }
+    if (rc != 0) {
+        leo_warn("upstream: cannot poll socket %d: %s", (int)fd, uv_strerror(rc));
+        leo_free(sc);
+        return NULL;
+    }
+    sc->poll.data = sc;
+    up->handles++;
+    sc->next = up->socks;
+    if (up->socks)
+        up->socks->prev = sc;
+    up->socks = sc;
+    sock_index(up, fd, sc);
+    return sc;
 }
 
 static void on_xfer_closed(uv_handle_t *h)
@@ -191,7 +278,7 @@ static void xfer_release_curl(struct leo_upstream_xfer *x)
         x->easy = NULL;
     }
     x->state = XS_DONE;
-    curl_slist_free_all(x->req_headers);
+    leo_free(x->req_headers);
     x->req_headers = NULL;
     leo_free(x->body);
     x->body = NULL;
@@ -474,6 +561,10 @@ static size_t on_curl_write(char *p, size_t size, size_t nmemb, void *arg)
         up->defer++;
         x->cbs.on_data(x, p, len, x->ud);
         up->defer--;
+        if (x->on_data_end) {
+            x->data_end_due = true;
+            up->data_end_pending = true;
+        }
     }
     return x->canceled ? 0 : len;
 }
@@ -487,6 +578,29 @@ static int on_curl_prereq(void *arg, char *primary_ip, char *local_ip, int prima
 
 /* ---- driving curl from libuv ---- */
 
+/* on_data_end for every transfer that got body bytes since the last call: curl hands a chunked body over
+ * one chunk at a time, so one read of the socket can mean many on_data calls. Runs once curl has returned. */
+static void deliver_data_end(struct leo_upstream *up)
+{
+    if (up->defer || !up->data_end_pending)
+        return;
+    up->data_end_pending = false;
+    struct leo_upstream_xfer *x = up->xfers, *next;
+    while (x) {
+        next = x->next;
+        if (x->data_end_due) {
+            x->data_end_due = false;
+            unsigned gen = up->xfers_gen;
+            up->defer++; /* a cancel from the callback only marks the transfer, as from on_data */
+            x->on_data_end(x, x->ud);
+            up->defer--;
+            if (gen != up->xfers_gen)
+                next = up->xfers; /* the list changed: start over (the flags say who is still due) */
+        }
+        x = next;
+    }
+}
+
 static void run_action(struct leo_upstream *up, curl_socket_t fd, int ev)
 {
     int running = 0;
@@ -495,12 +609,20 @@ static void run_action(struct leo_upstream *up, curl_socket_t fd, int ev)
     up->defer--;
     if (mc != CURLM_OK)
         leo_warn("upstream: curl_multi_socket_action failed: %s", curl_multi_strerror(mc));
+    deliver_data_end(up);
     after_curl(up);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct up_sock *sc = h->data;
+    if (!sc->wanted) {
+        /* an idle pooled connection became readable: the peer closed it, usually. curl is not watching it and
+         * epoll is level-triggered, so stop; curl sees the connection is dead when it next considers it. */
+        uv_poll_stop(&sc->poll);
+        sc->watching = 0;
+        return;
+    }
     int flags = 0;
     if (status < 0) {
         flags = CURL_CSELECT_ERR | CURL_CSELECT_IN | CURL_CSELECT_OUT;
@@ -518,59 +640,84 @@ static void on_timeout(uv_timer_t *t)
     run_action(t->data, CURL_SOCKET_TIMEOUT, 0);
 }
 
+static void sock_watch(struct up_sock *sc, int ev)
+{
+    if (ev == sc->watching)
+        return;
+    int rc = ev ? uv_poll_start(&sc->poll, ev, on_poll) : uv_poll_stop(&sc->poll);
+    if (rc != 0) {
+        leo_warn("upstream: cannot poll socket %d: %s", (int)sc->fd, uv_strerror(rc));
+        return;
+    }
+    sc->watching = ev;
+}
+
 static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     struct leo_upstream *up = userp;
     struct up_sock *sc = socketp;
+    if (!sc)
+        sc = sock_find(up, fd);
     if (what == CURL_POLL_REMOVE) {
         /* curl forgets socketp itself once we return */
-        if (sc)
+        if (!sc)
+            return 0;
+        if (!sc->owned) {
             sock_close(sc);
+            return 0;
+        }
+        sc->wanted = false;
+        /* keep a read-only watcher on an idle connection (see the top of the file); anything else stops */
+        if (sc->watching != UV_READABLE)
+            sock_watch(sc, 0);
         return 0;
     }
     if (up->closed)
         return 0;
     if (!sc) {
-        sc = leo_new(struct up_sock);
-        sc->up = up;
-        sc->fd = fd;
-        int rc = uv_poll_init_socket(up->loop, &sc->poll, fd);
-        if (rc == UV_EEXIST) {
-            /* curl closed a socket and got the same number back before telling us; drop the stale watcher */
-            for (struct up_sock *old = up->socks; old; old = old->next) {
-                if (old->fd == fd) {
-                    sock_close(old);
-                    break;
-                }
-            }
-            rc = uv_poll_init_socket(up->loop, &sc->poll, fd);
-        }
-        if (rc != 0) {
-            /* Returning -1 would mark the whole multi handle dead. Left unwatched, the transfer ends at its
-             * connect timeout or its total timeout, and without a total timeout a transfer already past
-             * connect would wait for ever. Not seen in practice: after the EEXIST case above, uv_poll_init
-             * only fails for a descriptor that is not open. */
-            leo_warn("upstream: cannot poll socket %d: %s", (int)fd, uv_strerror(rc));
-            leo_free(sc);
+        /* Returning -1 would mark the whole multi handle dead. Left unwatched, the transfer ends at its
+         * connect timeout or its total timeout, and without a total timeout a transfer already past connect
+         * would wait for ever. Not seen in practice: uv_poll_init only fails for a descriptor that is not
+         * open, after the EEXIST case in sock_new. */
+        sc = sock_new(up, fd, false);
+        if (!sc)
             return 0;
-        }
-        sc->poll.data = sc;
-        up->handles++;
-        sc->next = up->socks;
-        if (up->socks)
-            up->socks->prev = sc;
-        up->socks = sc;
-        curl_multi_assign(up->multi, fd, sc);
     }
+    if (!socketp)
+        curl_multi_assign(up->multi, fd, sc);
+    sc->wanted = true;
     int ev = 0;
     if (what & CURL_POLL_IN)
         ev |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         ev |= UV_WRITABLE;
-    int rc = uv_poll_start(&sc->poll, ev, on_poll);
-    if (rc != 0)
-        leo_warn("upstream: cannot poll socket %d: %s", (int)fd, uv_strerror(rc));
+    sock_watch(sc, ev);
     return 0;
+}
+
+/* Every socket curl opens for a connection: its watcher is created here, once. */
+static curl_socket_t on_curl_opensocket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    struct leo_upstream *up = clientp;
+    (void)purpose;
+    curl_socket_t fd = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    if (fd == CURL_SOCKET_BAD)
+        return CURL_SOCKET_BAD;
+    if (up->closed || !sock_new(up, fd, true)) {
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    return fd;
+}
+
+/* ...and closed here: the watcher first (libuv's rule), then the descriptor. */
+static int on_curl_closesocket(void *clientp, curl_socket_t fd)
+{
+    struct leo_upstream *up = clientp;
+    struct up_sock *sc = sock_find(up, fd);
+    if (sc)
+        sock_close(sc);
+    return close(fd);
 }
 
 static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
@@ -712,6 +859,12 @@ struct leo_upstream *leo_upstream_new(uv_loop_t *loop)
     uv_timer_init(loop, &up->timer);
     up->timer.data = up;
     up->handles = 1;
+    static const char *const proxy_vars[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                                             "all_proxy",  "ALL_PROXY"};
+    up->no_proxy_env = true;
+    for (size_t i = 0; i < sizeof(proxy_vars) / sizeof(proxy_vars[0]); i++)
+        if (getenv(proxy_vars[i]))
+            up->no_proxy_env = false;
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
     curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, up);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
@@ -764,8 +917,13 @@ static bool valid_header(const struct leo_http_header *h)
     return true;
 }
 
-static bool valid_url(const char *url)
+/* A full URL parse costs more than the rest of starting a transfer; a worker sends almost every request to a
+ * handful of URLs, so the last URL accepted is remembered and a repeat skips the parse. */
+static bool valid_url(struct leo_upstream *up, const char *url)
 {
+    size_t len = strlen(url);
+    if (up->valid_url && len == up->valid_url_len && memcmp(url, up->valid_url, len) == 0)
+        return true;
     CURLU *u = curl_url();
     if (!u)
         return false;
@@ -775,49 +933,65 @@ static bool valid_url(const char *url)
               (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0);
     curl_free(scheme);
     curl_url_cleanup(u);
+    if (ok) {
+        leo_free((char *)up->valid_url);
+        up->valid_url = leo_strndup(url, len);
+        up->valid_url_len = len;
+    }
     return ok;
 }
 
 /* Request headers as curl wants them. The body is framed by the module (Content-Length from body_len), so the
  * caller's Content-Length and Transfer-Encoding are not forwarded. "Expect:" stops curl's 100-continue
- * round trip; "Content-Type:" stops curl inventing a form type for a body the caller did not label. */
+ * round trip; "Content-Type:" stops curl inventing a form type for a body the caller did not label.
+ * curl_slist_append would allocate twice per header; struct curl_slist is public and curl only reads the list
+ * it is given, so the nodes and their strings are laid out in one allocation instead, released with leo_free
+ * (never with curl_slist_free_all). Never NULL. */
 static struct curl_slist *build_headers(const struct leo_upstream_request *req, bool has_body)
 {
-    struct curl_slist *list = NULL, *next;
-    struct leo_buf line = LEO_BUF_INIT;
+    static const char expect[] = "Expect:", no_type[] = "Content-Type:";
+    size_t nodes = 2, bytes = sizeof(expect) + sizeof(no_type);
     bool has_type = false;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct leo_http_header *h = &req->headers[i];
+        nodes++;
+        bytes += h->name.len + 2 + h->value.len + 1;
+    }
+    struct curl_slist *list = leo_malloc(nodes * sizeof(*list) + bytes);
+    char *text = (char *)(list + nodes);
+    size_t n = 0;
     for (size_t i = 0; i < req->nheaders; i++) {
         const struct leo_http_header *h = &req->headers[i];
         if (leo_str_caseeq(h->name, "content-length") || leo_str_caseeq(h->name, "transfer-encoding"))
             continue;
         if (leo_str_caseeq(h->name, "content-type"))
             has_type = true;
-        leo_buf_reset(&line);
-        leo_buf_addstr(&line, h->name);
+        list[n].data = text;
+        memcpy(text, h->name.p, h->name.len);
+        text += h->name.len;
         if (h->value.len) {
-            leo_buf_adds(&line, ": ");
-            leo_buf_addstr(&line, h->value);
+            *text++ = ':';
+            *text++ = ' ';
+            memcpy(text, h->value.p, h->value.len);
+            text += h->value.len;
         } else {
-            leo_buf_addch(&line, ';'); /* curl's spelling of a header with an empty value */
+            *text++ = ';'; /* curl's spelling of a header with an empty value */
         }
-        if ((next = curl_slist_append(list, line.p)) == NULL)
-            goto fail;
-        list = next;
+        *text++ = '\0';
+        n++;
     }
-    if ((next = curl_slist_append(list, "Expect:")) == NULL)
-        goto fail;
-    list = next;
+    list[n].data = text;
+    memcpy(text, expect, sizeof(expect));
+    text += sizeof(expect);
+    n++;
     if (has_body && !has_type) {
-        if ((next = curl_slist_append(list, "Content-Type:")) == NULL)
-            goto fail;
-        list = next;
+        list[n].data = text;
+        memcpy(text, no_type, sizeof(no_type));
+        n++;
     }
-    leo_buf_release(&line);
+    for (size_t i = 0; i < n; i++)
+        list[i].next = i + 1 < n ? &list[i + 1] : NULL;
     return list;
-fail:
-    leo_buf_release(&line);
-    curl_slist_free_all(list);
-    return NULL;
 }
 
 static CURLcode setup_easy(struct leo_upstream_xfer *x, const struct leo_upstream_request *req, const char *method)
@@ -852,6 +1026,16 @@ static CURLcode setup_easy(struct leo_upstream_xfer *x, const struct leo_upstrea
     SET(CURLOPT_WRITEDATA, x);
     SET(CURLOPT_PREREQFUNCTION, on_curl_prereq);
     SET(CURLOPT_PREREQDATA, x);
+    if (x->up->no_proxy_env) {
+        /* without this curl reads up to six environment variables for every transfer (it looks for a proxy
+         * before it looks for a pooled connection); the answer cannot change, so it is given once */
+        SET(CURLOPT_PROXY, "");
+        SET(CURLOPT_NOPROXY, "");
+    }
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
+    SET(CURLOPT_OPENSOCKETDATA, x->up);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
+    SET(CURLOPT_CLOSESOCKETDATA, x->up);
     SET(CURLOPT_HTTPHEADER, x->req_headers);
     if (x->body) {
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
@@ -875,7 +1059,7 @@ struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const stru
     if (!up || up->closing || !req || !req->url || !cbs || !cbs->on_headers || !cbs->on_data)
         return NULL;
     const char *method = req->method ? req->method : (req->body ? "POST" : "GET");
-    if (!valid_token(method) || !valid_url(req->url))
+    if (!valid_token(method) || !valid_url(up, req->url))
         return NULL;
     for (size_t i = 0; i < req->nheaders; i++)
         if (!valid_header(&req->headers[i]))
@@ -897,8 +1081,6 @@ struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const stru
         x->body_len = req->body_len;
     }
     x->req_headers = build_headers(req, x->body != NULL);
-    if (!x->req_headers)
-        goto fail_headers;
     x->easy = easy_get(up);
     if (!x->easy)
         goto fail_easy;
@@ -932,8 +1114,7 @@ struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const stru
 fail_setup:
     easy_put(up, x->easy);
 fail_easy:
-    curl_slist_free_all(x->req_headers);
-fail_headers:
+    leo_free(x->req_headers);
     leo_free(x->body);
     leo_buf_release(&x->hdr);
     leo_free(x);
@@ -987,7 +1168,14 @@ void leo_upstream_resume(struct leo_upstream_xfer *x)
     up->defer++;
     curl_easy_pause(x->easy, CURLPAUSE_CONT);
     up->defer--;
+    deliver_data_end(up);
     after_curl(up);
+}
+
+void leo_upstream_on_data_end(struct leo_upstream_xfer *x, void (*cb)(struct leo_upstream_xfer *x, void *ud))
+{
+    if (x)
+        x->on_data_end = cb;
 }
 
 enum leo_upstream_stage leo_upstream_stage(const struct leo_upstream_xfer *x)

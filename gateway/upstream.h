@@ -71,6 +71,11 @@ struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const stru
                                              const struct leo_upstream_callbacks *cbs, void *ud);
 /** Cancels a transfer: no callback fires after this returns; the connection is not reused. */
 void leo_upstream_cancel(struct leo_upstream_xfer *x);
+/** Optional: cb runs once after the on_data calls that one pass of libcurl over the sockets produced (curl
+ *  delivers a chunked body one HTTP chunk per on_data, so one read can mean many calls), so a caller can
+ *  batch what it writes downstream. It runs outside libcurl, with the same rules as on_data (it may cancel
+ *  its own transfer). NULL turns it off. */
+void leo_upstream_on_data_end(struct leo_upstream_xfer *x, void (*cb)(struct leo_upstream_xfer *x, void *ud));
 /** Pauses delivery of body data (client back-pressure) / resumes it. */
 void leo_upstream_pause(struct leo_upstream_xfer *x);
 void leo_upstream_resume(struct leo_upstream_xfer *x);

@@ -16,6 +16,9 @@
 #include "../common/metrics.h"
 #include "handlers.h"
 #include "quota.h"
+#include "analytics.h"
+#include "optimize.h"
+#include "usage.h"
 
 int leo_parse_listen(const char *s, char *host, size_t hostsize, int *port)
 {
@@ -60,6 +63,8 @@ void leo_worker_set_config(struct leo_worker *w, struct leo_config *cfg)
     leo_log_setup((enum leo_log_level)cfg->log_level, NULL);
     if (w->http)
         leo_http_server_set_limits(w->http, &cfg->limits);
+    if (w->optimizer)
+        leo_optimizer_set_config(w->optimizer, cfg);
     char lbl[32];
     snprintf(lbl, sizeof(lbl), "worker=\"%u\"", w->opts.index);
     leo_metrics_gauge_set("leo_config_version", lbl, (double)cfg->version);
@@ -171,6 +176,19 @@ static void quota_start(struct leo_worker *w)
     leo_quota_set_alert_cb(w->quota, on_quota_alert, w);
 }
 
+/* The usage emitter of this worker (one worker per process; struct leo_worker does not carry it yet). */
+static struct leo_usage *usage_emitter;
+
+/* Usage events go to the control plane's Redis when there is one (its consumer reads them there), else to the
+ * "redis" section's; without either the gateway runs standalone and emits none. */
+static void usage_start(struct leo_worker *w)
+{
+    struct leo_redis *r = w->_cp_redis ? w->_cp_redis : w->redis;
+    if (r == NULL)
+        return;
+    usage_emitter = leo_usage_new(w->loop, r, NULL);
+}
+
 static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
@@ -185,10 +203,18 @@ static void stop_everything(struct leo_worker *w)
         leo_http_server_close(w->http, NULL, NULL);
         w->http = NULL;
     }
+    /* before the upstream client (a provider embedder's calls) and the Redis connection (detached commands) */
+    leo_optimizer_free(w->optimizer);
+    w->optimizer = NULL;
     if (w->up) {
         leo_upstream_close(w->up);
         w->up = NULL;
     }
+    if (usage_emitter) {
+        leo_usage_close(usage_emitter); /* before the connection it sends on */
+        usage_emitter = NULL;
+    }
+    leo_analytics_stop(w->analytics); /* its flush timer; before the connection it flushes on */
     if (w->redis) {
         leo_redis_close(w->redis, NULL, NULL);
         w->redis = NULL;
@@ -214,6 +240,14 @@ static void drain_check(uv_check_t *c)
     struct leo_worker *w = c->data;
     if (leo_http_server_inflight(w->http) > 0)
         return;
+    /* the last requests' usage events are still on their way to Redis (bounded by the drain timeout) */
+    if (usage_emitter && leo_usage_flushing(usage_emitter))
+        return;
+    /* and their analytics counters (sent now rather than at the next tick; already sent: awaiting the answer) */
+    if (w->analytics && w->redis && leo_redis_connected(w->redis) && leo_analytics_pending(w->analytics) > 0) {
+        leo_analytics_flush(w->analytics);
+        return;
+    }
     leo_info("drained, exiting");
     stop_everything(w);
 }
@@ -336,6 +370,9 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     w._drain_check.data = &w;
     follow_start(&w);
     quota_start(&w);
+    w.analytics = leo_analytics_new(&loop, w.redis); /* shares the quota's Redis connection, if any */
+    w.optimizer = leo_optimizer_new(&(struct leo_optimizer_opts){&loop, w.redis, w.up, w.cfg});
+    usage_start(&w);
 
     leo_info("listening on %s:%d (config version %llu)", w.listen_host, leo_http_server_port(w.http),
              (unsigned long long)cfg->version);
@@ -345,6 +382,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     leo_config_unref(w.cfg);
     leo_router_free(w.router);
     leo_quota_free(w.quota);
+    leo_analytics_free(w.analytics);
     leo_free(w._snapshot);
     uv_loop_close(&loop);
     return 0;

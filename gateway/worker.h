@@ -34,6 +34,8 @@ struct leo_worker {
     struct leo_router *router; /* routing state (breakers, cooldowns, latencies); survives reloads */
     struct leo_redis *redis;   /* shared counters (config "redis"), or NULL: standalone */
     struct leo_quota_service *quota; /* quotas and rate limits, on redis or in-process */
+    struct leo_analytics *analytics; /* savings analytics, on redis or in-process (gateway/analytics.h) */
+    struct leo_optimizer *optimizer; /* exact and semantic caches, dedup (gateway/optimize.h) */
     struct leo_config *cfg;    /* current snapshot (one reference held here) */
     struct leo_worker_opts opts;
     char listen_host[256];

@@ -882,6 +882,270 @@ static int cmd_keys_rotate(struct ctx *c)
     return key_action(c, "POST", "/rotate");
 }
 
+/* ---- providers, deployments, models ---- */
+
+static void provider_row(json_t *p, char **cells)
+{
+    cells[0] = cell_str(jstr(p, "id"));
+    cells[1] = cell_str(jstr(p, "name"));
+    cells[2] = cell_str(jstr(p, "type"));
+    cells[3] = cell_str(jstr(p, "base_url"));
+    cells[4] = cell_str(json_is_true(json_object_get(p, "enabled")) ? "enabled" : "disabled");
+    cells[5] = cell_time(jstr(p, "created_at"));
+}
+
+static char *provider_header[] = {"ID", "NAME", "TYPE", "BASE URL", "STATUS", "CREATED"};
+
+static int list_cmd(struct ctx *c, const char *path, int ncols, char **header, void (*row)(json_t *, char **))
+{
+    int rc = need_session(c);
+    if (rc)
+        return rc;
+    json_t *all;
+    rc = fetch_list(c, path, 0, &all);
+    if (rc)
+        return rc;
+    print_list(c, all, ncols, header, row);
+    json_decref(all);
+    return 0;
+}
+
+/* POSTs body (consumed) to path and prints the answer as one row. */
+static int create_cmd(struct ctx *c, const char *path, json_t *body, int ncols, char **header,
+                      void (*row)(json_t *, char **))
+{
+    int rc = need_session(c);
+    if (rc) {
+        json_decref(body);
+        return rc;
+    }
+    struct leoctl_response r;
+    rc = call(c, "POST", path, body, &r);
+    json_decref(body);
+    if (rc)
+        return rc;
+    print_one(c, r.json, ncols, header, row);
+    leoctl_response_release(&r);
+    return 0;
+}
+
+/* A whole number option within [min, max] into *out; false (after saying why) when malformed. */
+static bool number_opt(struct ctx *c, const char *name, long min, long max, json_int_t *out)
+{
+    const char *v = opt(c, name);
+    char *end;
+    long n = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || n < min || n > max) {
+        err("--%s must be a whole number from %ld to %ld", name, min, max);
+        return false;
+    }
+    *out = n;
+    return true;
+}
+
+static int cmd_providers_list(struct ctx *c)
+{
+    return list_cmd(c, "/providers", 6, provider_header, provider_row);
+}
+
+static int cmd_providers_create(struct ctx *c)
+{
+    const char *type = opt(c, "type"), *url = opt(c, "base-url"), *version = opt(c, "api-version");
+    if (!type || !url) {
+        err("providers create needs --type openai|azure|anthropic|gemini and --base-url URL");
+        return EXIT_USAGE;
+    }
+    json_t *body = json_pack("{s:s, s:s, s:s}", "name", c->pos[0], "type", type, "base_url", url);
+    if (version)
+        json_object_set_new(body, "api_version", json_string(version));
+    return create_cmd(c, "/providers", body, 6, provider_header, provider_row);
+}
+
+static void credential_row(json_t *k, char **cells)
+{
+    char w[24];
+    snprintf(w, sizeof(w), "%lld", (long long)json_integer_value(json_object_get(k, "weight")));
+    cells[0] = cell_str(jstr(k, "id"));
+    cells[1] = cell_str(jstr(k, "name"));
+    cells[2] = cell_str(jstr(k, "masked"));
+    cells[3] = cell_str(w);
+    cells[4] = cell_str(json_is_true(json_object_get(k, "enabled")) ? "enabled" : "disabled");
+    cells[5] = cell_time(jstr(k, "created_at"));
+}
+
+static char *credential_header[] = {"ID", "NAME", "SECRET", "WEIGHT", "STATUS", "CREATED"};
+
+/* The secret comes from LEOCTL_CREDENTIAL_SECRET or the terminal, never from the command line (where the
+ * process list and the shell history would keep it); only its masked form is printed. */
+static int cmd_providers_add_credential(struct ctx *c)
+{
+    const char *name = opt(c, "name");
+    json_int_t weight = 1;
+    if (!name) {
+        err("providers add-credential needs --name NAME");
+        return EXIT_USAGE;
+    }
+    if (opt(c, "weight") && !number_opt(c, "weight", 1, 1000, &weight))
+        return EXIT_USAGE;
+    char secret[8200];
+    const char *env = getenv("LEOCTL_CREDENTIAL_SECRET");
+    if (env && *env) {
+        if (strlen(env) >= sizeof(secret)) {
+            err("LEOCTL_CREDENTIAL_SECRET is longer than %zu bytes", sizeof(secret) - 1);
+            return EXIT_USAGE;
+        }
+        memcpy(secret, env, strlen(env) + 1);
+    } else if (read_secret("Provider API key: ", secret, sizeof(secret)) != 0) {
+        wipe(secret, sizeof(secret));
+        err("cannot read the secret: set LEOCTL_CREDENTIAL_SECRET or run leoctl on a terminal");
+        return EXIT_USAGE;
+    }
+    json_t *body = json_pack("{s:s, s:s, s:I}", "name", name, "secret", secret, "weight", weight);
+    wipe(secret, sizeof(secret));
+    struct leo_buf p = LEO_BUF_INIT;
+    leo_buf_adds(&p, "/providers");
+    add_segment(&p, c->pos[0]);
+    leo_buf_adds(&p, "/credentials");
+    json_t *sv = json_object_get(body, "secret");
+    int rc = need_session(c);
+    struct leoctl_response r;
+    if (rc == 0)
+        rc = call(c, "POST", p.p, body, &r);
+    wipe((char *)json_string_value(sv), json_string_length(sv));
+    json_decref(body);
+    leo_buf_release(&p);
+    if (rc)
+        return rc;
+    print_one(c, r.json, 6, credential_header, credential_row);
+    leoctl_response_release(&r);
+    return 0;
+}
+
+static int cmd_providers_credentials(struct ctx *c)
+{
+    struct leo_buf p = LEO_BUF_INIT;
+    leo_buf_adds(&p, "/providers");
+    add_segment(&p, c->pos[0]);
+    leo_buf_adds(&p, "/credentials");
+    int rc = list_cmd(c, p.p, 6, credential_header, credential_row);
+    leo_buf_release(&p);
+    return rc;
+}
+
+static void deployment_row(json_t *d, char **cells)
+{
+    cells[0] = cell_str(jstr(d, "id"));
+    cells[1] = cell_str(jstr(d, "provider"));
+    cells[2] = cell_str(jstr(d, "model"));
+    cells[3] = cell_str(json_is_true(json_object_get(d, "enabled")) ? "enabled" : "disabled");
+    cells[4] = cell_time(jstr(d, "created_at"));
+}
+
+static char *deployment_header[] = {"ID", "PROVIDER", "UPSTREAM MODEL", "STATUS", "CREATED"};
+
+static int cmd_deployments_list(struct ctx *c)
+{
+    return list_cmd(c, "/deployments", 5, deployment_header, deployment_row);
+}
+
+static int cmd_deployments_create(struct ctx *c)
+{
+    const char *provider = opt(c, "provider"), *model = opt(c, "model");
+    if (!provider || !model) {
+        err("deployments create needs --provider PROVIDER_ID and --model UPSTREAM_MODEL");
+        return EXIT_USAGE;
+    }
+    json_t *body = json_pack("{s:s, s:s}", "provider_id", provider, "model", model);
+    return create_cmd(c, "/deployments", body, 5, deployment_header, deployment_row);
+}
+
+/* "provider/model@priority*weight, ..." */
+static void model_row(json_t *m, char **cells)
+{
+    struct leo_buf b = LEO_BUF_INIT;
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(m, "deployments"), i, d)
+    {
+        if (i)
+            leo_buf_adds(&b, ", ");
+        add_clean(&b, jstr(d, "provider"));
+        leo_buf_addch(&b, '/');
+        add_clean(&b, jstr(d, "model"));
+        leo_buf_addf(&b, "@%lld*%lld", (long long)json_integer_value(json_object_get(d, "priority")),
+                     (long long)json_integer_value(json_object_get(d, "weight")));
+    }
+    cells[0] = cell_str(jstr(m, "id"));
+    cells[1] = cell_str(jstr(m, "name"));
+    cells[2] = cell_str(jstr(m, "strategy"));
+    cells[3] = b.len ? leo_buf_detach(&b, NULL) : cell_str("-");
+    leo_buf_release(&b);
+    cells[4] = cell_str(json_is_true(json_object_get(m, "enabled")) ? "enabled" : "disabled");
+}
+
+static char *model_header[] = {"ID", "NAME", "STRATEGY", "DEPLOYMENTS (provider/model@priority*weight)", "STATUS"};
+
+static int cmd_models_list(struct ctx *c)
+{
+    return list_cmd(c, "/models", 5, model_header, model_row);
+}
+
+/* --deployments ID[@PRIORITY][*WEIGHT],...: deployment ids from `deployments list`. */
+static json_t *deployments_value(const char *v)
+{
+    json_t *a = json_array();
+    const char *p = v;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char item[128];
+        if (len == 0 || len >= sizeof(item)) {
+            json_decref(a);
+            return NULL;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        json_int_t prio = 0, weight = 1;
+        char *star = strchr(item, '*'), *at = strchr(item, '@'), *end;
+        if (star) {
+            *star = '\0';
+            weight = strtol(star + 1, &end, 10);
+            if (star[1] == '\0' || *end) {
+                json_decref(a);
+                return NULL;
+            }
+        }
+        if (at) {
+            *at = '\0';
+            prio = strtol(at + 1, &end, 10);
+            if (at[1] == '\0' || *end) {
+                json_decref(a);
+                return NULL;
+            }
+        }
+        json_array_append_new(a,
+                              json_pack("{s:s, s:I, s:I}", "deployment_id", item, "priority", prio, "weight", weight));
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return a;
+}
+
+static int cmd_models_create(struct ctx *c)
+{
+    const char *deps = opt(c, "deployments"), *strategy = opt(c, "strategy");
+    json_t *a = deps ? deployments_value(deps) : NULL;
+    if (a == NULL) {
+        err("models create needs --deployments ID[@PRIORITY][*WEIGHT],... (ids from `leoctl deployments list`)");
+        return EXIT_USAGE;
+    }
+    json_t *body = json_pack("{s:s, s:o}", "name", c->pos[0], "deployments", a);
+    if (strategy)
+        json_object_set_new(body, "strategy", json_string(strategy));
+    return create_cmd(c, "/models", body, 5, model_header, model_row);
+}
+
 /* ---- users ---- */
 
 static void user_row(json_t *u, char **cells)
@@ -1053,6 +1317,25 @@ static const struct command commands[] = {
     {"audit", "list", {"action=", "target=", "actor=", "since=", "until=", "limit="}, 0, cmd_audit_list,
      "audit list [--action A] [--target T] [--actor A] [--since T] [--until T] [--limit N]",
      "Lists audit entries, newest first (50 unless --limit says otherwise)."},
+    {"providers", "list", {NULL}, 0, cmd_providers_list, "providers list", "Lists the upstream providers."},
+    {"providers", "create", {"type=", "base-url=", "api-version="}, 1, cmd_providers_create,
+     "providers create NAME --type openai|azure|anthropic|gemini --base-url URL [--api-version V]",
+     "Creates a provider (no credential yet: see add-credential)."},
+    {"providers", "add-credential", {"name=", "weight="}, 1, cmd_providers_add_credential,
+     "providers add-credential PROVIDER_ID --name NAME [--weight N]",
+     "Stores an upstream API key, sealed under the master key; the key comes from LEOCTL_CREDENTIAL_SECRET or a "
+     "prompt on the terminal, and only its masked form is shown."},
+    {"providers", "credentials", {NULL}, 1, cmd_providers_credentials, "providers credentials PROVIDER_ID",
+     "Lists a provider's credentials (masked)."},
+    {"deployments", "list", {NULL}, 0, cmd_deployments_list, "deployments list",
+     "Lists the deployments (an upstream model at a provider)."},
+    {"deployments", "create", {"provider=", "model="}, 0, cmd_deployments_create,
+     "deployments create --provider PROVIDER_ID --model UPSTREAM_MODEL", "Creates a deployment."},
+    {"models", "list", {NULL}, 0, cmd_models_list, "models list",
+     "Lists the models clients can ask for, with their deployments."},
+    {"models", "create", {"deployments=", "strategy="}, 1, cmd_models_create,
+     "models create NAME --deployments ID[@PRIORITY][*WEIGHT],... [--strategy S]",
+     "Creates a model mapping. Lower priorities are tried first; weights share requests within a priority."},
     {"audit", "verify", {NULL}, 0, cmd_audit_verify, "audit verify",
      "Not available over the API: run `leo-controlplane audit verify` on the control plane host."},
 };
@@ -1072,7 +1355,7 @@ static void usage(FILE *out, const char *group)
                      "  --json      print the API's JSON instead of text\n"
                      "  --help      help for a command: leoctl keys create --help\n"
                      "\nenvironment: LEOCTL_CONFIG (session file), LEOCTL_URL, LEOCTL_PASSWORD, "
-                     "LEOCTL_NEW_PASSWORD\n");
+                     "LEOCTL_NEW_PASSWORD, LEOCTL_CREDENTIAL_SECRET\n");
 }
 
 static void command_help(const struct command *cmd)

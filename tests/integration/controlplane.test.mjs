@@ -22,6 +22,8 @@ const KEY_HASH_SECRET = 'controlplane-integration-secret-5e1f';
 const OWNER = { email: 'owner@leo.test', password: 'owner-password-0001' };
 const PASSWORD = 'member-password-0001';
 const LOCK_KEY = '30510826535609200'; /* LEO_MIGRATE_LOCK_KEY */
+/* the master key provider credentials are sealed under (base64 of 32 bytes) */
+const MASTER_KEY = crypto.randomBytes(32).toString('base64');
 const MIGRATIONS = fs.readdirSync(path.join(sourceDir, 'migrations')).filter((f) => f.endsWith('.sql')).sort();
 
 let pg;
@@ -212,6 +214,7 @@ before(async () => {
     cp = await startDaemon({
         LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email.toUpperCase(),
         LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
+        LEO_MASTER_KEY: MASTER_KEY,
     });
     port = cp.port;
 }, { timeout: 60000 });
@@ -463,6 +466,42 @@ describe('roles', () => {
     let seq = 0;
     const uniq = (tag) => `${tag}-${++seq}`;
     const A = () => S['tenant-a'].id;
+    const createProvider = async () => {
+        const r = await api('POST', '/admin/v1/providers', {
+            token: S.tokens.owner, body: { name: uniq('prov'), type: 'openai', base_url: 'http://127.0.0.1:9/v1' },
+        });
+        assert.equal(r.status, 201, r.text);
+        return r.json.id;
+    };
+    const createDeployment = async () => {
+        const r = await api('POST', '/admin/v1/deployments', {
+            token: S.tokens.owner, body: { provider_id: await createProvider(), model: 'upstream-model' },
+        });
+        assert.equal(r.status, 201, r.text);
+        return r.json.id;
+    };
+    const createModel = async () => {
+        const r = await api('POST', '/admin/v1/models', {
+            token: S.tokens.owner, body: { name: uniq('model'), deployments: [{ deployment_id: await createDeployment() }] },
+        });
+        assert.equal(r.status, 201, r.text);
+        return r.json.id;
+    };
+    const inviteToA = async () => {
+        const r = await api('POST', '/admin/v1/invitations', {
+            token: S.tokens.owner, body: { email: `${uniq('inv')}@leo.test`, role: 'tenant_member', tenant_id: A() },
+        });
+        assert.equal(r.status, 201, r.text);
+        return r.json;
+    };
+    const createCredential = async () => {
+        const p = await createProvider();
+        const r = await api('POST', `/admin/v1/providers/${p}/credentials`, {
+            token: S.tokens.owner, body: { name: 'c', secret: 'sk-matrix-secret-0002' },
+        });
+        assert.equal(r.status, 201, r.text);
+        return [p, r.json.id];
+    };
 
     /* Every endpoint, how to call it (prepare may create what the call consumes), and the roles allowed. */
     const ENDPOINTS = [
@@ -536,6 +575,152 @@ describe('roles', () => {
             call: (id) => ['POST', `/admin/v1/tenants/${A()}/keys/${id}/rotate`],
         },
         { name: 'GET /audit', allow: ['owner', 'admin', 'operator', 'viewer'], call: () => ['GET', '/admin/v1/audit'] },
+        { name: 'GET /providers', allow: ['owner', 'admin', 'operator', 'viewer'], call: () => ['GET', '/admin/v1/providers'] },
+        {
+            name: 'POST /providers',
+            allow: ['owner', 'admin'],
+            call: () => ['POST', '/admin/v1/providers', { name: uniq('p'), type: 'openai', base_url: 'http://127.0.0.1:9/v1' }],
+        },
+        {
+            name: 'GET /providers/{p}',
+            allow: ['owner', 'admin', 'operator', 'viewer'],
+            prepare: createProvider,
+            call: (id) => ['GET', `/admin/v1/providers/${id}`],
+        },
+        {
+            name: 'PATCH /providers/{p}',
+            allow: ['owner', 'admin'],
+            prepare: createProvider,
+            call: (id) => ['PATCH', `/admin/v1/providers/${id}`, { enabled: false }],
+        },
+        {
+            name: 'DELETE /providers/{p}',
+            allow: ['owner', 'admin'],
+            prepare: createProvider,
+            call: (id) => ['DELETE', `/admin/v1/providers/${id}`],
+        },
+        {
+            name: 'GET /providers/{p}/credentials',
+            allow: ['owner', 'admin', 'operator', 'viewer'],
+            prepare: createProvider,
+            call: (id) => ['GET', `/admin/v1/providers/${id}/credentials`],
+        },
+        {
+            name: 'POST /providers/{p}/credentials',
+            allow: ['owner', 'admin'],
+            prepare: createProvider,
+            call: (id) => ['POST', `/admin/v1/providers/${id}/credentials`, { name: 'c', secret: 'sk-matrix-secret-0001' }],
+        },
+        {
+            name: 'PATCH /providers/{p}/credentials/{c}',
+            allow: ['owner', 'admin'],
+            prepare: createCredential,
+            call: ([p, c]) => ['PATCH', `/admin/v1/providers/${p}/credentials/${c}`, { enabled: false }],
+        },
+        {
+            name: 'DELETE /providers/{p}/credentials/{c}',
+            allow: ['owner', 'admin'],
+            prepare: createCredential,
+            call: ([p, c]) => ['DELETE', `/admin/v1/providers/${p}/credentials/${c}`],
+        },
+        { name: 'GET /deployments', allow: ['owner', 'admin', 'operator', 'viewer'], call: () => ['GET', '/admin/v1/deployments'] },
+        {
+            name: 'POST /deployments',
+            allow: ['owner', 'admin'],
+            prepare: createProvider,
+            call: (p) => ['POST', '/admin/v1/deployments', { provider_id: p, model: 'm' }],
+        },
+        {
+            name: 'GET /deployments/{d}',
+            allow: ['owner', 'admin', 'operator', 'viewer'],
+            prepare: createDeployment,
+            call: (d) => ['GET', `/admin/v1/deployments/${d}`],
+        },
+        {
+            name: 'PATCH /deployments/{d}',
+            allow: ['owner', 'admin'],
+            prepare: createDeployment,
+            call: (d) => ['PATCH', `/admin/v1/deployments/${d}`, { enabled: false }],
+        },
+        {
+            name: 'DELETE /deployments/{d}',
+            allow: ['owner', 'admin'],
+            prepare: createDeployment,
+            call: (d) => ['DELETE', `/admin/v1/deployments/${d}`],
+        },
+        { name: 'GET /models', allow: ['owner', 'admin', 'operator', 'viewer'], call: () => ['GET', '/admin/v1/models'] },
+        {
+            name: 'POST /models',
+            allow: ['owner', 'admin'],
+            prepare: createDeployment,
+            call: (d) => ['POST', '/admin/v1/models', { name: uniq('mm'), deployments: [{ deployment_id: d }] }],
+        },
+        {
+            name: 'GET /models/{m}',
+            allow: ['owner', 'admin', 'operator', 'viewer'],
+            prepare: createModel,
+            call: (m) => ['GET', `/admin/v1/models/${m}`],
+        },
+        {
+            name: 'PATCH /models/{m}',
+            allow: ['owner', 'admin'],
+            prepare: createModel,
+            call: (m) => ['PATCH', `/admin/v1/models/${m}`, { strategy: 'priority' }],
+        },
+        {
+            name: 'DELETE /models/{m}',
+            allow: ['owner', 'admin'],
+            prepare: createModel,
+            call: (m) => ['DELETE', `/admin/v1/models/${m}`],
+        },
+        { name: 'GET /tokens', allow: ROLES.slice(0, 5), call: () => ['GET', '/admin/v1/tokens'] },
+        {
+            name: 'POST /tokens (tenant_member of A)',
+            allow: ['owner', 'admin', 'tenant_admin'],
+            call: () => ['POST', '/admin/v1/tokens', { name: uniq('t'), role: 'tenant_member', tenant_id: A() }],
+        },
+        {
+            name: 'POST /tokens (viewer)',
+            allow: ['owner', 'admin'],
+            call: () => ['POST', '/admin/v1/tokens', { name: uniq('t'), role: 'viewer' }],
+        },
+        {
+            name: 'POST /tokens/{t}/revoke (a token of A)',
+            allow: ['owner', 'admin', 'tenant_admin'],
+            prepare: async () => {
+                const r = await api('POST', '/admin/v1/tokens', {
+                    token: S.tokens.owner, body: { name: uniq('t'), role: 'tenant_member', tenant_id: A() },
+                });
+                assert.equal(r.status, 201, r.text);
+                return r.json.id;
+            },
+            call: (id) => ['POST', `/admin/v1/tokens/${id}/revoke`],
+        },
+        { name: 'GET /invitations', allow: ROLES.slice(0, 5), call: () => ['GET', '/admin/v1/invitations'] },
+        {
+            name: 'POST /invitations (tenant_member of A)',
+            allow: ['owner', 'admin', 'tenant_admin'],
+            call: () => ['POST', '/admin/v1/invitations', { email: `${uniq('i')}@leo.test`, role: 'tenant_member', tenant_id: A() }],
+        },
+        {
+            name: 'POST /invitations/{i}/revoke (an invitation to A)',
+            allow: ['owner', 'admin', 'tenant_admin'],
+            prepare: async () => (await inviteToA()).id,
+            call: (id) => ['POST', `/admin/v1/invitations/${id}/revoke`],
+        },
+        {
+            name: 'POST /invitations/accept',
+            allow: ROLES,
+            public: true,
+            prepare: async () => (await inviteToA()).token,
+            call: (token) => ['POST', '/admin/v1/invitations/accept', { token, password: PASSWORD }],
+        },
+        {
+            name: 'POST /config/validate (a key of A)',
+            allow: ['owner', 'admin', 'operator', 'tenant_admin'],
+            call: () => ['POST', '/admin/v1/config/validate',
+                { kind: 'key', action: 'create', tenant_id: A(), body: { name: uniq('k') } }],
+        },
         {
             name: 'POST /logout',
             allow: ROLES,
@@ -639,6 +824,197 @@ describe('roles', () => {
             token: S.tokens.tenant_admin,
             body: { email: 'new-tenant-admin@leo.test', password: PASSWORD, role: 'tenant_admin', tenant_id: S['tenant-a'].id },
         })).status, 201);
+    });
+});
+
+describe('providers and credentials', () => {
+    const SECRET = 'sk-upstream-plaintext-7f3a9c2e4b1d';
+    let prov;
+
+    it('a provider is created, read, listed and changed; validation names the field', T, async () => {
+        const owner = S.tokens.owner;
+        const r = await api('POST', '/admin/v1/providers', {
+            token: owner,
+            body: { name: 'openai-main', type: 'openai', base_url: 'https://api.example.test/v1', timeouts: { connect_ms: 2000 } },
+        });
+        assert.equal(r.status, 201, r.text);
+        prov = r.json;
+        assert.equal(prov.name, 'openai-main');
+        assert.equal(prov.type, 'openai');
+        assert.deepEqual(prov.timeouts, { connect_ms: 2000, first_byte_ms: null, total_ms: null });
+        assert.equal(prov.enabled, true);
+        assertError(await api('POST', '/admin/v1/providers', {
+            token: owner, body: { name: 'openai-main', type: 'openai', base_url: 'https://x.test' },
+        }), 409, { code: 'already_exists', param: 'name' });
+        for (const [body, param] of [
+            [{ name: 'bad name', type: 'openai', base_url: 'https://x.test' }, 'name'],
+            [{ name: 'p-x', type: 'bedrock', base_url: 'https://x.test' }, 'type'],
+            [{ name: 'p-x', type: 'openai', base_url: 'ftp://x.test' }, 'base_url'],
+            [{ name: 'p-x', type: 'openai' }, 'base_url'],
+            [{ name: 'p-x', type: 'azure', base_url: 'https://x.test' }, 'api_version'],
+            [{ name: 'p-x', type: 'openai', base_url: 'https://x.test', timeouts: { connect_ms: 0 } }, 'timeouts.connect_ms'],
+            [{ name: 'p-x', type: 'openai', base_url: 'https://x.test', timeouts: { read_ms: 5 } }, 'timeouts.read_ms'],
+            [{ name: 'p-x', type: 'openai', base_url: 'https://x.test', extra: 1 }, 'extra'],
+        ]) {
+            assertError(await api('POST', '/admin/v1/providers', { token: owner, body }), 400, { param });
+        }
+        const g = await api('GET', `/admin/v1/providers/${prov.id}`, { token: S.tokens.viewer });
+        assert.deepEqual(g.json, prov);
+        const p = await api('PATCH', `/admin/v1/providers/${prov.id}`, {
+            token: owner, body: { base_url: 'https://api2.example.test/v1/', enabled: false },
+        });
+        assert.equal(p.status, 200, p.text);
+        assert.equal(p.json.enabled, false);
+        assertError(await api('PATCH', `/admin/v1/providers/${prov.id}`, { token: owner, body: { type: 'gemini' } }), 400,
+            { code: 'immutable_field', param: 'type' });
+        const list = await api('GET', '/admin/v1/providers?limit=1', { token: owner });
+        assert.equal(list.status, 200);
+        assert.equal(list.json.data.length, 1);
+        assert.equal(typeof list.json.next_cursor, 'string');
+        const [a] = await sql(`SELECT action, details->>'name' AS name FROM audit_log WHERE target = 'provider:${prov.id}' ORDER BY id LIMIT 1`);
+        assert.deepEqual(a, { action: 'provider.create', name: 'openai-main' });
+    });
+
+    it('a credential is write-only: masked in every response, sealed in the database, bound to its row', T, async () => {
+        const owner = S.tokens.owner;
+        const r = await api('POST', `/admin/v1/providers/${prov.id}/credentials`, {
+            token: owner, body: { name: 'primary', secret: SECRET, weight: 3 },
+        });
+        assert.equal(r.status, 201, r.text);
+        assert.equal(r.json.masked, 'sk-…4b1d');
+        assert.equal(r.json.weight, 3);
+        assert.match(r.json.key_id, /^mk[0-9a-f]{16}$/);
+        assert.ok(!r.text.includes(SECRET));
+        const cred = r.json;
+        const list = await api('GET', `/admin/v1/providers/${prov.id}/credentials`, { token: S.tokens.viewer });
+        assert.equal(list.status, 200);
+        assert.deepEqual(list.json.data, [cred]);
+        assert.ok(!list.text.includes(SECRET));
+        /* in the database: only the sealed form, under the key id it names */
+        const [row] = await sql(`SELECT sealed, key_id, masked FROM provider_credentials WHERE id = ${q(cred.id)}`);
+        assert.match(row.sealed, new RegExp(`^sb1\\.${row.key_id}\\.[A-Za-z0-9_-]+$`));
+        const dump = await sql('SELECT row_to_json(c)::text AS t FROM provider_credentials c');
+        assert.ok(!JSON.stringify(dump).includes(SECRET), 'no plaintext in provider_credentials');
+        const audit = await sql('SELECT details::text AS d FROM audit_log');
+        assert.ok(!JSON.stringify(audit).includes(SECRET), 'no plaintext in the audit log');
+        assert.ok(!cp.stderr.lines.some((l) => l.text.includes(SECRET)), 'no plaintext in the log');
+
+        assertError(await api('PATCH', `/admin/v1/providers/${prov.id}/credentials/${cred.id}`, {
+            token: owner, body: { secret: 'sk-new' },
+        }), 400, { code: 'immutable_field', param: 'secret' });
+        const d = await api('PATCH', `/admin/v1/providers/${prov.id}/credentials/${cred.id}`, {
+            token: owner, body: { enabled: false },
+        });
+        assert.equal(d.status, 200, d.text);
+        assert.equal(d.json.enabled, false);
+        for (const [body, param] of [
+            [{ name: 'x' }, 'secret'],
+            [{ name: 'x', secret: '' }, 'secret'],
+            [{ secret: 'sk-x' }, 'name'],
+            [{ name: 'x', secret: 'sk-x', weight: 0 }, 'weight'],
+            [{ name: 'x', secret: 'sk-x', enabled: 'yes' }, 'enabled'],
+        ]) {
+            assertError(await api('POST', `/admin/v1/providers/${prov.id}/credentials`, { token: owner, body }), 400, { param });
+        }
+        assertError(await api('POST', `/admin/v1/providers/${prov.id}/credentials`, {
+            token: owner, body: { name: 'primary', secret: 'sk-other' },
+        }), 409, { param: 'name' });
+        assertError(await api('POST', `/admin/v1/providers/${crypto.randomUUID()}/credentials`, {
+            token: owner, body: { name: 'x', secret: 'sk-other' },
+        }), 404, { code: 'not_found' });
+        const del = await api('DELETE', `/admin/v1/providers/${prov.id}/credentials/${cred.id}`, { token: owner });
+        assert.equal(del.status, 200, del.text);
+        assertError(await api('DELETE', `/admin/v1/providers/${prov.id}/credentials/${cred.id}`, { token: owner }), 404);
+        const pd = await api('DELETE', `/admin/v1/providers/${prov.id}`, { token: owner });
+        assert.equal(pd.status, 200);
+        assertError(await api('GET', `/admin/v1/providers/${prov.id}`, { token: owner }), 404);
+    });
+});
+
+describe('deployments and models', () => {
+    let prov, d1, d2, model;
+
+    it('deployments are created, changed and validated', T, async () => {
+        const owner = S.tokens.owner;
+        const p = await api('POST', '/admin/v1/providers', {
+            token: owner, body: { name: 'catalog-prov', type: 'anthropic', base_url: 'https://anthropic.example.test' },
+        });
+        assert.equal(p.status, 201, p.text);
+        prov = p.json;
+        const r = await api('POST', '/admin/v1/deployments', {
+            token: owner, body: { provider_id: prov.id, model: 'claude-x', limits: { rpm: 100 } },
+        });
+        assert.equal(r.status, 201, r.text);
+        d1 = r.json;
+        assert.equal(d1.provider, 'catalog-prov');
+        assert.deepEqual(d1.limits, { rpm: 100 });
+        d2 = (await api('POST', '/admin/v1/deployments', {
+            token: owner, body: { provider_id: prov.id, model: 'claude-y' },
+        })).json;
+        assertError(await api('POST', '/admin/v1/deployments', {
+            token: owner, body: { provider_id: prov.id, model: 'claude-x' },
+        }), 409, { param: 'model' });
+        for (const [body, param] of [
+            [{ provider_id: crypto.randomUUID(), model: 'm' }, 'provider_id'],
+            [{ provider_id: 'nope', model: 'm' }, 'provider_id'],
+            [{ provider_id: prov.id, model: 'has space' }, 'model'],
+            [{ provider_id: prov.id, model: 'm2', limits: { usd_per_day: 1 } }, 'limits.usd_per_day'],
+            [{ provider_id: prov.id, model: 'm2', limits: { rpm: -1 } }, 'limits.rpm'],
+        ]) {
+            assertError(await api('POST', '/admin/v1/deployments', { token: owner, body }), 400, { param });
+        }
+        const u = await api('PATCH', `/admin/v1/deployments/${d2.id}`, { token: owner, body: { enabled: false } });
+        assert.equal(u.status, 200, u.text);
+        assert.equal(u.json.enabled, false);
+        assertError(await api('PATCH', `/admin/v1/deployments/${d2.id}`, { token: owner, body: { model: 'z' } }), 400,
+            { code: 'immutable_field', param: 'model' });
+        const list = await api('GET', '/admin/v1/deployments?limit=200', { token: S.tokens.viewer });
+        assert.ok(list.json.data.some((d) => d.id === d1.id));
+    });
+
+    it('a model maps a name to deployments with priorities and weights; its list is replaced on update', T, async () => {
+        const owner = S.tokens.owner;
+        const r = await api('POST', '/admin/v1/models', {
+            token: owner,
+            body: { name: 'smart', strategy: 'weighted', deployments: [
+                { deployment_id: d2.id, priority: 1 }, { deployment_id: d1.id, weight: 3 }] },
+        });
+        assert.equal(r.status, 201, r.text);
+        model = r.json;
+        assert.deepEqual(model.deployments, [
+            { deployment_id: d1.id, provider: 'catalog-prov', model: 'claude-x', priority: 0, weight: 3 },
+            { deployment_id: d2.id, provider: 'catalog-prov', model: 'claude-y', priority: 1, weight: 1 },
+        ]);
+        for (const [body, param] of [
+            [{ name: 'smart', deployments: [{ deployment_id: d1.id }] }, 'name'],
+            [{ name: 'x y', deployments: [{ deployment_id: d1.id }] }, 'name'],
+            [{ name: 'm-a' }, 'deployments'],
+            [{ name: 'm-a', deployments: [] }, 'deployments'],
+            [{ name: 'm-a', deployments: [{ deployment_id: d1.id }, { deployment_id: d1.id }] }, 'deployments[1].deployment_id'],
+            [{ name: 'm-a', deployments: [{ deployment_id: d1.id, priority: 1001 }] }, 'deployments[0].priority'],
+            [{ name: 'm-a', deployments: [{ deployment_id: d1.id, extra: 1 }] }, 'deployments[0].extra'],
+            [{ name: 'm-a', deployments: [{ deployment_id: crypto.randomUUID() }] }, 'deployments'],
+            [{ name: 'm-a', strategy: 'random', deployments: [{ deployment_id: d1.id }] }, 'strategy'],
+        ]) {
+            const e = await api('POST', '/admin/v1/models', { token: owner, body });
+            assert.ok(e.status === 400 || e.status === 409, e.text);
+            assertError(e, e.status, { param });
+        }
+        const u = await api('PATCH', `/admin/v1/models/${model.id}`, {
+            token: owner, body: { strategy: 'priority', deployments: [{ deployment_id: d2.id, weight: 5 }] },
+        });
+        assert.equal(u.status, 200, u.text);
+        assert.equal(u.json.strategy, 'priority');
+        assert.deepEqual(u.json.deployments.map((d) => [d.model, d.priority, d.weight]), [['claude-y', 0, 5]]);
+        const g = await api('GET', `/admin/v1/models/${model.id}`, { token: S.tokens.viewer });
+        assert.deepEqual(g.json, u.json);
+        /* deleting a deployment removes it from the models that used it */
+        assert.equal((await api('DELETE', `/admin/v1/deployments/${d2.id}`, { token: owner })).status, 200);
+        assert.deepEqual((await api('GET', `/admin/v1/models/${model.id}`, { token: owner })).json.deployments, []);
+        assert.equal((await api('DELETE', `/admin/v1/models/${model.id}`, { token: owner })).status, 200);
+        assertError(await api('GET', `/admin/v1/models/${model.id}`, { token: owner }), 404);
+        const actions = (await sql(`SELECT action FROM audit_log WHERE target = 'model:${model.id}' ORDER BY id`)).map((a) => a.action);
+        assert.deepEqual(actions, ['model.create', 'model.update', 'model.delete']);
     });
 });
 
@@ -888,6 +1264,39 @@ describe('SQL injection', () => {
             }), 400, { param: 'tenant_id' });
             await rejected('PATCH', `/admin/v1/tenants/${A}/keys/${k.json.id}`, { expires_at: s }, 'expires_at');
             await rejected('PATCH', `/admin/v1/tenants/${A}/keys/${k.json.id}`, { limits: { [s]: 1 } }, `limits.${s}`);
+            /* the provider catalogue: free text (credential names, secrets, URL paths) is stored literally,
+             * identifiers are rejected */
+            const prov = await api('POST', '/admin/v1/providers', { token: tok, body: {
+                name: `inj-${crypto.randomUUID().slice(0, 8)}`, type: 'openai',
+                base_url: `https://inj.example.test/${encodeURIComponent(s)}`, api_version: s } });
+            assert.equal(prov.status, 201, prov.text);
+            assert.equal(prov.json.api_version, s);
+            const cred = await api('POST', `/admin/v1/providers/${prov.json.id}/credentials`,
+                { token: tok, body: { name: s, secret: `sk-${s}` } });
+            assert.equal(cred.status, 201, cred.text);
+            assert.equal(cred.json.name, s);
+            const [crow] = await sql(`SELECT name FROM provider_credentials WHERE id = ${q(cred.json.id)}`);
+            assert.equal(crow.name, s);
+            await rejected('POST', '/admin/v1/providers', { name: s, type: 'openai', base_url: 'https://x.test' }, 'name');
+            await rejected('POST', '/admin/v1/providers', { name: 'inj-t', type: s, base_url: 'https://x.test' }, 'type');
+            await rejected('POST', '/admin/v1/providers', { name: 'inj-u', type: 'openai', base_url: s }, 'base_url');
+            await rejected('POST', '/admin/v1/deployments', { provider_id: s, model: 'm' }, 'provider_id');
+            await rejected('POST', '/admin/v1/models', { name: 'inj-m', deployments: [{ deployment_id: s }] },
+                'deployments[0].deployment_id');
+            await rejected('POST', '/admin/v1/models', { name: 'inj-m', strategy: s, deployments: [] }, 'strategy');
+            if (/[\s"\\]/.test(s)) {
+                await rejected('POST', '/admin/v1/deployments', { provider_id: prov.json.id, model: s }, 'model');
+                await rejected('POST', '/admin/v1/models', { name: s, deployments: [] }, 'name');
+            } else {
+                const d = await api('POST', '/admin/v1/deployments', { token: tok, body: { provider_id: prov.json.id, model: s } });
+                assert.equal(d.status, 201, d.text);
+                assert.equal(d.json.model, s);
+            }
+            assertError(await api('GET', `/admin/v1/providers/${encodeURIComponent(s)}`, { token: tok }), 404);
+            assertError(await api('DELETE', `/admin/v1/providers/${prov.json.id}/credentials/${encodeURIComponent(s)}`,
+                { token: tok }), 404);
+            assertError(await api('PATCH', `/admin/v1/models/${encodeURIComponent(s)}`, { token: tok, body: {} }), 404);
+
             const enc = encodeURIComponent(s);
             assertError(await api('GET', `/admin/v1/tenants/${enc}`, { token: tok }), 404);
             assertError(await api('GET', `/admin/v1/tenants/${A}/keys/${enc}`, { token: tok }), 404);

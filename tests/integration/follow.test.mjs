@@ -225,6 +225,30 @@ describe('gateways follow the control plane', () => {
         assert.equal(await status(key2.secret), 200, 'the other key still serves');
     });
 
+    it('a key restricted to some models is published with its list and held to it', T, async () => {
+        const allowed = await api('POST', `/admin/v1/tenants/${tenant}/keys`,
+            { name: 'mini-only', allowed_models: ['gpt-4o-mini', 'not-configured-here'] });
+        const other = await api('POST', `/admin/v1/tenants/${tenant}/keys`,
+            { name: 'other-only', allowed_models: ['some-other-model'] });
+        assert.equal(allowed.status, 201, allowed.text);
+        assert.equal(other.status, 201, other.text);
+        const created = Date.now();
+        await until(allowed.json.secret, 200, created + LIVE_MS, 4);
+        /* the other key is known (not 401) but refused this model */
+        await until(other.json.secret, 403, created + LIVE_MS, 4);
+        const r = await chat(gw.port, chatBody('hello'), { key: other.json.secret, timeoutMs: 5000 });
+        assert.equal(r.json().error.code, 'model_not_allowed', r.text);
+        const snap = JSON.parse(await redisGet('leo:snapshot'));
+        const byName = Object.fromEntries(snap.tenants[0].keys.map((k) => [k.name, k]));
+        assert.deepEqual(byName['mini-only'].models, ['gpt-4o-mini', 'not-configured-here']);
+        assert.deepEqual(byName['other-only'].models, ['some-other-model']);
+        assert.equal(byName.second.models, undefined);
+        /* dropping the restriction widens the key on the next snapshot */
+        const p = await api('PATCH', `/admin/v1/tenants/${tenant}/keys/${other.json.id}`, { allowed_models: null });
+        assert.equal(p.status, 200, p.text);
+        await until(other.json.secret, 200, Date.now() + LIVE_MS, 4);
+    });
+
     it('with Redis down the gateway keeps serving its last snapshot', T, async () => {
         const info = await stopChild(redis, 'redis-server');
         redis = null;

@@ -39,7 +39,9 @@ const childEnv = (extra) => ({
 /** Runs `leoctl ARGS`: {code, stdout, stderr}; fails on a sanitizer report or a run longer than 15 s. */
 function leoctl(args, { env = {}, cfg = config } = {}) {
     const e = childEnv({ LEOCTL_CONFIG: cfg, ...env });
-    for (const k of ['LEOCTL_PASSWORD', 'LEOCTL_NEW_PASSWORD', 'LEOCTL_URL']) if (!(k in env)) delete e[k];
+    for (const k of ['LEOCTL_PASSWORD', 'LEOCTL_NEW_PASSWORD', 'LEOCTL_URL', 'LEOCTL_CREDENTIAL_SECRET']) {
+        if (!(k in env)) delete e[k];
+    }
     return new Promise((resolve, reject) => {
         /* detached: a new session without a controlling terminal, so /dev/tty cannot be opened */
         const child = execFile(bin('leoctl'), args, { env: e, timeout: 15000, detached: true },
@@ -92,6 +94,7 @@ before(async () => {
         env: childEnv({
             DATABASE_URL: `host=127.0.0.1 port=${pg.port} user=postgres dbname=leo connect_timeout=5`,
             LEO_KEY_HASH_SECRET: 'leoctl-integration-secret',
+            LEO_MASTER_KEY: '7f'.repeat(32),
             LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
             LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
         }),
@@ -336,6 +339,65 @@ describe('tenants, keys, users', () => {
         assert.equal(bad.code, 1);
         assert.match(bad.stderr, /\(HTTP 400\)\n$/);
     });
+});
+
+describe('providers, deployments, models', () => {
+    const SECRET = 'sk-leoctl-upstream-secret-9d2e71';
+
+    it('providers create and list; add-credential takes the secret from the environment and shows it masked', T,
+        async () => {
+            const c = await ok(['--json', 'providers', 'create', 'up-1', '--type', 'openai', '--base-url',
+                'https://upstream.example.test/v1']);
+            S.provider = JSON.parse(c.stdout);
+            assert.equal(S.provider.name, 'up-1');
+            const list = await ok(['providers', 'list']);
+            const table = rows(list.stdout);
+            assert.deepEqual(table[0], ['ID', 'NAME', 'TYPE', 'BASE URL', 'STATUS', 'CREATED']);
+            assert.deepEqual(table.find((r) => r[1] === 'up-1').slice(0, 5),
+                [S.provider.id, 'up-1', 'openai', 'https://upstream.example.test/v1', 'enabled']);
+
+            /* no secret source (no variable, no terminal): a usage error, nothing stored */
+            const none = await leoctl(['providers', 'add-credential', S.provider.id, '--name', 'main']);
+            assert.equal(none.code, 2);
+            assert.match(none.stderr, /LEOCTL_CREDENTIAL_SECRET/);
+            const add = await ok(['providers', 'add-credential', S.provider.id, '--name', 'main', '--weight', '2'],
+                { env: { LEOCTL_CREDENTIAL_SECRET: SECRET } });
+            assert.ok(!add.stdout.includes(SECRET) && !add.stderr.includes(SECRET), 'the secret is never printed');
+            const row = rows(add.stdout)[1];
+            assert.deepEqual(row.slice(1, 5), ['main', `sk-…${SECRET.slice(-4)}`, '2', 'enabled']);
+            const creds = await ok(['--json', 'providers', 'credentials', S.provider.id]);
+            const arr = JSON.parse(creds.stdout);
+            assert.equal(arr.length, 1);
+            assert.equal(arr[0].masked, `sk-…${SECRET.slice(-4)}`);
+            assert.ok(!creds.stdout.includes(SECRET));
+            const bad = await leoctl(['providers', 'add-credential', S.provider.id, '--name', 'x', '--weight', '0'],
+                { env: { LEOCTL_CREDENTIAL_SECRET: SECRET } });
+            assert.equal(bad.code, 2);
+            const dup = await leoctl(['providers', 'add-credential', S.provider.id, '--name', 'main'],
+                { env: { LEOCTL_CREDENTIAL_SECRET: SECRET } });
+            assert.equal(dup.code, 1);
+            assert.match(dup.stderr, /already has a credential with this name \(HTTP 409\)/);
+        });
+
+    it('deployments create and models create map a name to them; models list shows priorities and weights', T,
+        async () => {
+            const d1 = JSON.parse((await ok(['--json', 'deployments', 'create', '--provider', S.provider.id,
+                '--model', 'gpt-up-a'])).stdout);
+            const d2 = JSON.parse((await ok(['--json', 'deployments', 'create', '--provider', S.provider.id,
+                '--model', 'gpt-up-b'])).stdout);
+            const dl = rows((await ok(['deployments', 'list'])).stdout);
+            assert.deepEqual(dl.find((r) => r[0] === d1.id).slice(1, 4), ['up-1', 'gpt-up-a', 'enabled']);
+            const m = await ok(['models', 'create', 'smart', '--deployments', `${d1.id}*3,${d2.id}@1`]);
+            assert.deepEqual(rows(m.stdout)[1].slice(1, 5),
+                ['smart', 'weighted', 'up-1/gpt-up-a@0*3, up-1/gpt-up-b@1*1', 'enabled']);
+            const list = JSON.parse((await ok(['--json', 'models', 'list'])).stdout);
+            assert.deepEqual(list.map((x) => x.name), ['smart']);
+            const usage = await leoctl(['models', 'create', 'other', '--deployments', 'x@y']);
+            assert.equal(usage.code, 2);
+            const unknown = await leoctl(['models', 'create', 'other', '--deployments', '00000000-0000-4000-8000-000000000000']);
+            assert.equal(unknown.code, 1);
+            assert.match(unknown.stderr, /deployment does not exist \(HTTP 400\)/);
+        });
 });
 
 describe('audit and logout', () => {

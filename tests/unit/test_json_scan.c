@@ -1,3 +1,5 @@
+#include <jansson.h>
+
 #include "common/buf.h"
 #include "common/error.h"
 #include "common/json_scan.h"
@@ -49,6 +51,178 @@ TEST(rejects_non_objects)
     leo_buf_release(&out);
 }
 
+
+/* ---- leo_json_find_member ---- */
+
+static void find(const char *doc, const char *key, int want_rc, const char *want_value)
+{
+    struct leo_str v;
+    int rc = leo_json_find_member(doc, strlen(doc), key, &v);
+    ASSERT_EQ(rc, want_rc);
+    if (want_value)
+        ASSERT_MEM_EQ(v.p, v.len, want_value, strlen(want_value));
+    else
+        ASSERT_EQ(v.len, (size_t)0);
+}
+
+TEST(find_member_usage_at_the_end_of_an_answer)
+{
+    const char *answer =
+        "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"gpt-4o-mini\","
+        "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"say \\\"usage\\\": {}\\\\\","
+        "\"usage\":\"not this one\",\"refusal\":null},\"finish_reason\":\"stop\"}],"
+        "\"usage\" : {\"prompt_tokens\":25,\"completion_tokens\":12,\"total_tokens\":37,"
+        "\"details\":{\"cached\":[1,2,{\"x\":\"}]\"}]}}\n}\n";
+    find(answer, "usage", 0,
+         "{\"prompt_tokens\":25,\"completion_tokens\":12,\"total_tokens\":37,\"details\":{\"cached\":[1,2,{\"x\":\"}]\"}]}}");
+    find(answer, "model", 0, "\"gpt-4o-mini\"");
+    find(answer, "created", 0, "1700000000");
+    find(answer, "refusal", LEO_ENOTFOUND, NULL); /* nested members do not count */
+    find(answer, "usag", LEO_ENOTFOUND, NULL);
+}
+
+TEST(find_member_value_kinds)
+{
+    const char *doc = "{ \"a\" : -0.5e+3 , \"b\":true,\"c\":null,\"d\":[],\"e\":{},\"f\":\"\\u00e9\\ud83d\\ude00\","
+                      "\"g\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\",\"h\":[[[]],{}]}";
+    find(doc, "a", 0, "-0.5e+3");
+    find(doc, "b", 0, "true");
+    find(doc, "c", 0, "null");
+    find(doc, "d", 0, "[]");
+    find(doc, "e", 0, "{}");
+    find(doc, "f", 0, "\"\\u00e9\\ud83d\\ude00\"");
+    find(doc, "g", 0, "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"");
+    find(doc, "h", 0, "[[[]],{}]");
+    find("{}", "a", LEO_ENOTFOUND, NULL);
+    find(" \r\n\t{\"a\":1} \n", "a", 0, "1");
+}
+
+TEST(find_member_duplicate_keys_last_wins)
+{
+    find("{\"usage\":1,\"x\":2,\"usage\":{\"n\":3}}", "usage", 0, "{\"n\":3}");
+}
+
+TEST(find_member_keys_compared_raw)
+{
+    /* "\u0061" is "a" once decoded; the comparison is on the raw bytes, as in leo_json_splice */
+    find("{\"\\u0061\":1,\"a\":2}", "a", 0, "2");
+    find("{\"a\\\"b\":1}", "a\\\"b", 0, "1");
+}
+
+static const char *const malformed[] = {
+    "",                          /* nothing */
+    "[1]",                       /* not an object */
+    "\"a\"",                     /* not an object */
+    "{",                         /* truncated */
+    "{\"a\":",                   /* truncated */
+    "{\"a\":1",                  /* truncated */
+    "{\"a\":\"x}",               /* unterminated string */
+    "{\"a\":1}x",                /* trailing garbage */
+    "{\"a\":1}{}",               /* two documents */
+    "{\"a\":1,}",                /* trailing comma */
+    "{,\"a\":1}",                /* leading comma */
+    "{\"a\" 1}",                 /* no colon */
+    "{\"a\":1 \"b\":2}",         /* no comma */
+    "{a:1}",                     /* unquoted key */
+    "{1:1}",                     /* number key */
+    "{\"a\":[1,]}",              /* trailing comma in an array */
+    "{\"a\":[1}",                /* mismatched brackets */
+    "{\"a\":{]}",                /* mismatched brackets */
+    "{\"a\":tru}",               /* bad literal */
+    "{\"a\":nul}",               /* bad literal */
+    "{\"a\":True}",              /* bad literal */
+    "{\"a\":01}",                /* leading zero */
+    "{\"a\":1.}",                /* no fraction digits */
+    "{\"a\":.5}",                /* no integer part */
+    "{\"a\":-}",                 /* sign alone */
+    "{\"a\":1e}",                /* no exponent digits */
+    "{\"a\":+1}",                /* plus sign */
+    "{\"a\":0x1}",               /* hex */
+    "{\"a\":NaN}",               /* not JSON */
+    "{\"a\":'x'}",               /* single quotes */
+    "{\"a\":\"\\x\"}",           /* bad escape */
+    "{\"a\":\"\\u12\"}",         /* short \u escape */
+    "{\"a\":\"\\u12g4\"}",       /* bad hex */
+    "{\"a\":\"\\u0000\"}",       /* NUL, refused by jansson */
+    "{\"a\":\"\\ud83d\"}",       /* lone high surrogate */
+    "{\"a\":\"\\ud83dx\"}",      /* high surrogate, no low one */
+    "{\"a\":\"\\ude00\"}",       /* lone low surrogate */
+    "{\"a\":\"\\ud83d\\u0041\"}", /* high surrogate then not a low one */
+    "{\"a\":\"tab\there\"}",     /* raw control character */
+    "{\"a\":\"\xc3\"}",          /* truncated UTF-8 */
+    "{\"a\":\"\xc0\x80\"}",      /* overlong */
+    "{\"a\":\"\xe0\x80\xaf\"}",  /* overlong */
+    "{\"a\":\"\xed\xa0\x80\"}",  /* encoded surrogate */
+    "{\"a\":\"\xf4\x90\x80\x80\"}", /* above U+10FFFF */
+    "{\"a\":\"\xff\"}",          /* never valid */
+    "{\"a\":\"\x80\"}",          /* continuation byte first */
+    "{\"a\":1}\xc3\xa9",         /* garbage after the object */
+};
+
+TEST(find_member_rejects_what_jansson_rejects)
+{
+    for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++) {
+        const char *doc = malformed[i];
+        struct leo_str v;
+        if (leo_json_find_member(doc, strlen(doc), "a", &v) != LEO_EPARSE) {
+            fprintf(stderr, "accepted malformed input #%zu: %s\n", i, doc);
+            ASSERT(0);
+        }
+        /* the cases are real rejections: jansson refuses each one too */
+        json_t *j = json_loadb(doc, strlen(doc), 0, NULL);
+        if (json_is_object(j)) {
+            fprintf(stderr, "jansson accepts case #%zu: %s\n", i, doc);
+            ASSERT(0);
+        }
+        json_decref(j);
+    }
+}
+
+TEST(find_member_agrees_with_jansson_on_truncations)
+{
+    /* every prefix of a valid answer but the whole is malformed; the whole is accepted by both */
+    const char *doc = "{\"id\":\"x\\\"y\",\"n\":[1,-2.5e3,true,false,null,{\"k\":\"\xc3\xa9\\u00e9\"}],"
+                      "\"usage\":{\"prompt_tokens\":3}}";
+    size_t len = strlen(doc);
+    for (size_t n = 0; n <= len; n++) {
+        struct leo_str v;
+        int rc = leo_json_find_member(doc, n, "usage", &v);
+        json_t *j = json_loadb(doc, n, 0, NULL);
+        int jansson_ok = json_is_object(j);
+        json_decref(j);
+        if ((rc == 0) != jansson_ok) {
+            fprintf(stderr, "prefix of %zu bytes: find_member %d, jansson %s\n", n, rc, jansson_ok ? "ok" : "error");
+            ASSERT(0);
+        }
+    }
+}
+
+TEST(find_member_depth_limit)
+{
+    /* LEO_JSON_MAX_DEPTH levels in all (the top-level object is one) are accepted; one more is not */
+    struct leo_buf b = LEO_BUF_INIT;
+    for (int extra = 0; extra <= 1; extra++) {
+        leo_buf_reset(&b);
+        leo_buf_adds(&b, "{\"a\":");
+        for (int i = 0; i < LEO_JSON_MAX_DEPTH - 1 + extra; i++)
+            leo_buf_addch(&b, '[');
+        for (int i = 0; i < LEO_JSON_MAX_DEPTH - 1 + extra; i++)
+            leo_buf_addch(&b, ']');
+        leo_buf_addch(&b, '}');
+        struct leo_str v;
+        ASSERT_EQ(leo_json_find_member(b.p, b.len, "a", &v), extra ? LEO_EPARSE : 0);
+        if (!extra)
+            ASSERT_EQ(v.len, (size_t)(2 * (LEO_JSON_MAX_DEPTH - 1)));
+        json_t *j = json_loadb(b.p, b.len, 0, NULL);
+        ASSERT_EQ(json_is_object(j) ? 0 : LEO_EPARSE, extra ? LEO_EPARSE : 0);
+        json_decref(j);
+    }
+    leo_buf_release(&b);
+}
+
 TEST_MAIN(TEST_ENTRY(replaces_value_keeping_other_bytes), TEST_ENTRY(appends_missing_member),
           TEST_ENTRY(removes_members), TEST_ENTRY(escaped_strings_do_not_confuse_nesting),
-          TEST_ENTRY(rejects_non_objects))
+          TEST_ENTRY(rejects_non_objects), TEST_ENTRY(find_member_usage_at_the_end_of_an_answer),
+          TEST_ENTRY(find_member_value_kinds), TEST_ENTRY(find_member_duplicate_keys_last_wins),
+          TEST_ENTRY(find_member_keys_compared_raw), TEST_ENTRY(find_member_rejects_what_jansson_rejects),
+          TEST_ENTRY(find_member_agrees_with_jansson_on_truncations), TEST_ENTRY(find_member_depth_limit))

@@ -937,6 +937,129 @@ TEST(sequential_requests_reuse_the_connection)
     probe_release(&third);
 }
 
+/* ---- one watcher per pooled connection ---- */
+
+struct poll_census {
+    int n;
+    uv_handle_t *last;
+};
+
+static void count_polls(uv_handle_t *h, void *arg)
+{
+    struct poll_census *pc = arg;
+    if (h->type == UV_POLL && !uv_is_closing(h)) {
+        pc->n++;
+        pc->last = h;
+    }
+}
+
+static struct poll_census census(void)
+{
+    struct poll_census pc = {0, NULL};
+    uv_walk(&loop, count_polls, &pc);
+    return pc;
+}
+
+TEST(pooled_connection_keeps_its_watcher)
+{
+    fx_setup(reply_path_body);
+    struct probe a, b, c;
+    probe_init(&a);
+    probe_init(&b);
+    probe_init(&c);
+
+    ASSERT(probe_start(&a, "GET", "/a", NULL, 0, NULL, 0, 0, 0) != NULL);
+    run_until(&a.done, 1);
+    ASSERT_EQ(a.err, 0);
+    /* the connection is back in curl's cache: its watcher stays, watching for the peer closing it */
+    struct poll_census first = census();
+    ASSERT_EQ(first.n, 1);
+    ASSERT(uv_is_active(first.last));
+
+    ASSERT(probe_start(&b, "GET", "/b", NULL, 0, NULL, 0, 0, 0) != NULL);
+    run_until(&b.done, 1);
+    ASSERT_EQ(b.err, 0);
+    ASSERT_EQ(srv.accepts, 1);
+    struct poll_census second = census();
+    ASSERT_EQ(second.n, 1);
+    ASSERT(second.last == first.last); /* the same handle, never closed in between */
+
+    /* the server closes the idle connection: the watcher stops (epoll is level-triggered) but stays open */
+    for (struct sconn *sc = srv.conns; sc; sc = sc->next)
+        conn_close(sc);
+    while (uv_is_active(first.last))
+        uv_run(&loop, UV_RUN_ONCE);
+    ASSERT_EQ(census().n, 1);
+
+    /* the next transfer finds the connection dead, opens another, and the old watcher closes with its socket */
+    ASSERT(probe_start(&c, "GET", "/c", NULL, 0, NULL, 0, 0, 0) != NULL);
+    run_until(&c.done, 1);
+    ASSERT_EQ(c.err, 0);
+    ASSERT_MEM_EQ(c.body.p, c.body.len, "/c", 2);
+    ASSERT_EQ(srv.accepts, 2);
+    ASSERT_EQ(census().n, 1);
+    fx_teardown(); /* fails if a watcher outlived the client */
+    probe_release(&a);
+    probe_release(&b);
+    probe_release(&c);
+}
+
+/* ---- on_data_end ---- */
+
+static int de_data, de_ends, de_data_since_end, de_early_ends;
+
+static void de_on_data_end(struct leo_upstream_xfer *x, void *ud)
+{
+    (void)x;
+    (void)ud;
+    de_ends++;
+    if (de_data_since_end == 0)
+        de_early_ends++; /* fired without any body delivered since the last one */
+    de_data_since_end = 0;
+}
+
+static void de_count_data(struct probe *p)
+{
+    (void)p;
+    de_data++;
+    de_data_since_end++;
+}
+
+static void de_check_done(struct probe *p)
+{
+    (void)p;
+    ASSERT_EQ(de_data_since_end, 0); /* every piece was followed by on_data_end before on_done */
+}
+
+static void reply_many_chunks(struct sconn *c, struct leo_str req)
+{
+    (void)req;
+    conn_writes(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "6\r\ndata:1\r\n6\r\ndata:2\r\n6\r\ndata:3\r\n6\r\ndata:4\r\n0\r\n\r\n");
+}
+
+TEST(on_data_end_follows_the_pieces_of_each_read)
+{
+    fx_setup(reply_many_chunks);
+    struct probe p;
+    probe_init(&p);
+    p.on_data_hook = de_count_data;
+    p.on_done_hook = de_check_done;
+    struct leo_upstream_xfer *x = probe_start(&p, "GET", "/", NULL, 0, NULL, 0, 0, 0);
+    ASSERT(x != NULL);
+    leo_upstream_on_data_end(x, de_on_data_end);
+    run_until(&p.done, 1);
+    ASSERT_EQ(p.err, 0);
+    ASSERT_MEM_EQ(p.body.p, p.body.len, "data:1data:2data:3data:4", 24);
+    ASSERT(de_data >= 1);
+    ASSERT(de_ends >= 1);
+    ASSERT(de_ends <= de_data);
+    ASSERT_EQ(de_early_ends, 0);
+    ASSERT_EQ(de_data_since_end, 0);
+    fx_teardown();
+    probe_release(&p);
+}
+
 TEST(hundred_concurrent_transfers)
 {
     enum { N = 100 };
@@ -1205,6 +1328,8 @@ int main(void)
         TEST_ENTRY(pause_holds_data_until_resume),
         TEST_ENTRY(pause_outside_callbacks),
         TEST_ENTRY(invalid_requests_do_not_start),
+        TEST_ENTRY(pooled_connection_keeps_its_watcher),
+        TEST_ENTRY(on_data_end_follows_the_pieces_of_each_read),
     };
     /* once per process, as libcurl asks; each client holds its own reference on top */
     ASSERT_EQ(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK);

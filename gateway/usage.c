@@ -1,0 +1,317 @@
+/*
+ * usage.c — usage events to a Redis stream, with a bounded queue for when Redis is away (see usage.h).
+ *
+ * An event is serialised once, into a struct item. The item is sent at once when the connection is up and
+ * nothing is queued before it; otherwise it waits in a FIFO queue. While the queue is not empty a timer
+ * flushes it every FLUSH_MS, keeping at most MAX_INFLIGHT XADDs outstanding, so a Redis that comes back
+ * after an outage is not flooded with one burst of every queued event. An item whose XADD failed (error
+ * reply, timeout, lost connection) goes back to the queue's head and is retried; only a full queue or the
+ * worker's shutdown drops events, and both are counted and logged.
+ *
+ * On shutdown the worker waits (within its drain timeout) until leo_usage_flushing() is false before it closes
+ * the connection; what is still queued then (Redis down) is dropped and counted.
+ */
+#include "usage.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/alloc.h"
+#include "../common/error.h"
+#include "../common/log.h"
+#include "../common/metrics.h"
+
+#define FLUSH_MS 100
+#define MAX_INFLIGHT 256
+#define DROP_LOG_EVERY_MS 10000
+
+struct item {
+    struct item *next;
+    struct leo_usage *u;
+    size_t len;
+    char json[]; /* the event, NUL-terminated */
+};
+
+struct leo_usage {
+    uv_loop_t *loop;
+    struct leo_redis *redis;
+    char *stream;
+    char maxlen[24];
+    size_t max_queue;
+    struct item *head, *tail; /* the queue */
+    size_t queued;
+    size_t inflight;
+    uv_timer_t timer;
+    bool timer_on;
+    bool closing;
+    bool timer_closed;
+    bool redis_down_logged;
+    uint64_t dropped_since_log;
+    uint64_t last_drop_log_ms;
+};
+
+static struct leo_usage *current;
+
+/* ---- the event ---- */
+
+static void add_str(struct leo_buf *b, const char *key, const char *v)
+{
+    leo_buf_addf(b, ",\"%s\":\"", key);
+    if (v)
+        leo_buf_add_json_escaped(b, v, strlen(v));
+    leo_buf_addch(b, '"');
+}
+
+void leo_usage_event_json(const struct leo_usage_event *ev, struct leo_buf *out)
+{
+    leo_buf_adds(out, "{\"v\":1");
+    add_str(out, "request_id", ev->request_id);
+    leo_buf_addf(out, ",\"ts\":%" PRIu64, ev->time_ms);
+    add_str(out, "tenant", ev->tenant);
+    add_str(out, "key_name", ev->key_name);
+    add_str(out, "model", ev->model);
+    add_str(out, "deployment", ev->deployment);
+    add_str(out, "provider", ev->provider);
+    add_str(out, "route", ev->route);
+    leo_buf_addf(out, ",\"status\":%d,\"error\":%s,\"stream\":%s", ev->status, ev->error ? "true" : "false",
+                 ev->stream ? "true" : "false");
+    leo_buf_addf(out, ",\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64, ev->prompt_tokens,
+                 ev->completion_tokens);
+    leo_buf_addf(out, ",\"cost_usd\":%.10g,\"saved_usd\":%.10g", ev->cost_usd, ev->saved_usd);
+    add_str(out, "cache", ev->cache_status ? ev->cache_status : "none");
+    leo_buf_addf(out, ",\"latency_ms\":%.3f,\"attempts\":%u}", ev->latency_ms, ev->attempts);
+}
+
+/* ---- the queue ---- */
+
+static void queue_push_tail(struct leo_usage *u, struct item *it)
+{
+    it->next = NULL;
+    if (u->tail)
+        u->tail->next = it;
+    else
+        u->head = it;
+    u->tail = it;
+    u->queued++;
+    leo_metrics_gauge_add("leo_usage_queue_depth", "", 1);
+}
+
+static void queue_push_head(struct leo_usage *u, struct item *it)
+{
+    it->next = u->head;
+    u->head = it;
+    if (u->tail == NULL)
+        u->tail = it;
+    u->queued++;
+    leo_metrics_gauge_add("leo_usage_queue_depth", "", 1);
+}
+
+static struct item *queue_pop(struct leo_usage *u)
+{
+    struct item *it = u->head;
+    if (it == NULL)
+        return NULL;
+    u->head = it->next;
+    if (u->head == NULL)
+        u->tail = NULL;
+    u->queued--;
+    leo_metrics_gauge_add("leo_usage_queue_depth", "", -1);
+    return it;
+}
+
+/* Drops are logged at most every DROP_LOG_EVERY_MS with how many happened since the last line, so an outage
+ * that fills the queue does not flood the log, but no drop goes unmentioned. */
+static void count_drop(struct leo_usage *u, const char *reason, uint64_t n)
+{
+    char lbl[48];
+    snprintf(lbl, sizeof(lbl), "reason=\"%s\"", reason);
+    leo_metrics_add("leo_usage_events_dropped_total", lbl, (double)n);
+    u->dropped_since_log += n;
+    uint64_t now = uv_now(u->loop);
+    if (u->closing || u->last_drop_log_ms == 0 || now - u->last_drop_log_ms >= DROP_LOG_EVERY_MS) {
+        leo_error("usage: %" PRIu64 " events dropped (%s; queue limit %zu)", u->dropped_since_log, reason,
+                  u->max_queue);
+        u->dropped_since_log = 0;
+        u->last_drop_log_ms = now ? now : 1;
+    }
+}
+
+static void maybe_free(struct leo_usage *u)
+{
+    if (!u->closing || !u->timer_closed || u->inflight > 0)
+        return;
+    leo_free(u->stream);
+    leo_free(u);
+}
+
+/* ---- sending ---- */
+
+static void timer_arm(struct leo_usage *u);
+static void flush(struct leo_usage *u);
+
+static void on_xadd(struct leo_redis *r, int err, redisReply *reply, void *ud)
+{
+    (void)r;
+    struct item *it = ud;
+    struct leo_usage *u = it->u;
+    u->inflight--;
+    bool ok = err == 0 && reply && reply->type == REDIS_REPLY_STRING;
+    if (ok) {
+        leo_metrics_add("leo_usage_events_total", "result=\"sent\"", 1);
+        leo_free(it);
+        if (u->redis_down_logged) {
+            leo_info("usage: redis accepts events again (%zu queued)", u->queued);
+            u->redis_down_logged = false;
+        }
+        if (!u->closing && u->head)
+            flush(u);
+        maybe_free(u);
+        return;
+    }
+    if (u->closing) {
+        /* the connection is closing with the worker; the XADD may or may not have run */
+        count_drop(u, "shutdown", 1);
+        leo_free(it);
+        maybe_free(u);
+        return;
+    }
+    if (!u->redis_down_logged) {
+        leo_warn("usage: XADD failed (%s); queueing events until redis answers",
+                 err ? leo_strerror(err) : (reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply"));
+        u->redis_down_logged = true;
+    }
+    leo_metrics_add("leo_usage_events_total", "result=\"retried\"", 1);
+    queue_push_head(u, it);
+    timer_arm(u);
+}
+
+/* Sends one item; false (the item untouched) when the connection refuses it now. */
+static bool send_item(struct leo_usage *u, struct item *it)
+{
+    const char *argv[] = {"XADD", u->stream, "MAXLEN", "~", u->maxlen, "*", "e", it->json};
+    size_t lens[] = {4, strlen(u->stream), 6, 1, strlen(u->maxlen), 1, 1, it->len};
+    if (leo_redis_command_argv(u->redis, on_xadd, it, 8, argv, lens) != 0)
+        return false;
+    u->inflight++;
+    return true;
+}
+
+static void flush(struct leo_usage *u)
+{
+    while (u->head && u->inflight < MAX_INFLIGHT && leo_redis_connected(u->redis)) {
+        struct item *it = queue_pop(u);
+        if (!send_item(u, it)) {
+            queue_push_head(u, it);
+            break;
+        }
+    }
+    if (u->head)
+        timer_arm(u);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct leo_usage *u = t->data;
+    u->timer_on = false;
+    if (!u->closing)
+        flush(u);
+}
+
+static void timer_arm(struct leo_usage *u)
+{
+    if (u->timer_on || u->closing)
+        return;
+    u->timer_on = true;
+    uv_timer_start(&u->timer, on_timer, FLUSH_MS, 0);
+}
+
+void leo_usage_emit(struct leo_usage *u, const struct leo_usage_event *ev)
+{
+    if (u->closing)
+        return;
+    struct leo_buf b = LEO_BUF_INIT;
+    leo_usage_event_json(ev, &b);
+    struct item *it = leo_malloc(sizeof(*it) + b.len + 1);
+    it->u = u;
+    it->len = b.len;
+    memcpy(it->json, b.p, b.len + 1);
+    leo_buf_release(&b);
+    if (u->head == NULL && u->inflight < MAX_INFLIGHT && send_item(u, it))
+        return;
+    if (u->queued >= u->max_queue) {
+        leo_free(it);
+        count_drop(u, "queue_full", 1);
+        return;
+    }
+    leo_metrics_add("leo_usage_events_total", "result=\"queued\"", 1);
+    queue_push_tail(u, it);
+    timer_arm(u);
+}
+
+void leo_usage_emit_current(const struct leo_usage_event *ev)
+{
+    if (current)
+        leo_usage_emit(current, ev);
+}
+
+size_t leo_usage_queued(const struct leo_usage *u)
+{
+    return u->queued;
+}
+
+bool leo_usage_flushing(const struct leo_usage *u)
+{
+    return u->inflight > 0 || (u->queued > 0 && leo_redis_connected(u->redis));
+}
+
+/* ---- lifecycle ---- */
+
+struct leo_usage *leo_usage_new(uv_loop_t *loop, struct leo_redis *redis, const struct leo_usage_opts *opts)
+{
+    struct leo_usage *u = leo_new(struct leo_usage);
+    u->loop = loop;
+    u->redis = redis;
+    u->stream = leo_strdup(opts && opts->stream ? opts->stream : LEO_USAGE_STREAM);
+    u->max_queue = opts && opts->max_queue ? opts->max_queue : LEO_USAGE_QUEUE_DEFAULT;
+    snprintf(u->maxlen, sizeof(u->maxlen), "%" PRIu64,
+             opts && opts->maxlen ? opts->maxlen : (uint64_t)LEO_USAGE_STREAM_MAXLEN);
+    uv_timer_init(loop, &u->timer);
+    u->timer.data = u;
+    uv_unref((uv_handle_t *)&u->timer);
+    current = u;
+    return u;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct leo_usage *u = h->data;
+    u->timer_closed = true;
+    maybe_free(u);
+}
+
+void leo_usage_close(struct leo_usage *u)
+{
+    if (current == u)
+        current = NULL;
+    u->closing = true;
+    uint64_t n = 0;
+    for (struct item *it = queue_pop(u); it; it = queue_pop(u)) {
+        leo_free(it);
+        n++;
+    }
+    if (n)
+        count_drop(u, "shutdown", n);
+    uv_close((uv_handle_t *)&u->timer, on_timer_closed);
+}
+
+void leo_usage_metrics_describe(void)
+{
+    leo_metrics_describe("leo_usage_events_total", LEO_METRIC_COUNTER,
+                         "Usage events by result: sent (Redis accepted the XADD), queued (held while Redis was "
+                         "away or busy), retried (an XADD failed and the event was queued again).");
+    leo_metrics_describe("leo_usage_events_dropped_total", LEO_METRIC_COUNTER,
+                         "Usage events lost, by reason: queue_full (Redis away for too long), shutdown (still "
+                         "queued or unconfirmed when the worker stopped).");
+    leo_metrics_describe("leo_usage_queue_depth", LEO_METRIC_GAUGE, "Usage events waiting for Redis.");
+}

@@ -1,0 +1,87 @@
+/*
+ * usage.h — the gateway's usage events: one per proxied request, appended to a Redis stream that the control
+ * plane consumes (docs/usage.md).
+ *
+ * Invariants:
+ * - leo_usage_emit never blocks and never fails the request: the event is serialised at once and either sent
+ *   (XADD, pipelined on the worker's shared Redis connection) or held in a bounded in-memory queue.
+ * - Nothing accepted is lost silently: an event leaves the emitter only when Redis has answered its XADD with
+ *   an entry id, or when it is dropped — queue full, or the worker shutting down with events still queued —
+ *   and every drop is counted in leo_usage_events_dropped_total{reason} and logged.
+ * - An XADD that failed or timed out is queued again. A timed-out XADD may still have run, so the stream can
+ *   hold an event twice; both copies carry the same request id and time, and the consumer keeps one.
+ * - The event never carries a secret: the key's name, never the key.
+ * - One emitter per worker process; not thread-safe (the loop's thread only).
+ */
+#ifndef LEO_USAGE_H
+#define LEO_USAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../common/buf.h"
+#include "../common/redis.h"
+
+#define LEO_USAGE_STREAM "leo:usage"
+/* XADD ... MAXLEN ~ this: far more than a consumer that is keeping up ever leaves unread (docs/usage.md) */
+#define LEO_USAGE_STREAM_MAXLEN 1000000
+#define LEO_USAGE_QUEUE_DEFAULT 100000
+
+/** One request's usage. Strings are borrowed for the duration of leo_usage_emit (NULL: unknown). */
+struct leo_usage_event {
+    const char *request_id;
+    uint64_t time_ms; /* wall-clock time the request ended, ms since the epoch; part of its identity */
+    const char *tenant, *key_name, *model, *deployment, *provider, *route;
+    int status; /* what the client got (499: the client left first) */
+    bool error; /* the request failed, including a stream cut after a 200 */
+    bool stream;
+    uint64_t prompt_tokens, completion_tokens;
+    double cost_usd, saved_usd;
+    const char *cache_status; /* "none", "hit", "miss"...; NULL: "none" */
+    double latency_ms;
+    unsigned attempts;
+};
+
+struct leo_usage;
+
+struct leo_usage_opts {
+    const char *stream; /* NULL: LEO_USAGE_STREAM */
+    size_t max_queue;   /* events held while Redis is away; 0: LEO_USAGE_QUEUE_DEFAULT */
+    uint64_t maxlen;    /* the stream's approximate cap; 0: LEO_USAGE_STREAM_MAXLEN */
+};
+
+/** Appends the event's JSON form (the stream entry's "e" field) to out. */
+void leo_usage_event_json(const struct leo_usage_event *ev, struct leo_buf *out);
+
+/** Creates the emitter on redis (borrowed: the emitter must be closed before the connection is) and makes it
+ *  the process's current one (leo_usage_emit_current). Never fails. */
+struct leo_usage *leo_usage_new(uv_loop_t *loop, struct leo_redis *redis, const struct leo_usage_opts *opts);
+
+/** Sends or queues one event; see the invariants above. */
+void leo_usage_emit(struct leo_usage *u, const struct leo_usage_event *ev);
+
+/** leo_usage_emit on the process's current emitter; does nothing without one (standalone gateway). */
+void leo_usage_emit_current(const struct leo_usage_event *ev);
+
+/** Events queued, not yet sent. */
+size_t leo_usage_queued(const struct leo_usage *u);
+
+/** True while events are on their way: XADDs unanswered, or events queued while Redis is connected (so they
+ *  are about to be sent). A draining worker waits for this to turn false before it closes the connection,
+ *  so the last requests' events are not lost; with Redis down it does not wait. */
+bool leo_usage_flushing(const struct leo_usage *u);
+
+/** Stops the emitter: queued events are dropped (counted, logged with their number); XADDs in flight are
+ *  left to the connection, and those it cancels when it closes are counted as dropped too. Frees u once its
+ *  timer has closed and every XADD has been answered. */
+void leo_usage_close(struct leo_usage *u);
+
+/** Declares the module's metric families (called with the gateway's, before forking):
+ *   leo_usage_events_total{result="sent|queued|retried"}   counter
+ *   leo_usage_events_dropped_total{reason="queue_full|shutdown"}  counter
+ *   leo_usage_queue_depth                                   gauge */
+void leo_usage_metrics_describe(void);
+
+#endif

@@ -1,0 +1,308 @@
+/*
+ * controlplane_e2e.test.mjs — the whole path from the admin API to an upstream call: a tenant, a user, a
+ * provider with a sealed credential pointing at the mock, a deployment, a model mapping and a key are created
+ * through the admin API; a gateway that follows the control plane (and holds the master key) serves the model
+ * to the official openai SDK with the credential it decrypted; a revoked key gets 401 within a second; the
+ * master key is rotated while the gateway keeps serving.
+ *
+ * Real processes over real sockets: a private PostgreSQL (lib/postgres.mjs), redis-server, leo-controlplane,
+ * the mock provider and two gateways: one with the master key (two workers), one without it, which must log
+ * why and keep serving what it can. Cases run in file order and share the processes.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+import { LineLog, bin, freePort, nonce, recordedHeader, sourceDir, startGateway, startMock } from './lib/harness.mjs';
+import { startPostgres } from './lib/postgres.mjs';
+
+/* the official SDK, installed for the end-to-end tests (tests/e2e/package.json, `npm ci` in tests/run.sh) */
+const e2eRequire = createRequire(path.join(sourceDir, 'tests/e2e/package.json'));
+const { default: OpenAI } = await import(pathToFileURL(e2eRequire.resolve('openai')).href);
+
+const T = { timeout: 30000 };
+const KEY_HASH_SECRET = 'cp-e2e-integration-secret-91c4';
+const OWNER = { email: 'owner@e2e.test', password: 'owner-password-0001' };
+const MASTER_OLD = crypto.randomBytes(32).toString('hex');
+const MASTER_NEW = crypto.randomBytes(32).toString('base64');
+const UPSTREAM_SECRET = `sk-mock-upstream-${crypto.randomBytes(12).toString('hex')}`;
+const LIVE_MS = 1000;
+
+let pg, redis, cp, mock, gw, gwNoKey, token, dir, redisPort;
+const S = {};
+
+const running = new Set();
+process.on('exit', () => {
+    for (const p of running) {
+        try {
+            p.kill('SIGKILL');
+        } catch {
+            /* gone */
+        }
+    }
+});
+
+function spawnChild(file, args, env) {
+    const proc = spawn(file, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(proc);
+    const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
+        running.delete(proc);
+        resolve({ code, signal });
+    }));
+    return { proc, exited, stderr: new LineLog(proc.stderr, `${path.basename(file)} stderr`),
+        stdout: new LineLog(proc.stdout, `${path.basename(file)} stdout`) };
+}
+
+async function stopChild(c, what) {
+    c.proc.kill('SIGTERM');
+    let timer;
+    return Promise.race([c.exited, new Promise((_, reject) => {
+        timer = setTimeout(() => {
+            c.proc.kill('SIGKILL');
+            reject(new Error(`${what} did not stop within 15 s`));
+        }, 15000);
+    })]).finally(() => clearTimeout(timer));
+}
+
+function run(file, args, env) {
+    return new Promise((resolve, reject) => {
+        execFile(file, args, { env: { ...process.env, ...env }, timeout: 15000 }, (err, stdout, stderr) => {
+            if (err && typeof err.code !== 'number') reject(err);
+            else resolve({ code: err ? err.code : 0, stdout, stderr });
+        });
+    });
+}
+
+const redisCli = (...args) => run('/usr/bin/redis-cli', ['-p', String(redisPort), ...args], {});
+
+function api(method, p, body, tok = token) {
+    return new Promise((resolve, reject) => {
+        const h = {};
+        if (tok) h.Authorization = `Bearer ${tok}`;
+        const payload = body === undefined ? undefined : JSON.stringify(body);
+        if (payload) h['Content-Type'] = 'application/json';
+        const req = http.request({ host: '127.0.0.1', port: cp.port, method, path: p, headers: h, agent: false });
+        const timer = setTimeout(() => req.destroy(new Error(`${method} ${p}: no answer within 10 s`)), 10000);
+        req.on('error', (e) => {
+            clearTimeout(timer);
+            reject(e);
+        });
+        req.on('response', (res) => {
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('end', () => {
+                clearTimeout(timer);
+                const text = Buffer.concat(chunks).toString('utf8');
+                resolve({ status: res.statusCode, text, json: text ? JSON.parse(text) : undefined });
+            });
+        });
+        req.end(payload);
+    });
+}
+
+async function created(method, p, body, tok) {
+    const r = await api(method, p, body, tok);
+    assert.equal(r.status, 201, `${method} ${p}: ${r.text}`);
+    return r.json;
+}
+
+/** One chat completion through the SDK with a fresh client (a fresh connection, so workers alternate). */
+function sdkChat(g, key, text, model = 'cp-chat') {
+    const client = new OpenAI({ apiKey: key, baseURL: `${g.url}/v1`, maxRetries: 0, timeout: 5000 });
+    return client.chat.completions.create({ model, messages: [{ role: 'user', content: text }] });
+}
+
+/** The HTTP status the SDK call ends with: 200, or the status of the APIError it throws. */
+async function sdkStatus(g, key, model) {
+    try {
+        await sdkChat(g, key, 'status probe', model);
+        return 200;
+    } catch (e) {
+        if (typeof e.status === 'number') return e.status;
+        throw e;
+    }
+}
+
+/** Polls until n consecutive SDK calls end with want, or fails after deadline (ms epoch). */
+async function until(g, key, want, deadline, n = 1, model = 'cp-chat') {
+    let got = [];
+    while (Date.now() < deadline) {
+        got = [];
+        for (let i = 0; i < n; i++) got.push(await sdkStatus(g, key, model));
+        if (got.every((s) => s === want)) return Date.now();
+        await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`expected ${want} x${n} before the deadline, last: ${got.join(',')}\n${g.stderr.tail(20)}`);
+}
+
+function gatewayConfig() {
+    /* no providers or models of its own but a file model on the mock, to show what a gateway without the master
+     * key still serves; everything else comes from the control plane */
+    return {
+        listen: '127.0.0.1:0',
+        drain_timeout_ms: 2000,
+        providers: [{ name: 'file-mock', type: 'openai', base_url: `http://127.0.0.1:${mock.port}/v1` }],
+        models: [{ name: 'file-chat', deployments: [{ provider: 'file-mock', model: 'mock-small' }] }],
+        control_plane: { redis_url: `redis://127.0.0.1:${redisPort}` },
+    };
+}
+
+before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-cp-e2e-'));
+    redisPort = await freePort();
+    [pg, mock] = await Promise.all([startPostgres(), startMock()]);
+    redis = spawnChild('/usr/bin/redis-server',
+        ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {});
+    await redis.stdout.waitFor((l) => /Ready to accept connections/.test(l.text), { timeoutMs: 10000 });
+    cp = spawnChild(bin('leo-controlplane'), ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
+        DATABASE_URL: pg.conninfo,
+        LEO_KEY_HASH_SECRET: KEY_HASH_SECRET,
+        LEO_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        LEO_MASTER_KEY: MASTER_OLD,
+        LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
+        LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
+    });
+    const line = await cp.stderr.waitForJson((j) => /^listening on /.test(j.msg || ''), { timeoutMs: 20000 });
+    cp.port = Number(/:(\d+)$/.exec(line.msg)[1]);
+    const login = await api('POST', '/admin/v1/login', { email: OWNER.email, password: OWNER.password }, null);
+    assert.equal(login.status, 200, login.text);
+    token = login.json.token;
+    /* this gateway holds the current key and the next one: it accepts both while the rotation spreads */
+    [gw, gwNoKey] = await Promise.all([
+        startGateway({ config: gatewayConfig(), workers: 2,
+            env: { LEO_KEY_HASH_SECRET: KEY_HASH_SECRET, LEO_MASTER_KEY: MASTER_OLD, LEO_MASTER_KEY_NEW: MASTER_NEW } }),
+        startGateway({ config: gatewayConfig(), workers: 1, env: { LEO_KEY_HASH_SECRET: KEY_HASH_SECRET } }),
+    ]);
+}, { timeout: 90000 });
+
+after(async () => {
+    const results = await Promise.allSettled([
+        gw && gw.stop(),
+        gwNoKey && gwNoKey.stop(),
+        mock && mock.stop(),
+        cp && stopChild(cp, 'leo-controlplane'),
+    ]);
+    if (redis) await stopChild(redis, 'redis-server').catch(() => {});
+    if (pg) await pg.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    assert.deepEqual(results[3].value, { code: 0, signal: null }, 'leo-controlplane exit after SIGTERM');
+}, { timeout: 60000 });
+
+describe('control plane end to end', () => {
+    it('tenant, user, provider, credential, deployment, model and key through the admin API', T, async () => {
+        S.tenant = await created('POST', '/admin/v1/tenants', { slug: 'e2e', name: 'End to end' });
+        S.user = await created('POST', '/admin/v1/users',
+            { email: 'admin@e2e.test', password: 'tenant-password-01', role: 'tenant_admin', tenant_id: S.tenant.id });
+        S.provider = await created('POST', '/admin/v1/providers',
+            { name: 'cp-mock', type: 'openai', base_url: `http://127.0.0.1:${mock.port}/v1` });
+        S.credential = await created('POST', `/admin/v1/providers/${S.provider.id}/credentials`,
+            { name: 'primary', secret: UPSTREAM_SECRET });
+        assert.equal(S.credential.masked, `sk-…${UPSTREAM_SECRET.slice(-4)}`);
+        S.deployment = await created('POST', '/admin/v1/deployments', { provider_id: S.provider.id, model: 'mock-small' });
+        S.model = await created('POST', '/admin/v1/models',
+            { name: 'cp-chat', deployments: [{ deployment_id: S.deployment.id }] });
+        /* the tenant's own admin makes the key */
+        const tok = (await api('POST', '/admin/v1/login', { email: 'admin@e2e.test', password: 'tenant-password-01' }, null))
+            .json.token;
+        S.key = await created('POST', `/admin/v1/tenants/${S.tenant.id}/keys`, { name: 'sdk' }, tok);
+        assert.match(S.key.secret, /^sk-leo-/);
+    });
+
+    it('the openai SDK gets the mock\'s answer through the gateway, which sent the decrypted credential', T, async () => {
+        await until(gw, S.key.secret, 200, Date.now() + 5000, 4);
+        const marker = nonce('e2e');
+        const out = await sdkChat(gw, S.key.secret, `hello ${marker}`);
+        assert.equal(out.object, 'chat.completion');
+        assert.equal(out.model, 'mock-small');
+        assert.ok(out.choices[0].message.content.length > 0);
+        const rec = await mock.requestWith(marker);
+        assert.equal(recordedHeader(rec, 'authorization'), `Bearer ${UPSTREAM_SECRET}`);
+        assert.ok(!gw.stderr.lines.some((l) => l.text.includes(UPSTREAM_SECRET)), 'secret in the gateway log');
+        assert.ok(!cp.stderr.lines.some((l) => l.text.includes(UPSTREAM_SECRET)), 'secret in the control plane log');
+    });
+
+    it('Redis holds the credential sealed: neither the snapshot nor a dump of the database contains it', T, async () => {
+        const doc = (await redisCli('--raw', 'GET', 'leo:snapshot')).stdout;
+        const snap = JSON.parse(doc);
+        const p = snap.providers.find((x) => x.name === 'cp-mock');
+        assert.equal(p.credentials.length, 1);
+        assert.match(p.credentials[0].sealed, /^sb1\.mk[0-9a-f]{16}\.[A-Za-z0-9_-]+$/);
+        assert.deepEqual(snap.models.find((m) => m.name === 'cp-chat').deployments.map((d) => [d.provider, d.model]),
+            [['cp-mock', 'mock-small']]);
+        assert.ok(!doc.includes(UPSTREAM_SECRET));
+        const rdb = path.join(dir, 'dump-e2e.rdb');
+        const r = await redisCli('--rdb', rdb);
+        assert.equal(r.code, 0, r.stderr);
+        const raw = fs.readFileSync(rdb);
+        assert.ok(raw.includes(Buffer.from('cp-mock')), 'the dump holds the snapshot');
+        assert.ok(!raw.includes(Buffer.from(UPSTREAM_SECRET)), 'plaintext secret in the Redis dump');
+        assert.ok(!raw.includes(Buffer.from(UPSTREAM_SECRET.slice(8, 30))), 'part of the secret in the Redis dump');
+    });
+
+    it('a gateway without the master key says why and keeps serving the rest', T, async () => {
+        await gwNoKey.stderr.waitForJson((j) => typeof j.msg === 'string' &&
+            j.msg.includes('credential "primary" cannot be opened: no master key is configured'), { timeoutMs: 5000 });
+        await gwNoKey.stderr.waitForJson((j) => typeof j.msg === 'string' &&
+            j.msg.includes('provider "cp-mock" is left out'), { timeoutMs: 5000 });
+        /* the key is known (tenants and keys need no master key); the model that needs the credential is not */
+        assert.equal(await sdkStatus(gwNoKey, S.key.secret, 'file-chat'), 200);
+        assert.equal(await sdkStatus(gwNoKey, S.key.secret, 'cp-chat'), 404);
+        assert.ok(!gwNoKey.stderr.lines.some((l) => l.text.includes(UPSTREAM_SECRET)));
+    });
+
+    it('rotate-master-key re-seals every credential in one go; a gateway holding both keys keeps serving', T, async () => {
+        const env = { DATABASE_URL: pg.conninfo, LEO_MASTER_KEY: MASTER_OLD, LEO_MASTER_KEY_NEW: MASTER_NEW };
+        const before = await pg.query("SELECT key_id, sealed FROM provider_credentials");
+        const r = await run(bin('leo-controlplane'), ['rotate-master-key'], env);
+        assert.equal(r.code, 0, r.stderr);
+        const m = /re-encrypted 1 credentials under master key (mk[0-9a-f]{16})/.exec(r.stdout);
+        assert.ok(m, r.stdout);
+        const rows = await pg.query("SELECT key_id, sealed FROM provider_credentials");
+        assert.equal(rows[0].key_id, m[1]);
+        assert.notEqual(rows[0].key_id, before[0].key_id);
+        assert.ok(rows[0].sealed.startsWith(`sb1.${m[1]}.`));
+        const [audit] = await pg.query("SELECT details FROM audit_log WHERE action = 'master_key.rotate'");
+        assert.deepEqual(audit.details, { credentials: 1, from: [before[0].key_id] });
+        /* without the new key the command changes nothing */
+        const bad = await run(bin('leo-controlplane'), ['rotate-master-key'], { DATABASE_URL: pg.conninfo, LEO_MASTER_KEY: MASTER_OLD });
+        assert.equal(bad.code, 2);
+        assert.match(bad.stderr, /LEO_MASTER_KEY_NEW/);
+        /* a key that opens nothing: refused, nothing changed */
+        const wrong = await run(bin('leo-controlplane'), ['rotate-master-key'], {
+            DATABASE_URL: pg.conninfo, LEO_MASTER_KEY: crypto.randomBytes(32).toString('hex'), LEO_MASTER_KEY_NEW: MASTER_OLD });
+        assert.equal(wrong.code, 1);
+        assert.match(wrong.stderr, /cannot be opened/);
+        assert.deepEqual(await pg.query("SELECT key_id, sealed FROM provider_credentials"), rows);
+        assert.ok(!`${r.stdout}${r.stderr}${wrong.stderr}`.includes(UPSTREAM_SECRET));
+
+        /* the next publication carries the re-sealed credential; the gateway opens it with the new key */
+        const from = gw.stderr.lines.length;
+        const p = await api('PATCH', `/admin/v1/providers/${S.provider.id}/credentials/${S.credential.id}`, { weight: 2 });
+        assert.equal(p.status, 200, p.text);
+        const version = Number((await redisCli('--raw', 'GET', 'leo:snapshot:version')).stdout.trim());
+        await gw.stderr.waitForJson((j) => typeof j.msg === 'string' &&
+            j.msg.startsWith(`control plane snapshot version ${version} applied`), { timeoutMs: 5000, from });
+        const marker = nonce('rot');
+        await sdkChat(gw, S.key.secret, `after rotation ${marker}`);
+        assert.equal(recordedHeader(await mock.requestWith(marker), 'authorization'), `Bearer ${UPSTREAM_SECRET}`);
+        assert.ok(!gw.stderr.lines.slice(from).some((l) => /cannot be opened/.test(l.text)), gw.stderr.tail(10));
+    });
+
+    it('a revoked key answers 401 to the SDK on every worker within a second', T, async () => {
+        const r = await api('POST', `/admin/v1/tenants/${S.tenant.id}/keys/${S.key.id}/revoke`, {});
+        const revoked = Date.now();
+        assert.equal(r.status, 200, r.text);
+        const live = await until(gw, S.key.secret, 401, revoked + LIVE_MS, 6);
+        assert.ok(live - revoked <= LIVE_MS, `401 after ${live - revoked} ms`);
+        await assert.rejects(sdkChat(gw, S.key.secret, 'after revoke'), (e) => e.status === 401 &&
+            e.constructor.name === 'AuthenticationError');
+    });
+});

@@ -1,0 +1,461 @@
+/*
+ * usage.test.mjs — the usage pipeline (docs/usage.md): gateway workers append one event per proxied request to
+ * the Redis stream leo:usage; leo-controlplane consumes it with a consumer group into PostgreSQL
+ * (usage_events, usage_rollups) and serves GET /admin/v1/usage from the rollups.
+ *
+ * Real processes over real sockets: a private PostgreSQL (lib/postgres.mjs), redis-server, leo-controlplane,
+ * the mock provider and a two-worker gateway following the control plane. The cases run in file order and
+ * share the processes: the consumer is SIGKILLed and restarted, and Redis is stopped and started again, on
+ * purpose. Every wait is for an observable state (a row count, the group's pending list), never a fixed time.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+
+import {
+    LineLog, MOCK_PRICE, bin, chat, chatBody, freePort, metricSum, openStream, parseMetrics, request, startGateway,
+    startMock,
+} from './lib/harness.mjs';
+import { startPostgres } from './lib/postgres.mjs';
+
+const T = { timeout: 60000 };
+const KEY_HASH_SECRET = 'usage-integration-secret-5c2e';
+const OWNER = { email: 'owner@usage.test', password: 'owner-password-0001' };
+const PASSWORD = 'member-password-0001';
+/* "hello there world": the mock counts 3 words + 3 for the message = 6 prompt tokens, and answers
+ * "mock reply to: hello there world", 6 completion tokens (docs/mock.md) */
+const PROMPT = 6;
+const COMPLETION = 6;
+
+let pg, redis, cp, mock, gw, token, tenantA, tenantB, keyA, keyB, dir, redisPort;
+let sent = 0; /* requests sent through the gateway with a tenant key: each must be one row */
+
+const running = new Set();
+process.on('exit', () => {
+    for (const p of running) {
+        try {
+            p.kill('SIGKILL');
+        } catch {
+            /* gone */
+        }
+    }
+});
+
+function spawnChild(file, args, env, opts = {}) {
+    const proc = spawn(file, args, { env: { ...process.env, ...env }, stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    running.add(proc);
+    const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
+        running.delete(proc);
+        resolve({ code, signal });
+    }));
+    return { proc, exited, stderr: new LineLog(proc.stderr, `${path.basename(file)} stderr`),
+        stdout: new LineLog(proc.stdout, `${path.basename(file)} stdout`) };
+}
+
+async function stopChild(c, what) {
+    c.proc.kill('SIGTERM');
+    let timer;
+    return Promise.race([c.exited, new Promise((_, reject) => {
+        timer = setTimeout(() => {
+            c.proc.kill('SIGKILL');
+            reject(new Error(`${what} did not stop within 15 s`));
+        }, 15000);
+    })]).finally(() => clearTimeout(timer));
+}
+
+async function startRedis() {
+    const r = spawnChild('/usr/bin/redis-server',
+        ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {});
+    await r.stdout.waitFor((l) => /Ready to accept connections/.test(l.text), { timeoutMs: 10000, what: 'redis ready' });
+    return r;
+}
+
+function redisCli(...args) {
+    return new Promise((resolve, reject) => {
+        execFile('/usr/bin/redis-cli', ['-p', String(redisPort), '--raw', ...args], { timeout: 5000 },
+            (err, stdout) => (err ? reject(err) : resolve(stdout.replace(/\n$/, ''))));
+    });
+}
+
+/** Entries delivered to the group and not acknowledged (0 when the group does not exist yet). */
+async function pendingCount() {
+    const out = await redisCli('XPENDING', 'leo:usage', 'leo-usage');
+    if (/NOGROUP/.test(out)) return 0;
+    return Number(out.split('\n')[0]) || 0;
+}
+
+async function startControlPlane(consumer, extraEnv = {}) {
+    const c = spawnChild(bin('leo-controlplane'), ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
+        DATABASE_URL: pg.conninfo,
+        LEO_KEY_HASH_SECRET: KEY_HASH_SECRET,
+        LEO_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
+        LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
+        LEO_USAGE_CONSUMER: consumer,
+        LEO_USAGE_CLAIM_IDLE_MS: '1000',
+        LEO_USAGE_BATCH: '7',
+        ...extraEnv,
+    });
+    const line = await c.stderr.waitForJson((j) => /^listening on /.test(j.msg || ''), { timeoutMs: 20000 });
+    c.port = Number(/:(\d+)$/.exec(line.msg)[1]);
+    return c;
+}
+
+function api(method, p, { body, auth = token, raw = false } = {}) {
+    return new Promise((resolve, reject) => {
+        const h = {};
+        if (auth) h.Authorization = `Bearer ${auth}`;
+        const payload = body === undefined ? undefined : JSON.stringify(body);
+        if (payload) h['Content-Type'] = 'application/json';
+        const req = http.request({ host: '127.0.0.1', port: cp.port, method, path: p, headers: h, agent: false });
+        const timer = setTimeout(() => req.destroy(new Error(`${method} ${p}: no answer within 10 s`)), 10000);
+        req.on('error', (e) => {
+            clearTimeout(timer);
+            reject(e);
+        });
+        req.on('response', (res) => {
+            const chunks = [];
+            res.on('data', (ch) => chunks.push(ch));
+            res.on('end', () => {
+                clearTimeout(timer);
+                const text = Buffer.concat(chunks).toString('utf8');
+                resolve({ status: res.statusCode, headers: res.headers, text,
+                    json: text && !raw ? JSON.parse(text) : undefined });
+            });
+        });
+        req.end(payload);
+    });
+}
+
+async function login(email, password) {
+    const r = await api('POST', '/admin/v1/login', { body: { email, password }, auth: null });
+    assert.equal(r.status, 200, r.text);
+    return r.json.token;
+}
+
+/** Polls `fn` until it returns a truthy value, or fails with `what` after timeoutMs. */
+async function waitFor(fn, what, timeoutMs = 20000) {
+    const deadline = Date.now() + timeoutMs;
+    let last;
+    while (Date.now() < deadline) {
+        last = await fn();
+        if (last) return last;
+        await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})\ncontrolplane:\n` +
+        (cp ? cp.stderr.tail(15) : ''));
+}
+
+async function eventCount() {
+    const [row] = await pg.query('SELECT count(*)::int AS n FROM usage_events');
+    return row.n;
+}
+
+/** Waits until every request sent is a row and the group has nothing pending. */
+async function allStored() {
+    await waitFor(async () => (await eventCount()) === sent, `${sent} usage events in PostgreSQL`);
+    await waitFor(async () => (await pendingCount()) === 0, 'no pending entries in the group');
+}
+
+async function chatOk(key, text = 'hello there world') {
+    const r = await chat(gw.port, chatBody(text), { key, timeoutMs: 10000 });
+    assert.equal(r.status, 200, r.text);
+    sent++;
+    return r;
+}
+
+async function streamOk(key, text = 'hello there world') {
+    const s = await openStream(gw.port, chatBody(text, { stream: true }), { key });
+    assert.equal(s.status, 200);
+    const end = await s.end;
+    sent++;
+    return { s, end };
+}
+
+function gatewayConfig(cachePath) {
+    return {
+        listen: '127.0.0.1:0',
+        workers: 2,
+        drain_timeout_ms: 2000,
+        providers: [{ name: 'mock', type: 'openai', base_url: `http://127.0.0.1:${mock.port}/v1` }],
+        models: [{ name: 'gpt-4o-mini', deployments: [{ provider: 'mock', model: 'mock-small' }] }],
+        prices: { 'mock-small': { input: MOCK_PRICE.input, output: MOCK_PRICE.output } },
+        routing: { breaker_failures: 1000 },
+        control_plane: { redis_url: `redis://127.0.0.1:${redisPort}`, cache_path: cachePath },
+    };
+}
+
+async function createKey(tenantId, name) {
+    const k = await api('POST', `/admin/v1/tenants/${tenantId}/keys`, { body: { name } });
+    assert.equal(k.status, 201, k.text);
+    return k.json.secret;
+}
+
+before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-usage-'));
+    redisPort = await freePort();
+    [pg, redis, mock] = await Promise.all([startPostgres(), startRedis(), startMock()]);
+    cp = await startControlPlane('cp-a');
+    token = await login(OWNER.email, OWNER.password);
+    for (const [slug, set] of [['acme', (t) => (tenantA = t)], ['beta', (t) => (tenantB = t)]]) {
+        const t = await api('POST', '/admin/v1/tenants', { body: { slug, name: slug } });
+        assert.equal(t.status, 201, t.text);
+        set(t.json.id);
+    }
+    keyA = await createKey(tenantA, 'ci');
+    keyB = await createKey(tenantB, 'batch');
+    gw = await startGateway({ config: gatewayConfig(path.join(dir, 'snapshot.json')), workers: 2,
+        env: { LEO_KEY_HASH_SECRET: KEY_HASH_SECRET } });
+    /* both keys serve once the snapshot is live (these probes are not counted: they are sent before) */
+    for (const k of [keyA, keyB]) {
+        await waitFor(async () => (await chat(gw.port, chatBody('probe'), { key: k, timeoutMs: 5000 })).status === 200,
+            'the key to serve on the gateway', 10000);
+    }
+    /* the probes above produced events too: count them as sent once they are stored */
+    await waitFor(async () => (await eventCount()) >= 2, 'the probe events');
+    sent = await eventCount();
+}, { timeout: 120000 });
+
+after(async () => {
+    const results = await Promise.allSettled([
+        gw && gw.stop(),
+        mock && mock.stop(),
+        cp && stopChild(cp, 'leo-controlplane'),
+    ]);
+    if (redis) await stopChild(redis, 'redis-server').catch(() => {});
+    if (pg) await pg.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    assert.deepEqual(results[2].value, { code: 0, signal: null }, 'leo-controlplane exit after SIGTERM');
+}, { timeout: 60000 });
+
+async function report(query, auth = token) {
+    const r = await api('GET', `/admin/v1/usage${query}`, { auth });
+    assert.equal(r.status, 200, r.text);
+    return r.json;
+}
+
+describe('usage pipeline', () => {
+    it('non-streamed and streamed requests appear in the report with their token counts', T, async () => {
+        const before = (await report('?tenant=acme&group_by=key')).rows.find((r) => r.key === 'ci');
+        for (let i = 0; i < 3; i++) await chatOk(keyA);
+        for (let i = 0; i < 2; i++) await streamOk(keyA);
+        await allStored();
+        const after = (await report('?tenant=acme&group_by=key')).rows.find((r) => r.key === 'ci');
+        assert.equal(after.tenant, 'acme');
+        assert.equal(after.requests - before.requests, 5);
+        assert.equal(after.errors - before.errors, 0);
+        assert.equal(after.prompt_tokens - before.prompt_tokens, 5 * PROMPT);
+        assert.equal(after.completion_tokens - before.completion_tokens, 5 * COMPLETION);
+        const cost = (5 * (PROMPT * MOCK_PRICE.input + COMPLETION * MOCK_PRICE.output)) / 1e6;
+        assert.ok(Math.abs(after.cost_usd - before.cost_usd - cost) < 1e-12, `cost ${after.cost_usd - before.cost_usd}`);
+        assert.equal(after.saved_usd, 0);
+        assert.equal(after.cache_hits, 0);
+
+        const rows = await pg.query("SELECT stream, count(*)::int AS n FROM usage_events WHERE key_name = 'ci'" +
+            ` AND prompt_tokens = ${PROMPT} GROUP BY stream ORDER BY stream`);
+        assert.ok(rows.find((r) => r.stream === true).n >= 2, JSON.stringify(rows));
+        const [ev] = await pg.query("SELECT * FROM usage_events WHERE key_name = 'ci' AND stream ORDER BY at DESC LIMIT 1");
+        assert.equal(ev.tenant, 'acme');
+        assert.equal(ev.model, 'gpt-4o-mini');
+        assert.equal(ev.deployment, 'mock/mock-small');
+        assert.equal(ev.provider, 'mock');
+        assert.equal(ev.status, 200);
+        assert.equal(ev.error, false);
+        /* no cache answered: "none", or what a cache module in front reported ("miss", "bypass") */
+        assert.match(ev.cache_status, /^[a-z_-]+$/);
+        assert.notEqual(ev.cache_status, 'hit');
+        assert.equal(ev.attempts, 1);
+        assert.match(ev.request_id, /^req_[0-9a-f]+$/);
+    });
+
+    it('a cache hit is recorded with its status and what it saved', T, async () => {
+        const before = (await report('?tenant=acme&group_by=tenant')).rows[0];
+        /* temperature 0 makes the request cacheable; each worker has its own L1, so repeat until one hits */
+        const body = chatBody(`cache me ${Date.now()}`, { temperature: 0 });
+        let hit;
+        for (let i = 0; i < 20 && !hit; i++) {
+            const r = await chat(gw.port, body, { key: keyA, timeoutMs: 10000 });
+            assert.equal(r.status, 200, r.text);
+            sent++;
+            if (r.headers['x-leo-cache-status'] === 'hit') hit = r;
+        }
+        assert.ok(hit, 'no cache hit in 20 identical requests');
+        const id = hit.headers['x-leo-request-id'];
+        await allStored();
+        const [ev] = await pg.query(`SELECT * FROM usage_events WHERE request_id = '${id}'`);
+        assert.equal(ev.cache_status, 'hit');
+        assert.equal(ev.cost_usd, 0);
+        assert.equal(ev.saved_usd.toFixed(8), hit.headers['x-leo-saved-usd']);
+        assert.ok(ev.saved_usd > 0);
+        const after = (await report('?tenant=acme&group_by=tenant')).rows[0];
+        assert.equal(after.cache_hits - before.cache_hits, 1);
+        assert.ok(Math.abs(after.saved_usd - before.saved_usd - ev.saved_usd) < 1e-12);
+    });
+
+    it('a stream cut by the provider is one event, marked as an error, with what the gateway accounted', T,
+        async () => {
+            const s = await openStream(gw.port, chatBody('hello there world [[mock:reset_after_events=2]]',
+                { stream: true }), { key: keyA });
+            assert.equal(s.status, 200);
+            await s.end;
+            sent++;
+            const id = s.headers['x-leo-request-id'];
+            assert.ok(id, 'x-leo-request-id');
+            await allStored();
+            const [ev] = await pg.query(`SELECT * FROM usage_events WHERE request_id = '${id}'`);
+            assert.equal(ev.stream, true);
+            assert.equal(ev.error, true);
+            const access = await waitFor(() => gw.stderr.json((j) => j.type === 'access' && j.request_id === id)[0],
+                'the access log line');
+            assert.equal(Number(ev.prompt_tokens), access.prompt_tokens || 0);
+            assert.equal(Number(ev.completion_tokens), access.completion_tokens || 0);
+            assert.equal(ev.status, access.status);
+        });
+
+    it('the report groups by hour, day, model, key and tenant, exports CSV and validates its parameters', T,
+        async () => {
+            for (let i = 0; i < 2; i++) await chatOk(keyB);
+            await allStored();
+            const [tot] = await pg.query('SELECT count(*)::int AS n, sum(prompt_tokens)::int AS p FROM usage_events');
+            for (const g of ['hour', 'day', 'model', 'key', 'tenant']) {
+                const j = await report(`?group_by=${g}`);
+                assert.equal(j.group_by, g);
+                assert.equal(j.truncated, false);
+                assert.equal(j.rows.reduce((a, r) => a + r.requests, 0), tot.n, g);
+                assert.equal(j.rows.reduce((a, r) => a + r.prompt_tokens, 0), tot.p, g);
+            }
+            const byTenant = await report('?group_by=tenant');
+            assert.deepEqual(byTenant.rows.map((r) => r.tenant), ['acme', 'beta']);
+            const hour = await report('?group_by=hour');
+            for (const r of hour.rows) assert.match(r.hour, /^\d{4}-\d\d-\d\dT\d\d:00:00Z$/);
+            /* a range that ends before the first event is empty; one around now holds everything */
+            assert.deepEqual((await report('?to=2000-01-01T00:00:00Z')).rows, []);
+            const now = Date.now();
+            const around = await report(`?from=${new Date(now - 3600e3).toISOString()}` +
+                `&to=${new Date(now + 3600e3).toISOString()}&group_by=tenant`);
+            assert.equal(around.rows.reduce((a, r) => a + r.requests, 0), tot.n);
+            assert.deepEqual((await report('?model=no-such-model')).rows, []);
+
+            const csv = await api('GET', '/admin/v1/usage?group_by=key&format=csv', { raw: true });
+            assert.equal(csv.status, 200);
+            assert.match(csv.headers['content-type'], /^text\/csv/);
+            const lines = csv.text.split('\r\n');
+            assert.equal(lines[0], 'tenant,key,requests,errors,cache_hits,prompt_tokens,completion_tokens,cost_usd,' +
+                'saved_usd,avg_latency_ms');
+            const beta = lines.find((l) => l.startsWith('beta,batch,'));
+            assert.ok(beta, csv.text);
+            assert.equal(beta.split(',')[2], String(byTenant.rows[1].requests));
+
+            for (const [q, param] of [['?group_by=week', 'group_by'], ['?from=yesterday', 'from'],
+                ['?format=xml', 'format'], ['?tenant=', 'tenant'], ['?nope=1', 'nope'],
+                ['?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z', 'to']]) {
+                const r = await api('GET', `/admin/v1/usage${q}`);
+                assert.equal(r.status, 400, `${q}: ${r.text}`);
+                assert.equal(r.json.error.param, param, q);
+                assert.equal(r.json.error.type, 'invalid_request_error');
+            }
+        });
+
+    it('every role may read usage; tenant roles see only their own tenant', T, async () => {
+        const roles = ['admin', 'operator', 'viewer', 'tenant_admin', 'tenant_member'];
+        const tokens = { owner: token };
+        for (const role of roles) {
+            const body = { email: `${role}@usage.test`, password: PASSWORD, role };
+            if (role.startsWith('tenant_')) body.tenant_id = tenantA;
+            const u = await api('POST', '/admin/v1/users', { body });
+            assert.equal(u.status, 201, u.text);
+            tokens[role] = await login(body.email, PASSWORD);
+        }
+        for (const [role, t] of Object.entries(tokens)) {
+            const j = await report('?group_by=tenant', t);
+            const want = role.startsWith('tenant_') ? ['acme'] : ['acme', 'beta'];
+            assert.deepEqual(j.rows.map((r) => r.tenant), want, role);
+            /* naming another tenant does not widen the scope */
+            const other = await report('?group_by=tenant&tenant=beta', t);
+            assert.deepEqual(other.rows.map((r) => r.tenant), role.startsWith('tenant_') ? [] : ['beta'], role);
+        }
+        const anon = await api('GET', '/admin/v1/usage', { auth: null });
+        assert.equal(anon.status, 401);
+    });
+
+    /* round 1: the new process has another name and claims the dead one's entries (XAUTOCLAIM); round 2: it
+     * has the same name and resumes its own pending entries (XREADGROUP ... 0) */
+    for (const [round, next, how] of [[1, 'cp-b', /claimed \d+ entries left pending by other consumers/],
+        [2, 'cp-b', /resuming \d+ entries this consumer read before/]]) {
+        it(`consumer SIGKILLed mid-batch (round ${round}, restarted as ${next}): every event stored exactly once`, T,
+            async () => {
+                /* Hold a lock that the batch statement needs, so the consumer has read entries it cannot commit. */
+                const locker = spawnChild('runuser', ['-u', 'postgres', '--', path.join(pg.bin, 'psql'), '-X', '-q',
+                    '-A', '-t', '-h', pg.socketDir, '-p', String(pg.port), '-U', 'postgres', '-d', pg.database], {},
+                { stdin: true });
+                locker.proc.stdin.write('BEGIN; LOCK TABLE usage_rollups IN SHARE ROW EXCLUSIVE MODE; SELECT \'locked\';\n');
+                await locker.stdout.waitFor((l) => l.text === 'locked', { timeoutMs: 10000, what: 'the lock' });
+                const base = sent;
+                const flowing = [];
+                for (let i = 0; i < 20; i++) flowing.push(i % 2 ? streamOk(keyA) : chatOk(keyA));
+                await waitFor(async () => (await pendingCount()) > 0, 'entries read but not committed');
+                cp.proc.kill('SIGKILL');
+                assert.deepEqual(await cp.exited, { code: null, signal: 'SIGKILL' });
+                await Promise.all(flowing);
+                assert.equal(sent, base + 20);
+                cp = await startControlPlane(next);
+                locker.proc.stdin.end('COMMIT;\n');
+                await locker.exited;
+                await allStored();
+                await cp.stderr.waitForJson((j) => how.test(j.msg || ''), { what: String(how) });
+                const [r] = await pg.query('SELECT count(*)::int AS n, count(DISTINCT request_id)::int AS ids,' +
+                    ' sum(prompt_tokens)::int AS p, sum(completion_tokens)::int AS c FROM usage_events');
+                assert.equal(r.n, sent);
+                assert.equal(r.ids, sent);
+                const [roll] = await pg.query('SELECT sum(requests)::int AS n, sum(prompt_tokens)::int AS p,' +
+                    ' sum(completion_tokens)::int AS c FROM usage_rollups');
+                assert.deepEqual(roll, { n: r.n, p: r.p, c: r.c }, 'rollups count each stored event once');
+                const [mine] = await pg.query(`SELECT count(*)::int AS n FROM (SELECT * FROM usage_events
+                    WHERE key_name = 'ci' ORDER BY inserted_at DESC, request_id LIMIT 20) q WHERE prompt_tokens = ${PROMPT}`);
+                assert.equal(mine.n, 20);
+                const m = await api('GET', '/metrics', { auth: null, raw: true });
+                assert.equal(m.status, 200);
+                const series = parseMetrics(m.text);
+                const inserted = metricSum(series, 'leo_usage_inserted_total');
+                const dups = metricSum(series, 'leo_usage_duplicates_total');
+                assert.ok(inserted >= 1, m.text);
+                assert.ok(metricSum(series, 'leo_usage_consumed_total') >= inserted + dups, m.text);
+                assert.ok(metricSum(series, 'leo_usage_batches_total', { result: 'ok' }) >= 1, m.text);
+            });
+    }
+
+    it('Redis down at the gateway: events are queued and delivered once it is back', T, async () => {
+        const info = await stopChild(redis, 'redis-server');
+        redis = null;
+        assert.equal(info.code, 0);
+        const base = await eventCount();
+        for (let i = 0; i < 4; i++) await chatOk(keyA);
+        const m = parseMetrics((await request(gw.port, { path: '/metrics' })).text);
+        assert.ok(metricSum(m, 'leo_usage_events_total', { result: 'queued' }) +
+            metricSum(m, 'leo_usage_events_total', { result: 'retried' }) >= 4);
+        assert.ok(metricSum(m, 'leo_usage_queue_depth') >= 4);
+        assert.equal(metricSum(m, 'leo_usage_events_dropped_total'), 0);
+        assert.equal(await eventCount(), base);
+        redis = await startRedis(); /* an empty Redis: the stream and the group are created again */
+        await allStored();
+        const after = parseMetrics((await request(gw.port, { path: '/metrics' })).text);
+        await waitFor(async () => metricSum(parseMetrics((await request(gw.port, { path: '/metrics' })).text),
+            'leo_usage_queue_depth') === 0, 'the gateway queue to drain');
+        assert.equal(metricSum(after, 'leo_usage_events_dropped_total'), 0);
+    });
+
+    it('a gateway stopped right after its last requests still delivers their events', T, async () => {
+        await Promise.all([chatOk(keyA), streamOk(keyA), chatOk(keyB)]);
+        const g = gw;
+        gw = null;
+        const info = await g.stop();
+        assert.equal(info.code, 0);
+        await allStored();
+        assert.equal(g.stderr.json((j) => /events dropped/.test(j.msg || '')).length, 0, g.stderr.tail(10));
+    });
+});
