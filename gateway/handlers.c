@@ -13,6 +13,7 @@
 #include "../common/log.h"
 #include "../common/metrics.h"
 #include "analytics.h"
+#include "follower.h"
 #include "optimize.h"
 #include "errors.h"
 #include "providers/messages.h"
@@ -68,6 +69,7 @@ void leo_gw_metrics_describe(void)
                          "Worker processes restarted by the supervisor after dying.");
     leo_metrics_describe("leo_config_version", LEO_METRIC_GAUGE, "Version of the snapshot each worker serves, by worker.");
     leo_usage_metrics_describe();
+    leo_follower_metrics_describe();
     leo_analytics_metrics_describe();
     leo_opt_metrics_describe();
 }

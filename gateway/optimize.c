@@ -892,8 +892,8 @@ void leo_route_opt_cache_threshold(struct leo_gw_req *g)
     }
     const char *model = json_string_value(jm);
     if (model && leo_config_find_model(g->cfg, leo_str_c(model)) == NULL) {
-        json_decref(b);
         leo_gw_error(g, 404, "model", "model_not_found", "model \"%.128s\" is not configured", model);
+        json_decref(b);
         return;
     }
     const char *tenant = target_tenant(g, json_string_value(jt));

@@ -265,6 +265,7 @@ static void proxy_close(struct leo_gw_req *g, bool aborted)
     }
     if (p->attempt_log.len)
         g->attempts_log = leo_arena_strndup(&g->req->arena, p->attempt_log.p, p->attempt_log.len);
+    g->attempts = p->attempts;
     leo_buf_release(&p->attempt_log);
 }
 
