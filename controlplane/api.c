@@ -28,6 +28,7 @@
 #include "../common/metrics.h"
 #include "../common/secretbox.h"
 #include "auth.h"
+#include "openapi.h"
 #include "snapshot.h"
 
 #define SESSION_TTL_DEFAULT_S (12 * 3600)
@@ -59,7 +60,7 @@
 
 #define TENANT_JSON(a)                                                                                                 \
     "json_build_object('id', " a ".id, 'slug', " a ".slug, 'name', " a ".name, 'status', " a ".status,"                \
-    " 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
+    " 'limits', " a ".limits, 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
 
 #define KEY_JSON(a)                                                                                                    \
     "json_build_object('id', " a ".id, 'tenant_id', " a ".tenant_id, 'name', " a ".name, 'prefix', " a ".prefix,"      \
@@ -222,22 +223,23 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         " WHERE ($1::jsonb IS NULL OR " IN_ALLOWED("t.id", "1") ")"
         " AND " AFTER("t", "2", "3") " ORDER BY t.created_at, t.id LIMIT $4::int"},
 
-    /* $1 slug, $2 name, $3 status, $4 actor */
+    /* $1 slug, $2 name, $3 status, $4 actor, $5 limits (jsonb) */
     [S_TENANT_CREATE] = {"tenant_create",
-        "WITH t AS (INSERT INTO tenants (slug, name, status) VALUES ($1::text, $2::text, $3::text) RETURNING *),"
+        "WITH t AS (INSERT INTO tenants (slug, name, status, limits)"
+        " VALUES ($1::text, $2::text, $3::text, $5::jsonb) RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $4::text, 'tenant.create', 'tenant:' || t.id,"
-        " jsonb_build_object('slug', t.slug, 'name', t.name, 'status', t.status) FROM t)"
+        " jsonb_build_object('slug', t.slug, 'name', t.name, 'status', t.status, 'limits', t.limits) FROM t)"
         " SELECT " TENANT_JSON("t") " FROM t"},
 
     /* $1 tenant id */
     [S_TENANT_GET] = {"tenant_get",
         "SELECT " TENANT_JSON("t") " FROM tenants t WHERE t.id = $1::uuid"},
 
-    /* $1 tenant id, $2 name or NULL, $3 status or NULL, $4 actor, $5 the change (jsonb) */
+    /* $1 tenant id, $2 name or NULL, $3 status or NULL, $4 actor, $5 the change (jsonb), $6 limits or NULL */
     [S_TENANT_PATCH] = {"tenant_patch",
         "WITH t AS (UPDATE tenants SET name = coalesce($2::text, name), status = coalesce($3::text, status),"
-        " updated_at = now() WHERE id = $1::uuid RETURNING *),"
+        " limits = coalesce($6::jsonb, limits), updated_at = now() WHERE id = $1::uuid RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $4::text, 'tenant.update', 'tenant:' || t.id, $5::jsonb FROM t)"
         " SELECT " TENANT_JSON("t") " FROM t"},
@@ -1577,6 +1579,13 @@ static void h_health(struct call *c)
     respond_json(c, up ? 200 : 503, j);
 }
 
+/* The OpenAPI document of this API (controlplane/openapi.json, compiled in). Public like /health: it describes
+ * the routes, never data. */
+static void h_openapi(struct call *c)
+{
+    respond(c, 200, leo_openapi_json, leo_openapi_json_len);
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* Tenants                                                                                                 */
 
@@ -1646,9 +1655,74 @@ static void tenants_listed(struct call *c, const struct leo_db_result *r)
     respond_page(c, r->res, c->limit, 2, NULL);
 }
 
+struct key_fields {
+    const char *name;
+    const char *status;
+    bool set_models, set_limits, set_expires;
+    char *models; /* JSON array text or NULL (all models); jansson's allocation */
+    char *limits; /* JSON object text; jansson's allocation */
+    const char *expires_at;
+};
+
+static void key_fields_release(struct key_fields *f)
+{
+    free(f->models);
+    free(f->limits);
+}
+
+/* The gateway's quota members (docs/configuration.md): name, whether a fraction is allowed, the maximum. */
+static const struct {
+    const char *name;
+    bool fraction;
+    double max;
+} limit_fields[] = {
+    {"rpm", false, 1e15},
+    {"tpm", false, 1e15},
+    {"tokens_per_day", false, 1e15},
+    {"tokens_per_month", false, 1e15},
+    {"usd_per_day", true, 1e12},
+    {"usd_per_month", true, 1e12},
+    {"concurrency", false, 1e6},
+};
+
+static int key_limits(struct call *c, json_t *v, struct key_fields *f)
+{
+    if (!json_is_object(v)) {
+        fail(c, 400, "invalid_type", "limits", "limits: expected an object");
+        return -1;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x)
+    {
+        size_t i = 0, n = sizeof(limit_fields) / sizeof(limit_fields[0]);
+        while (i < n && strcmp(limit_fields[i].name, k) != 0)
+            i++;
+        char param[96];
+        snprintf(param, sizeof(param), "limits.%s", k);
+        if (i == n) {
+            fail(c, 400, "unknown_field", param, "%s: unknown field", param);
+            return -1;
+        }
+        if (!json_is_number(x) || (!limit_fields[i].fraction && !json_is_integer(x))) {
+            fail(c, 400, "invalid_type", param, "%s: expected %s", param,
+                 limit_fields[i].fraction ? "a number" : "a whole number");
+            return -1;
+        }
+        double d = json_number_value(x);
+        if (!(d >= 0 && d <= limit_fields[i].max)) {
+            fail(c, 400, "invalid_value", param, "%s: must be between 0 and %.0f", param, limit_fields[i].max);
+            return -1;
+        }
+    }
+    f->limits = json_dumps(v, DUMP_SORTED);
+    f->set_limits = true;
+    return 0;
+}
+
 static void h_tenant_create(struct call *c)
 {
-    static const char *const fields[] = {"slug", "name", "status", NULL};
+    static const char *const fields[] = {"slug", "name", "status", "limits", NULL};
     const char *slug, *name, *status;
     if (body_fields(c, fields) != 0 || body_string(c, "slug", true, 1, 64, &slug) != 0)
         return;
@@ -1660,8 +1734,14 @@ static void h_tenant_create(struct call *c)
     if (body_string(c, "name", true, 1, TENANT_NAME_MAX_CHARS, &name) != 0 ||
         body_enum(c, "status", tenant_statuses, &status) != 0)
         return;
-    const char *params[] = {slug, name, status ? status : "active", c->actor};
-    run_query(c, S_TENANT_CREATE, params, 4, tenant_created);
+    /* tenant-wide quotas: the same members and checks as a key's limits */
+    struct key_fields f = {0};
+    json_t *jl = json_object_get(c->body, "limits");
+    if (jl && key_limits(c, jl, &f) != 0)
+        return;
+    const char *params[] = {slug, name, status ? status : "active", c->actor, f.limits ? f.limits : "{}"};
+    run_query(c, S_TENANT_CREATE, params, 5, tenant_created);
+    key_fields_release(&f);
 }
 
 static void h_tenant_get(struct call *c)
@@ -1672,7 +1752,7 @@ static void h_tenant_get(struct call *c)
 
 static void h_tenant_patch(struct call *c)
 {
-    static const char *const fields[] = {"name", "status", NULL};
+    static const char *const fields[] = {"name", "status", "limits", NULL};
     const char *name, *status;
     if (json_object_get(c->body, "slug")) {
         fail(c, 400, "immutable_field", "slug", "slug: cannot be changed");
@@ -1681,14 +1761,19 @@ static void h_tenant_patch(struct call *c)
     if (body_fields(c, fields) != 0 || body_string(c, "name", false, 1, TENANT_NAME_MAX_CHARS, &name) != 0 ||
         body_enum(c, "status", tenant_statuses, &status) != 0)
         return;
-    if (name == NULL && status == NULL) {
-        fail(c, 400, "empty_change", NULL, "the body changes nothing: give name or status");
+    struct key_fields f = {0};
+    json_t *jl = json_object_get(c->body, "limits");
+    if (jl && key_limits(c, jl, &f) != 0)
+        return;
+    if (name == NULL && status == NULL && f.limits == NULL) {
+        fail(c, 400, "empty_change", NULL, "the body changes nothing: give name, status or limits");
         return;
     }
     char *change = json_dumps(c->body, DUMP_SORTED);
-    const char *params[] = {c->tenant_id, name, status, c->actor, change};
-    run_query(c, S_TENANT_PATCH, params, 5, tenant_patched);
+    const char *params[] = {c->tenant_id, name, status, c->actor, change, f.limits};
+    run_query(c, S_TENANT_PATCH, params, 6, tenant_patched);
     free(change);
+    key_fields_release(&f);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1890,71 +1975,6 @@ static void key_new(struct call *c, char hash[LEO_KEYHASH_TEXT_LEN + 1], char pr
 }
 
 /* The members a key create or update may carry, checked and serialised for the statement. */
-struct key_fields {
-    const char *name;
-    const char *status;
-    bool set_models, set_limits, set_expires;
-    char *models; /* JSON array text or NULL (all models); jansson's allocation */
-    char *limits; /* JSON object text; jansson's allocation */
-    const char *expires_at;
-};
-
-static void key_fields_release(struct key_fields *f)
-{
-    free(f->models);
-    free(f->limits);
-}
-
-/* The gateway's quota members (docs/configuration.md): name, whether a fraction is allowed, the maximum. */
-static const struct {
-    const char *name;
-    bool fraction;
-    double max;
-} limit_fields[] = {
-    {"rpm", false, 1e15},
-    {"tpm", false, 1e15},
-    {"tokens_per_day", false, 1e15},
-    {"tokens_per_month", false, 1e15},
-    {"usd_per_day", true, 1e12},
-    {"usd_per_month", true, 1e12},
-    {"concurrency", false, 1e6},
-};
-
-static int key_limits(struct call *c, json_t *v, struct key_fields *f)
-{
-    if (!json_is_object(v)) {
-        fail(c, 400, "invalid_type", "limits", "limits: expected an object");
-        return -1;
-    }
-    const char *k;
-    json_t *x;
-    json_object_foreach(v, k, x)
-    {
-        size_t i = 0, n = sizeof(limit_fields) / sizeof(limit_fields[0]);
-        while (i < n && strcmp(limit_fields[i].name, k) != 0)
-            i++;
-        char param[96];
-        snprintf(param, sizeof(param), "limits.%s", k);
-        if (i == n) {
-            fail(c, 400, "unknown_field", param, "%s: unknown field", param);
-            return -1;
-        }
-        if (!json_is_number(x) || (!limit_fields[i].fraction && !json_is_integer(x))) {
-            fail(c, 400, "invalid_type", param, "%s: expected %s", param,
-                 limit_fields[i].fraction ? "a number" : "a whole number");
-            return -1;
-        }
-        double d = json_number_value(x);
-        if (!(d >= 0 && d <= limit_fields[i].max)) {
-            fail(c, 400, "invalid_value", param, "%s: must be between 0 and %.0f", param, limit_fields[i].max);
-            return -1;
-        }
-    }
-    f->limits = json_dumps(v, DUMP_SORTED);
-    f->set_limits = true;
-    return 0;
-}
-
 static int key_models(struct call *c, json_t *v, struct key_fields *f)
 {
     f->set_models = true;
@@ -2192,11 +2212,8 @@ static void h_key_rotate(struct call *c)
 /* ------------------------------------------------------------------------------------------------------ */
 /* Providers and credentials                                                                               */
 
-/* Providers, credentials, deployments and models are global configuration. Until auth.c has permissions of
- * their own (providers.read, providers.write), reading them needs what reading the audit log needs (every
- * global role) and changing them what changing tenants needs (owner, admin); tenant roles get neither. */
-#define PERM_PROVIDERS_READ LEO_PERM_AUDIT_READ
-#define PERM_PROVIDERS_WRITE LEO_PERM_TENANTS_WRITE
+/* Providers, credentials, deployments and models are global configuration: providers.read (every global
+ * role) reads them, providers.write (owner, admin) changes them; tenant roles get neither. */
 #define CREDENTIAL_SECRET_MAX 8192
 
 static const char *const provider_types[] = {"openai", "azure", "anthropic", "gemini", NULL};
@@ -2935,9 +2952,7 @@ static void h_audit_list(struct call *c)
 /* ------------------------------------------------------------------------------------------------------ */
 /* Usage reports (docs/usage.md)                                                                           */
 
-/* Usage is read with what reading a tenant's keys needs, scoped the same way (a tenant role sees its own
- * tenants only), until auth.c has a usage.read permission of its own. */
-#define PERM_USAGE_READ LEO_PERM_KEYS_READ
+/* usage.read, scoped like the tenant lists: a tenant role sees its own tenant's usage only. */
 #define USAGE_ROWS_MAX 10000
 #define USAGE_FILTER_MAX 256
 
@@ -3070,7 +3085,7 @@ static void h_usage_report(struct call *c)
     }
     c->usage_group = usage_groups[gi];
     c->usage_csv = v[6] && strcmp(v[6], "csv") == 0;
-    char *allowed = allowed_tenants(c, PERM_USAGE_READ);
+    char *allowed = allowed_tenants(c, LEO_PERM_USAGE_READ);
     const char *params[] = {allowed, v[0], v[1], v[2], v[3], v[4], usage_groups[gi]};
     run_query(c, S_USAGE_REPORT, params, 7, usage_reported);
     leo_free(allowed);
@@ -3326,6 +3341,7 @@ static void h_config_validate(struct call *c);
 static const struct route routes[] = {
     {"GET", "/admin/v1/health", 0, SCOPE_PUBLIC, h_health},
     {"GET", "/metrics", 0, SCOPE_PUBLIC, h_metrics},
+    {"GET", "/admin/v1/openapi.json", 0, SCOPE_PUBLIC, h_openapi},
     {"POST", "/admin/v1/login", 0, SCOPE_PUBLIC, h_login},
     {"POST", "/admin/v1/logout", 0, SCOPE_SESSION, h_logout},
     {"GET", "/admin/v1/me", 0, SCOPE_SESSION, h_me},
@@ -3350,28 +3366,28 @@ static const struct route routes[] = {
     {"POST", "/admin/v1/tenants/{tenant}/keys/{key}/revoke", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_revoke},
     {"POST", "/admin/v1/tenants/{tenant}/keys/{key}/rotate", LEO_PERM_KEYS_WRITE, SCOPE_TENANT, h_key_rotate},
     {"GET", "/admin/v1/audit", LEO_PERM_AUDIT_READ, SCOPE_GLOBAL, h_audit_list},
-    {"GET", "/admin/v1/usage", PERM_USAGE_READ, SCOPE_ANY, h_usage_report},
-    {"GET", "/admin/v1/providers", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_providers_list},
-    {"POST", "/admin/v1/providers", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_create},
-    {"GET", "/admin/v1/providers/{provider}", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_provider_get},
-    {"PATCH", "/admin/v1/providers/{provider}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_patch},
-    {"DELETE", "/admin/v1/providers/{provider}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_delete},
-    {"GET", "/admin/v1/providers/{provider}/credentials", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_credentials_list},
-    {"POST", "/admin/v1/providers/{provider}/credentials", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_credential_create},
-    {"PATCH", "/admin/v1/providers/{provider}/credentials/{key}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
+    {"GET", "/admin/v1/usage", LEO_PERM_USAGE_READ, SCOPE_ANY, h_usage_report},
+    {"GET", "/admin/v1/providers", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_providers_list},
+    {"POST", "/admin/v1/providers", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_create},
+    {"GET", "/admin/v1/providers/{provider}", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_provider_get},
+    {"PATCH", "/admin/v1/providers/{provider}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_patch},
+    {"DELETE", "/admin/v1/providers/{provider}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_delete},
+    {"GET", "/admin/v1/providers/{provider}/credentials", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_credentials_list},
+    {"POST", "/admin/v1/providers/{provider}/credentials", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_credential_create},
+    {"PATCH", "/admin/v1/providers/{provider}/credentials/{key}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
      h_credential_patch},
-    {"DELETE", "/admin/v1/providers/{provider}/credentials/{key}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
+    {"DELETE", "/admin/v1/providers/{provider}/credentials/{key}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
      h_credential_delete},
-    {"GET", "/admin/v1/deployments", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_deployments_list},
-    {"POST", "/admin/v1/deployments", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_create},
-    {"GET", "/admin/v1/deployments/{deployment}", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_deployment_get},
-    {"PATCH", "/admin/v1/deployments/{deployment}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_patch},
-    {"DELETE", "/admin/v1/deployments/{deployment}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_delete},
-    {"GET", "/admin/v1/models", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_models_list},
-    {"POST", "/admin/v1/models", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_create},
-    {"GET", "/admin/v1/models/{model}", PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_model_get},
-    {"PATCH", "/admin/v1/models/{model}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_patch},
-    {"DELETE", "/admin/v1/models/{model}", PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_delete},
+    {"GET", "/admin/v1/deployments", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_deployments_list},
+    {"POST", "/admin/v1/deployments", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_create},
+    {"GET", "/admin/v1/deployments/{deployment}", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_deployment_get},
+    {"PATCH", "/admin/v1/deployments/{deployment}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_patch},
+    {"DELETE", "/admin/v1/deployments/{deployment}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_deployment_delete},
+    {"GET", "/admin/v1/models", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_models_list},
+    {"POST", "/admin/v1/models", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_create},
+    {"GET", "/admin/v1/models/{model}", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_model_get},
+    {"PATCH", "/admin/v1/models/{model}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_patch},
+    {"DELETE", "/admin/v1/models/{model}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_delete},
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))

@@ -29,7 +29,7 @@ static const struct leo_db_stmt stmts[] = {
      * their usable deployments: enabled, at an enabled provider; a model left with none is not published) */
     {"snapshot_compile",
         "SELECT coalesce((SELECT max(id) FROM audit_log), 0)::text,"
-        " coalesce(json_agg(json_build_object('id', t.slug, 'allow_byok', false, 'keys',"
+        " coalesce(json_agg(json_build_object('id', t.slug, 'allow_byok', false, 'quotas', t.limits, 'keys',"
         " coalesce((SELECT json_agg(jsonb_build_object('name', k.name, 'hash', k.key_hash)"
         " || CASE WHEN k.limits = '{}'::jsonb THEN '{}'::jsonb ELSE jsonb_build_object('quotas', k.limits) END"
         " || CASE WHEN k.allowed_models IS NULL THEN '{}'::jsonb"
