@@ -877,6 +877,13 @@ void leo_route_opt_cache_threshold(struct leo_gw_req *g)
     if (b == NULL)
         return;
     json_t *jthr = json_object_get(b, "threshold"), *jm = json_object_get(b, "model"), *jt = json_object_get(b, "tenant");
+    json_t *jns = json_object_get(b, "namespace");
+    if (jns && (!json_is_string(jns) || json_string_length(jns) != LEO_SEMCACHE_NS_HEX || jm)) {
+        json_decref(b);
+        leo_gw_error(g, 400, "namespace", "invalid_value",
+                     "field \"namespace\" must be a namespace id from /v1/optimization/cache/stats (without \"model\")");
+        return;
+    }
     if (!(json_is_number(jthr) || json_is_null(jthr)) ||
         (json_is_number(jthr) && !(json_number_value(jthr) > 0 && json_number_value(jthr) <= 1))) {
         json_decref(b);
@@ -902,9 +909,14 @@ void leo_route_opt_cache_threshold(struct leo_gw_req *g)
         return;
     }
     double thr = json_is_number(jthr) ? json_number_value(jthr) : 0;
-    leo_semcache_set_threshold(g->w->optimizer->sem, tenant, model, thr);
+    char nsrule[4 + LEO_SEMCACHE_NS_HEX + 1];
+    if (jns)
+        snprintf(nsrule, sizeof(nsrule), "ns:%s", json_string_value(jns));
+    leo_semcache_set_threshold(g->w->optimizer->sem, tenant, jns ? nsrule : model, thr);
     json_t *out = json_pack("{s:s,s:o,s:o}", "tenant", tenant, "model", model ? json_string(model) : json_null(),
                             "threshold", thr > 0 ? json_real(thr) : json_null());
+    if (jns)
+        json_object_set_new(out, "namespace", json_string(json_string_value(jns)));
     json_decref(b);
     respond(g, 200, out);
 }

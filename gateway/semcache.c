@@ -215,20 +215,25 @@ static struct sc_ns *ns_get(struct leo_semcache *sc, const char *name, const cha
     return n;
 }
 
-/* The threshold of a namespace: the most specific run-time rule, else the default. */
+/* The threshold of a namespace: the most specific run-time rule (the namespace itself, written "ns:<hex>" in
+ * the model slot; its model; its tenant), else the default. */
 static double ns_threshold(const struct leo_semcache *sc, const struct sc_ns *n)
 {
-    double tenant_wide = 0;
+    double tenant_wide = 0, model_wide = 0;
     for (size_t i = 0; i < sc->nrules; i++) {
         const struct sc_rule *r = &sc->rules[i];
         if (strcmp(r->tenant, n->tenant) != 0)
             continue;
-        if (r->model[0] && strcmp(r->model, n->model) == 0)
-            return r->threshold;
-        if (r->model[0] == '\0')
+        if (strncmp(r->model, "ns:", 3) == 0) {
+            if (strcmp(r->model + 3, n->name) == 0)
+                return r->threshold;
+        } else if (r->model[0] && strcmp(r->model, n->model) == 0) {
+            model_wide = r->threshold;
+        } else if (r->model[0] == '\0') {
             tenant_wide = r->threshold;
+        }
     }
-    return tenant_wide > 0 ? tenant_wide : sc->threshold;
+    return model_wide > 0 ? model_wide : tenant_wide > 0 ? tenant_wide : sc->threshold;
 }
 
 /* ---- entries ---- */

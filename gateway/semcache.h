@@ -190,8 +190,9 @@ typedef void (*leo_semcache_feedback_cb)(enum leo_semcache_feedback_result r, do
 void leo_semcache_feedback(struct leo_semcache *sc, const char *tenant, const char *request_id, bool good,
                            leo_semcache_feedback_cb cb, void *ud);
 
-/** Sets the threshold of every namespace of tenant (model NULL) or of one model of it, shared through Redis;
- *  0 restores the default. LEO_EINVAL outside (0, 1]. */
+/** Sets the threshold of every namespace of tenant (model NULL), of one model of it, or of one namespace (model
+ *  "ns:<namespace hex>"), shared through Redis; 0 restores the default. LEO_EINVAL outside [0, 1]. The most
+ *  specific setting applies: namespace, then model, then tenant. */
 int leo_semcache_set_threshold(struct leo_semcache *sc, const char *tenant, const char *model, double threshold);
 
 /** Removes every entry of tenant (NULL: of every tenant), shared through Redis. */

@@ -203,6 +203,24 @@ TEST(runtime_threshold_and_purge)
     ASSERT(look(sc, "t1", "m", NULL, PARA_B, 0, NULL) > 0);
     ASSERT_EQ(leo_semcache_set_threshold(sc, "t1", NULL, 1.5), LEO_EINVAL);
 
+    /* one namespace's own threshold wins over its model's and its tenant's */
+    add(sc, "t1", "m2", NULL, PARA_A, 0, "t1:m2");
+    struct leo_buf st = LEO_BUF_INIT;
+    leo_semcache_stats_json(sc, "t1", &st);
+    json_t *arr = json_loads(st.p, 0, NULL);
+    leo_buf_release(&st);
+    char rule[64] = "";
+    for (size_t i = 0; i < json_array_size(arr); i++)
+        if (strcmp(json_string_value(json_object_get(json_array_get(arr, i), "model")), "m") == 0)
+            snprintf(rule, sizeof(rule), "ns:%s", json_string_value(json_object_get(json_array_get(arr, i), "namespace")));
+    json_decref(arr);
+    ASSERT(rule[0] != '\0');
+    ASSERT_EQ(leo_semcache_set_threshold(sc, "t1", rule, 0.9999), 0);
+    ASSERT(look(sc, "t1", "m", NULL, PARA_B, 0, NULL) < 0);
+    ASSERT(look(sc, "t1", "m2", NULL, PARA_B, 0, NULL) > 0); /* another namespace of the tenant */
+    ASSERT_EQ(leo_semcache_set_threshold(sc, "t1", rule, 0), 0);
+    ASSERT(look(sc, "t1", "m", NULL, PARA_B, 0, NULL) > 0);
+
     leo_semcache_purge(sc, "t1");
     ASSERT_EQ(leo_semcache_entries(sc), 1u);
     ASSERT(look(sc, "t1", "m", NULL, PARA_A, 0, NULL) < 0);
@@ -216,37 +234,27 @@ TEST(runtime_threshold_and_purge)
 static struct redis_server srv;
 
 struct rfix {
-    uv_loop_t loop;
+    struct redis_loop l;
     struct leo_redis *redis;
 };
 
 static void rfix_init(struct rfix *rf)
 {
-    ASSERT_EQ(uv_loop_init(&rf->loop), 0);
+    redis_loop_init(&rf->l);
     char url[200];
     snprintf(url, sizeof(url), "unix://%s", srv.sock);
     struct leo_redis_opts o = {.url = url, .command_timeout_ms = 500, .reconnect_min_ms = 20, .reconnect_max_ms = 50};
-    ASSERT_EQ(leo_redis_new(&rf->loop, &o, &rf->redis, NULL), 0);
-    while (!leo_redis_connected(rf->redis))
-        uv_run(&rf->loop, UV_RUN_ONCE);
+    rf->redis = redis_loop_connect(&rf->l, &o);
 }
 
 static void rfix_done(struct rfix *rf)
 {
-    leo_redis_close(rf->redis, NULL, NULL);
-    uv_run(&rf->loop, UV_RUN_DEFAULT);
-    ASSERT_EQ(uv_loop_close(&rf->loop), 0);
+    redis_loop_close_client(&rf->l, rf->redis);
+    redis_loop_done(&rf->l);
 }
 
 /* Runs the loop until cond holds (each poll of the stream is an event; at most 10 s). */
-#define RUN_UNTIL(rf, cond)                                                                                        \
-    do {                                                                                                           \
-        uint64_t until_ = redis_harness_now_ms() + 10000;                                                          \
-        while (!(cond)) {                                                                                          \
-            ASSERT(redis_harness_now_ms() < until_);                                                               \
-            uv_run(&(rf)->loop, UV_RUN_ONCE);                                                                      \
-        }                                                                                                          \
-    } while (0)
+#define RUN_UNTIL(rf, cond) REDIS_LOOP_RUN_UNTIL(&(rf)->l, cond, 10000)
 
 TEST(shared_through_redis)
 {
@@ -255,7 +263,7 @@ TEST(shared_through_redis)
     rfix_init(&rf);
     struct leo_embedder *e = leo_embed_local_new(LEO_EMBED_DEFAULT_SEED);
     double sim = similarity(e, PARA_A, PARA_B);
-    struct leo_semcache_opts o = {.loop = &rf.loop, .redis = rf.redis, .embedder = e, .threshold = sim - 0.05,
+    struct leo_semcache_opts o = {.loop = &rf.l.loop, .redis = rf.redis, .embedder = e, .threshold = sim - 0.05,
                                   .poll_ms = 10};
     struct leo_semcache *a = leo_semcache_new(&o), *b = leo_semcache_new(&o);
     RUN_UNTIL(&rf, leo_semcache_synced(a) && leo_semcache_synced(b));
