@@ -10,59 +10,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import net from 'node:net';
 
-import { chat, freePort, hashKey, metricSum, request, startStack } from './lib/harness.mjs';
+import { chat, hashKey, metricSum, request, startStack } from './lib/harness.mjs';
+import { Redis } from './lib/redis.mjs';
 
-const REDIS_BIN = process.env.LEO_REDIS_SERVER || '/usr/bin/redis-server';
 const ADMIN_KEY = 'sk-leo-analytics-admin-0003';
 const NANO = { 'mock-small': [100, 400], 'mock-large': [2000, 8000] };
-
-/* ---- a private redis-server ---- */
-
-function ping(port) {
-    return new Promise((resolve) => {
-        const s = net.connect({ host: '127.0.0.1', port });
-        let buf = '';
-        const done = (ok) => {
-            s.destroy();
-            resolve(ok);
-        };
-        s.on('error', () => done(false));
-        s.on('connect', () => s.write('*1\r\n$4\r\nPING\r\n'));
-        s.on('data', (d) => {
-            buf += d.toString('latin1');
-            if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
-        });
-    });
-}
-
-async function startRedis(port) {
-    port ??= await freePort();
-    const proc = spawn(REDIS_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-        { stdio: ['ignore', 'ignore', 'pipe'] });
-    proc.stderr.resume();
-    const exited = new Promise((resolve) => proc.on('exit', resolve));
-    process.on('exit', () => proc.kill('SIGKILL'));
-    const deadline = Date.now() + 10000;
-    /* a starting process offers no event to wait on: poll PING */
-    while (!(await ping(port))) {
-        if (proc.exitCode !== null || Date.now() > deadline) throw new Error('redis-server did not start');
-        await new Promise((r) => setTimeout(r, 20));
-    }
-    return {
-        port,
-        stop: async () => {
-            proc.kill('SIGTERM');
-            await exited;
-        },
-        kill: async () => {
-            proc.kill('SIGKILL');
-            await exited;
-        },
-    };
-}
 
 /* ---- helpers ---- */
 
@@ -196,7 +149,7 @@ const expectT1 = new Expect();
 const expectT2 = new Expect();
 
 before(async () => {
-    redis = await startRedis();
+    redis = await Redis.start();
     const adminHash = await hashKey(ADMIN_KEY);
     stack = await startStack({
         workers: 2,
@@ -386,7 +339,7 @@ describe('GET /v1/analytics without Redis', () => {
 describe('GET /v1/analytics across a Redis outage', () => {
     it('keeps counting while Redis is down, answers 503 meanwhile, and writes the buffer when it returns',
         { timeout: 60000 }, async () => {
-            let r1 = await startRedis();
+            let r1 = await Redis.start();
             const port = r1.port;
             const s = await startStack({
                 workers: 1,
@@ -417,7 +370,7 @@ describe('GET /v1/analytics across a Redis outage', () => {
                 await s.gw.stderr.waitForJson((l) => /^analytics: cannot write to redis/.test(l.msg || ''),
                     { what: 'the analytics outage warning' });
                 /* back, empty (no persistence): exactly the two requests buffered during the outage arrive */
-                r1 = await startRedis(port);
+                r1 = await Redis.start({ port });
                 const deadline = Date.now() + 20000;
                 let j;
                 for (;;) {

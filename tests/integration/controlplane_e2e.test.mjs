@@ -11,17 +11,18 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { LineLog, bin, freePort, nonce, recordedHeader, sourceDir, startGateway, startMock } from './lib/harness.mjs';
+import { ControlPlane, stopControlPlaneStack } from './lib/controlplane.mjs';
+import { bin, freePort, nonce, recordedHeader, sourceDir, startGateway, startMock } from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
+import { Redis } from './lib/redis.mjs';
 
 /* the official SDK, installed for the end-to-end tests (tests/e2e/package.json, `npm ci` in tests/run.sh) */
 const e2eRequire = createRequire(path.join(sourceDir, 'tests/e2e/package.json'));
@@ -38,39 +39,6 @@ const LIVE_MS = 1000;
 let pg, redis, cp, mock, gw, gwNoKey, token, dir, redisPort;
 const S = {};
 
-const running = new Set();
-process.on('exit', () => {
-    for (const p of running) {
-        try {
-            p.kill('SIGKILL');
-        } catch {
-            /* gone */
-        }
-    }
-});
-
-function spawnChild(file, args, env) {
-    const proc = spawn(file, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    running.add(proc);
-    const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
-        running.delete(proc);
-        resolve({ code, signal });
-    }));
-    return { proc, exited, stderr: new LineLog(proc.stderr, `${path.basename(file)} stderr`),
-        stdout: new LineLog(proc.stdout, `${path.basename(file)} stdout`) };
-}
-
-async function stopChild(c, what) {
-    c.proc.kill('SIGTERM');
-    let timer;
-    return Promise.race([c.exited, new Promise((_, reject) => {
-        timer = setTimeout(() => {
-            c.proc.kill('SIGKILL');
-            reject(new Error(`${what} did not stop within 15 s`));
-        }, 15000);
-    })]).finally(() => clearTimeout(timer));
-}
-
 function run(file, args, env) {
     return new Promise((resolve, reject) => {
         execFile(file, args, { env: { ...process.env, ...env }, timeout: 15000 }, (err, stdout, stderr) => {
@@ -82,30 +50,7 @@ function run(file, args, env) {
 
 const redisCli = (...args) => run('/usr/bin/redis-cli', ['-p', String(redisPort), ...args], {});
 
-function api(method, p, body, tok = token) {
-    return new Promise((resolve, reject) => {
-        const h = {};
-        if (tok) h.Authorization = `Bearer ${tok}`;
-        const payload = body === undefined ? undefined : JSON.stringify(body);
-        if (payload) h['Content-Type'] = 'application/json';
-        const req = http.request({ host: '127.0.0.1', port: cp.port, method, path: p, headers: h, agent: false });
-        const timer = setTimeout(() => req.destroy(new Error(`${method} ${p}: no answer within 10 s`)), 10000);
-        req.on('error', (e) => {
-            clearTimeout(timer);
-            reject(e);
-        });
-        req.on('response', (res) => {
-            const chunks = [];
-            res.on('data', (c) => chunks.push(c));
-            res.on('end', () => {
-                clearTimeout(timer);
-                const text = Buffer.concat(chunks).toString('utf8');
-                resolve({ status: res.statusCode, text, json: text ? JSON.parse(text) : undefined });
-            });
-        });
-        req.end(payload);
-    });
-}
+const api = (method, p, body, tok = token) => cp.api(method, p, { body, token: tok });
 
 async function created(method, p, body, tok) {
     const r = await api(method, p, body, tok);
@@ -158,22 +103,10 @@ before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-cp-e2e-'));
     redisPort = await freePort();
     [pg, mock] = await Promise.all([startPostgres(), startMock()]);
-    redis = spawnChild('/usr/bin/redis-server',
-        ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {});
-    await redis.stdout.waitFor((l) => /Ready to accept connections/.test(l.text), { timeoutMs: 10000 });
-    cp = spawnChild(bin('leo-controlplane'), ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
-        DATABASE_URL: pg.conninfo,
-        LEO_KEY_HASH_SECRET: KEY_HASH_SECRET,
-        LEO_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-        LEO_MASTER_KEY: MASTER_OLD,
-        LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
-        LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
-    });
-    const line = await cp.stderr.waitForJson((j) => /^listening on /.test(j.msg || ''), { timeoutMs: 20000 });
-    cp.port = Number(/:(\d+)$/.exec(line.msg)[1]);
-    const login = await api('POST', '/admin/v1/login', { email: OWNER.email, password: OWNER.password }, null);
-    assert.equal(login.status, 200, login.text);
-    token = login.json.token;
+    redis = await Redis.start({ port: redisPort, dir });
+    cp = await ControlPlane.start({ pg, redisUrl: redis.url, keyHashSecret: KEY_HASH_SECRET, owner: OWNER,
+        env: { LEO_MASTER_KEY: MASTER_OLD } });
+    token = await cp.login(OWNER.email, OWNER.password);
     /* this gateway holds the current key and the next one: it accepts both while the rotation spreads */
     [gw, gwNoKey] = await Promise.all([
         startGateway({ config: gatewayConfig(), workers: 2,
@@ -182,19 +115,7 @@ before(async () => {
     ]);
 }, { timeout: 90000 });
 
-after(async () => {
-    const results = await Promise.allSettled([
-        gw && gw.stop(),
-        gwNoKey && gwNoKey.stop(),
-        mock && mock.stop(),
-        cp && stopChild(cp, 'leo-controlplane'),
-    ]);
-    if (redis) await stopChild(redis, 'redis-server').catch(() => {});
-    if (pg) await pg.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-    assert.deepEqual(results[3].value, { code: 0, signal: null }, 'leo-controlplane exit after SIGTERM');
-}, { timeout: 60000 });
+after(() => stopControlPlaneStack({ gateways: [gw, gwNoKey], mock, cp, redis, pg, dir }), { timeout: 60000 });
 
 describe('control plane end to end', () => {
     it('tenant, user, provider, credential, deployment, model and key through the admin API', T, async () => {
@@ -210,8 +131,7 @@ describe('control plane end to end', () => {
         S.model = await created('POST', '/admin/v1/models',
             { name: 'cp-chat', deployments: [{ deployment_id: S.deployment.id }] });
         /* the tenant's own admin makes the key */
-        const tok = (await api('POST', '/admin/v1/login', { email: 'admin@e2e.test', password: 'tenant-password-01' }, null))
-            .json.token;
+        const tok = await cp.login('admin@e2e.test', 'tenant-password-01');
         S.key = await created('POST', `/admin/v1/tenants/${S.tenant.id}/keys`, { name: 'sdk' }, tok);
         assert.match(S.key.secret, /^sk-leo-/);
     });
@@ -230,7 +150,7 @@ describe('control plane end to end', () => {
     });
 
     it('Redis holds the credential sealed: neither the snapshot nor a dump of the database contains it', T, async () => {
-        const doc = (await redisCli('--raw', 'GET', 'leo:snapshot')).stdout;
+        const doc = await redis.command('GET', 'leo:snapshot');
         const snap = JSON.parse(doc);
         const p = snap.providers.find((x) => x.name === 'cp-mock');
         assert.equal(p.credentials.length, 1);
@@ -287,7 +207,7 @@ describe('control plane end to end', () => {
         const from = gw.stderr.lines.length;
         const p = await api('PATCH', `/admin/v1/providers/${S.provider.id}/credentials/${S.credential.id}`, { weight: 2 });
         assert.equal(p.status, 200, p.text);
-        const version = Number((await redisCli('--raw', 'GET', 'leo:snapshot:version')).stdout.trim());
+        const version = Number(await redis.command('GET', 'leo:snapshot:version'));
         await gw.stderr.waitForJson((j) => typeof j.msg === 'string' &&
             j.msg.startsWith(`control plane snapshot version ${version} applied`), { timeoutMs: 5000, from });
         const marker = nonce('rot');

@@ -9,14 +9,14 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 
-import { LineLog, bin, chat, chatBody, freePort, startGateway, startMock } from './lib/harness.mjs';
+import { ControlPlane, stopControlPlaneStack } from './lib/controlplane.mjs';
+import { chat, chatBody, freePort, startGateway, startMock } from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
+import { Redis } from './lib/redis.mjs';
 
 const T = { timeout: 30000 };
 const KEY_HASH_SECRET = 'follow-integration-secret-77a1';
@@ -25,77 +25,8 @@ const LIVE_MS = 1000; /* the promise: a change is live on every worker within th
 
 let pg, redis, cp, mock, gw, token, tenant, key1, key2, dir, redisPort;
 
-const running = new Set();
-process.on('exit', () => {
-    for (const p of running) {
-        try {
-            p.kill('SIGKILL');
-        } catch {
-            /* gone */
-        }
-    }
-});
-
-function spawnChild(file, args, env) {
-    const proc = spawn(file, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    running.add(proc);
-    const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
-        running.delete(proc);
-        resolve({ code, signal });
-    }));
-    return { proc, exited, stderr: new LineLog(proc.stderr, `${path.basename(file)} stderr`),
-        stdout: new LineLog(proc.stdout, `${path.basename(file)} stdout`) };
-}
-
-async function stopChild(c, what) {
-    c.proc.kill('SIGTERM');
-    let timer;
-    return Promise.race([c.exited, new Promise((_, reject) => {
-        timer = setTimeout(() => {
-            c.proc.kill('SIGKILL');
-            reject(new Error(`${what} did not stop within 15 s`));
-        }, 15000);
-    })]).finally(() => clearTimeout(timer));
-}
-
-async function startRedis() {
-    const r = spawnChild('/usr/bin/redis-server',
-        ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {});
-    await r.stdout.waitFor((l) => /Ready to accept connections/.test(l.text), { timeoutMs: 10000, what: 'redis ready' });
-    return r;
-}
-
-function redisGet(key) {
-    return new Promise((resolve, reject) => {
-        execFile('/usr/bin/redis-cli', ['-p', String(redisPort), '--raw', 'GET', key], { timeout: 5000 },
-            (err, stdout) => (err ? reject(err) : resolve(stdout.replace(/\n$/, ''))));
-    });
-}
-
-function api(method, p, body) {
-    return new Promise((resolve, reject) => {
-        const h = {};
-        if (token) h.Authorization = `Bearer ${token}`;
-        const payload = body === undefined ? undefined : JSON.stringify(body);
-        if (payload) h['Content-Type'] = 'application/json';
-        const req = http.request({ host: '127.0.0.1', port: cp.port, method, path: p, headers: h, agent: false });
-        const timer = setTimeout(() => req.destroy(new Error(`${method} ${p}: no answer within 10 s`)), 10000);
-        req.on('error', (e) => {
-            clearTimeout(timer);
-            reject(e);
-        });
-        req.on('response', (res) => {
-            const chunks = [];
-            res.on('data', (c) => chunks.push(c));
-            res.on('end', () => {
-                clearTimeout(timer);
-                const text = Buffer.concat(chunks).toString('utf8');
-                resolve({ status: res.statusCode, text, json: text ? JSON.parse(text) : undefined });
-            });
-        });
-        req.end(payload);
-    });
-}
+const redisGet = (key) => redis.command('GET', key);
+const api = (method, p, body) => cp.api(method, p, { body, token });
 
 /** Status of one chat request with key on a fresh connection (so the kernel spreads them over workers). */
 async function status(key) {
@@ -130,35 +61,14 @@ function gatewayConfig(cachePath) {
 before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-follow-'));
     redisPort = await freePort();
-    [pg, redis, mock] = await Promise.all([startPostgres(), startRedis(), startMock()]);
-    cp = spawnChild(bin('leo-controlplane'), ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
-        DATABASE_URL: pg.conninfo,
-        LEO_KEY_HASH_SECRET: KEY_HASH_SECRET,
-        LEO_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-        LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
-        LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
-    });
-    const line = await cp.stderr.waitForJson((j) => /^listening on /.test(j.msg || ''), { timeoutMs: 20000 });
-    cp.port = Number(/:(\d+)$/.exec(line.msg)[1]);
-    const login = await api('POST', '/admin/v1/login', { email: OWNER.email, password: OWNER.password });
-    assert.equal(login.status, 200, login.text);
-    token = login.json.token;
+    [pg, redis, mock] = await Promise.all([startPostgres(), Redis.start({ port: redisPort }), startMock()]);
+    cp = await ControlPlane.start({ pg, redisUrl: redis.url, keyHashSecret: KEY_HASH_SECRET, owner: OWNER });
+    token = await cp.login(OWNER.email, OWNER.password);
     gw = await startGateway({ config: gatewayConfig(path.join(dir, 'snapshot.json')), workers: 2,
         env: { LEO_KEY_HASH_SECRET: KEY_HASH_SECRET } });
 }, { timeout: 90000 });
 
-after(async () => {
-    const results = await Promise.allSettled([
-        gw && gw.stop(),
-        mock && mock.stop(),
-        cp && stopChild(cp, 'leo-controlplane'),
-    ]);
-    if (redis) await stopChild(redis, 'redis-server').catch(() => {});
-    if (pg) await pg.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-    assert.deepEqual(results[2].value, { code: 0, signal: null }, 'leo-controlplane exit after SIGTERM');
-}, { timeout: 60000 });
+after(() => stopControlPlaneStack({ gateways: [gw], mock, cp, redis, pg, dir }), { timeout: 60000 });
 
 describe('gateways follow the control plane', () => {
     it('publishes a snapshot at start', T, async () => {
@@ -250,7 +160,7 @@ describe('gateways follow the control plane', () => {
     });
 
     it('with Redis down the gateway keeps serving its last snapshot', T, async () => {
-        const info = await stopChild(redis, 'redis-server');
+        const info = await redis.stop();
         redis = null;
         assert.equal(info.code, 0);
         await gw.stderr.waitForJson((j) => /redis is unreachable/.test(j.msg || ''), { timeoutMs: 5000 });

@@ -13,79 +13,17 @@
  */
 import { before, after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 
 import { Gateway, Mock, chat, freePort, hashKey } from './lib/harness.mjs';
+import { Redis, redisCommand } from './lib/redis.mjs';
 
-const REDIS_BIN = '/usr/bin/redis-server';
 const T = { timeout: 20000 };
 const EXACT_TEXT = 'a b c d e f g h';
 const EXACT_TOKENS = 22;
 const EXACT_MICRO_USD = 6;
 const N = 5; /* what every budget below admits */
 const FIRED = 12; /* requests fired at once at each budget */
-
-/* ---- a private redis-server and one-command RESP client ---- */
-
-function redisCommand(port, args, timeoutMs = 2000) {
-    return new Promise((resolve, reject) => {
-        const sock = net.connect({ host: '127.0.0.1', port });
-        let buf = '';
-        const timer = setTimeout(() => {
-            sock.destroy();
-            reject(new Error(`redis ${args[0]}: no reply within ${timeoutMs} ms`));
-        }, timeoutMs);
-        sock.on('error', (e) => {
-            clearTimeout(timer);
-            reject(e);
-        });
-        sock.on('connect', () => sock.write(`*${args.length}\r\n${args.map((a) =>
-            `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`));
-        /* only the replies used here: simple strings, integers, bulk strings, arrays of bulk strings */
-        sock.on('data', (d) => {
-            buf += d.toString('utf8');
-            const lines = buf.split('\r\n');
-            let value;
-            if (buf[0] === '+' || buf[0] === ':' || buf[0] === '-') {
-                if (lines.length < 2) return;
-                value = buf[0] === ':' ? Number(lines[0].slice(1)) : lines[0].slice(1);
-            } else if (buf[0] === '$') {
-                const n = Number(lines[0].slice(1));
-                if (n < 0) value = null;
-                else if (lines.length < 3) return;
-                else value = lines[1];
-            } else if (buf[0] === '*') {
-                const n = Number(lines[0].slice(1));
-                if (lines.length < 1 + 2 * n + 1) return;
-                value = [];
-                for (let i = 0; i < n; i++) value.push(lines[2 + 2 * i]);
-            }
-            clearTimeout(timer);
-            sock.destroy();
-            resolve(value);
-        });
-    });
-}
-
-let redisProc;
-process.on('exit', () => {
-    if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGKILL');
-});
-
-async function startRedis(port) {
-    redisProc = spawn(REDIS_BIN, ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'],
-        { stdio: ['ignore', 'ignore', 'ignore'] });
-    const deadline = Date.now() + 5000;
-    for (;;) {
-        try {
-            if ((await redisCommand(port, ['PING'], 500)) === 'PONG') return;
-        } catch (e) {
-            if (Date.now() > deadline) throw new Error(`redis-server did not start: ${e.message}`);
-        }
-        await new Promise((r) => setTimeout(r, 20));
-    }
-}
 
 /* ---- the stack ---- */
 
@@ -107,7 +45,7 @@ const tenantIds = [];
 for (const [kind] of CASES) tenantIds.push(`key-${kind}`, `tenant-${kind}`);
 tenantIds.push('key-concurrency', 'tenant-concurrency', 'free');
 
-let mock, redisPort, gw;
+let mock, redis, redisPort, gw;
 
 /* A MONITOR connection: every command redis runs, with the address of the client that sent it. */
 const scriptClients = new Set();
@@ -132,7 +70,7 @@ function startMonitor(port) {
 
 before(async () => {
     redisPort = await freePort();
-    [mock] = await Promise.all([Mock.start(), startRedis(redisPort)]);
+    [mock, redis] = await Promise.all([Mock.start(), Redis.start({ port: redisPort })]);
     await startMonitor(redisPort);
     const hashes = {};
     await Promise.all(tenantIds.flatMap((t) => [0, 1].map(async (i) => {
@@ -184,7 +122,7 @@ before(async () => {
 after(async () => {
     if (monitor) monitor.destroy();
     const results = await Promise.allSettled([gw && gw.stop(), mock && mock.stop()]);
-    if (redisProc && redisProc.exitCode === null) redisProc.kill('SIGKILL');
+    if (redis) await redis.kill();
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
     const info = results[0].value;

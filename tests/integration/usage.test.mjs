@@ -10,17 +10,17 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 
+import { ControlPlane, stopControlPlaneStack } from './lib/controlplane.mjs';
 import {
-    LineLog, MOCK_PRICE, bin, chat, chatBody, freePort, metricSum, openStream, parseMetrics, request, startGateway,
+    MOCK_PRICE, chat, chatBody, freePort, metricSum, openStream, parseMetrics, request, spawnChild, startGateway,
     startMock,
 } from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
+import { Redis, redisCommand } from './lib/redis.mjs';
 
 const T = { timeout: 60000 };
 const KEY_HASH_SECRET = 'usage-integration-secret-5c2e';
@@ -34,107 +34,23 @@ const COMPLETION = 6;
 let pg, redis, cp, mock, gw, token, tenantA, tenantB, keyA, keyB, dir, redisPort;
 let sent = 0; /* requests sent through the gateway with a tenant key: each must be one row */
 
-const running = new Set();
-process.on('exit', () => {
-    for (const p of running) {
-        try {
-            p.kill('SIGKILL');
-        } catch {
-            /* gone */
-        }
-    }
-});
-
-function spawnChild(file, args, env, opts = {}) {
-    const proc = spawn(file, args, { env: { ...process.env, ...env }, stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
-    running.add(proc);
-    const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
-        running.delete(proc);
-        resolve({ code, signal });
-    }));
-    return { proc, exited, stderr: new LineLog(proc.stderr, `${path.basename(file)} stderr`),
-        stdout: new LineLog(proc.stdout, `${path.basename(file)} stdout`) };
-}
-
-async function stopChild(c, what) {
-    c.proc.kill('SIGTERM');
-    let timer;
-    return Promise.race([c.exited, new Promise((_, reject) => {
-        timer = setTimeout(() => {
-            c.proc.kill('SIGKILL');
-            reject(new Error(`${what} did not stop within 15 s`));
-        }, 15000);
-    })]).finally(() => clearTimeout(timer));
-}
-
-async function startRedis() {
-    const r = spawnChild('/usr/bin/redis-server',
-        ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {});
-    await r.stdout.waitFor((l) => /Ready to accept connections/.test(l.text), { timeoutMs: 10000, what: 'redis ready' });
-    return r;
-}
-
-function redisCli(...args) {
-    return new Promise((resolve, reject) => {
-        execFile('/usr/bin/redis-cli', ['-p', String(redisPort), '--raw', ...args], { timeout: 5000 },
-            (err, stdout) => (err ? reject(err) : resolve(stdout.replace(/\n$/, ''))));
-    });
-}
-
 /** Entries delivered to the group and not acknowledged (0 when the group does not exist yet). */
 async function pendingCount() {
-    const out = await redisCli('XPENDING', 'leo:usage', 'leo-usage');
-    if (/NOGROUP/.test(out)) return 0;
-    return Number(out.split('\n')[0]) || 0;
+    const r = await redisCommand(redisPort, ['XPENDING', 'leo:usage', 'leo-usage']);
+    if (r instanceof Error) {
+        if (/NOGROUP/.test(r.message)) return 0;
+        throw r;
+    }
+    return Number(r[0]) || 0;
 }
 
-async function startControlPlane(consumer, extraEnv = {}) {
-    const c = spawnChild(bin('leo-controlplane'), ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
-        DATABASE_URL: pg.conninfo,
-        LEO_KEY_HASH_SECRET: KEY_HASH_SECRET,
-        LEO_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-        LEO_BOOTSTRAP_OWNER_EMAIL: OWNER.email,
-        LEO_BOOTSTRAP_OWNER_PASSWORD: OWNER.password,
-        LEO_USAGE_CONSUMER: consumer,
-        LEO_USAGE_CLAIM_IDLE_MS: '1000',
-        LEO_USAGE_BATCH: '7',
-        ...extraEnv,
-    });
-    const line = await c.stderr.waitForJson((j) => /^listening on /.test(j.msg || ''), { timeoutMs: 20000 });
-    c.port = Number(/:(\d+)$/.exec(line.msg)[1]);
-    return c;
+function startControlPlane(consumer) {
+    return ControlPlane.start({ pg, redisUrl: `redis://127.0.0.1:${redisPort}`, keyHashSecret: KEY_HASH_SECRET,
+        owner: OWNER, env: { LEO_USAGE_CONSUMER: consumer, LEO_USAGE_CLAIM_IDLE_MS: '1000', LEO_USAGE_BATCH: '7' } });
 }
 
 function api(method, p, { body, auth = token, raw = false } = {}) {
-    return new Promise((resolve, reject) => {
-        const h = {};
-        if (auth) h.Authorization = `Bearer ${auth}`;
-        const payload = body === undefined ? undefined : JSON.stringify(body);
-        if (payload) h['Content-Type'] = 'application/json';
-        const req = http.request({ host: '127.0.0.1', port: cp.port, method, path: p, headers: h, agent: false });
-        const timer = setTimeout(() => req.destroy(new Error(`${method} ${p}: no answer within 10 s`)), 10000);
-        req.on('error', (e) => {
-            clearTimeout(timer);
-            reject(e);
-        });
-        req.on('response', (res) => {
-            const chunks = [];
-            res.on('data', (ch) => chunks.push(ch));
-            res.on('end', () => {
-                clearTimeout(timer);
-                const text = Buffer.concat(chunks).toString('utf8');
-                resolve({ status: res.statusCode, headers: res.headers, text,
-                    json: text && !raw ? JSON.parse(text) : undefined });
-            });
-        });
-        req.end(payload);
-    });
-}
-
-async function login(email, password) {
-    const r = await api('POST', '/admin/v1/login', { body: { email, password }, auth: null });
-    assert.equal(r.status, 200, r.text);
-    return r.json.token;
+    return cp.api(method, p, { body, token: auth, raw });
 }
 
 /** Polls `fn` until it returns a truthy value, or fails with `what` after timeoutMs. */
@@ -198,9 +114,9 @@ async function createKey(tenantId, name) {
 before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-usage-'));
     redisPort = await freePort();
-    [pg, redis, mock] = await Promise.all([startPostgres(), startRedis(), startMock()]);
+    [pg, redis, mock] = await Promise.all([startPostgres(), Redis.start({ port: redisPort }), startMock()]);
     cp = await startControlPlane('cp-a');
-    token = await login(OWNER.email, OWNER.password);
+    token = await cp.login(OWNER.email, OWNER.password);
     for (const [slug, set] of [['acme', (t) => (tenantA = t)], ['beta', (t) => (tenantB = t)]]) {
         const t = await api('POST', '/admin/v1/tenants', { body: { slug, name: slug } });
         assert.equal(t.status, 201, t.text);
@@ -220,18 +136,7 @@ before(async () => {
     sent = await eventCount();
 }, { timeout: 120000 });
 
-after(async () => {
-    const results = await Promise.allSettled([
-        gw && gw.stop(),
-        mock && mock.stop(),
-        cp && stopChild(cp, 'leo-controlplane'),
-    ]);
-    if (redis) await stopChild(redis, 'redis-server').catch(() => {});
-    if (pg) await pg.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-    assert.deepEqual(results[2].value, { code: 0, signal: null }, 'leo-controlplane exit after SIGTERM');
-}, { timeout: 60000 });
+after(() => stopControlPlaneStack({ gateways: [gw], mock, cp, redis, pg, dir }), { timeout: 60000 });
 
 async function report(query, auth = token) {
     const r = await api('GET', `/admin/v1/usage${query}`, { auth });
@@ -369,7 +274,7 @@ describe('usage pipeline', () => {
             if (role.startsWith('tenant_')) body.tenant_id = tenantA;
             const u = await api('POST', '/admin/v1/users', { body });
             assert.equal(u.status, 201, u.text);
-            tokens[role] = await login(body.email, PASSWORD);
+            tokens[role] = await cp.login(body.email, PASSWORD);
         }
         for (const [role, t] of Object.entries(tokens)) {
             const j = await report('?group_by=tenant', t);
@@ -430,7 +335,7 @@ describe('usage pipeline', () => {
     }
 
     it('Redis down at the gateway: events are queued and delivered once it is back', T, async () => {
-        const info = await stopChild(redis, 'redis-server');
+        const info = await redis.stop();
         redis = null;
         assert.equal(info.code, 0);
         const base = await eventCount();
@@ -441,7 +346,7 @@ describe('usage pipeline', () => {
         assert.ok(metricSum(m, 'leo_usage_queue_depth') >= 4);
         assert.equal(metricSum(m, 'leo_usage_events_dropped_total'), 0);
         assert.equal(await eventCount(), base);
-        redis = await startRedis(); /* an empty Redis: the stream and the group are created again */
+        redis = await Redis.start({ port: redisPort }); /* an empty Redis: the stream and the group are created again */
         await allStored();
         const after = parseMetrics((await request(gw.port, { path: '/metrics' })).text);
         await waitFor(async () => metricSum(parseMetrics((await request(gw.port, { path: '/metrics' })).text),

@@ -12,6 +12,13 @@
  * A server that cannot be started aborts the test with its log on stderr.
  *
  * Waiting for the server to come up polls PING every 5 ms: a starting process offers no event to wait on.
+ *
+ * struct redis_loop is the fixture of the cases that drive the asynchronous client (common/redis.c) and the
+ * modules built on it: one libuv loop per case, run in the main thread, and a guard timer that bounds every
+ * wait (REDIS_LOOP_RUN_UNTIL fails the case when its condition does not hold in time; nothing sleeps).
+ * redis_loop_connect opens a client and waits until it is connected, redis_loop_close_client closes one and
+ * waits for its close callback, and redis_loop_done closes the loop, failing when a handle is still open (the
+ * ASan build turns that into a leak check).
  */
 #ifndef LEO_TEST_REDIS_HARNESS_H
 #define LEO_TEST_REDIS_HARNESS_H
@@ -35,6 +42,12 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "common/error.h"
+#include "common/redis.h"
+#include "test.h"
 
 #define REDIS_HARNESS_MAX_EXTRA 8
 
@@ -282,6 +295,96 @@ static inline redisReply *redis_harness_query(const struct redis_server *s, cons
     rep = redisCommand(c, fmt, arg);
     redisFree(c);
     return rep;
+}
+
+/* ---- the libuv loop fixture ---------------------------------------------------------------------------- */
+
+struct redis_loop {
+    uv_loop_t loop;
+    uv_timer_t guard; /* started by each bounded wait, stopped when it ends */
+    bool guard_fired;
+};
+
+static inline void redis_loop__on_guard(uv_timer_t *t)
+{
+    ((struct redis_loop *)t->data)->guard_fired = true;
+}
+
+static inline void redis_loop__on_closed(void *ud)
+{
+    (*(int *)ud)++;
+}
+
+/* Initialises the loop and its guard timer. */
+static inline void redis_loop_init(struct redis_loop *l)
+{
+    ASSERT_EQ(uv_loop_init(&l->loop), 0);
+    uv_timer_init(&l->loop, &l->guard);
+    l->guard.data = l;
+    l->guard_fired = false;
+}
+
+/* Closes the guard, runs the loop until nothing is left to do and closes it; fails when a handle is open. */
+static inline void redis_loop_done(struct redis_loop *l)
+{
+    uv_close((uv_handle_t *)&l->guard, NULL);
+    uv_run(&l->loop, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&l->loop), 0);
+}
+
+/* Runs the loop of l until cond holds; fails the case after ms milliseconds. */
+#define REDIS_LOOP_RUN_UNTIL(l, cond, ms)                                                                              \
+    do {                                                                                                               \
+        (l)->guard_fired = false;                                                                                      \
+        uv_timer_start(&(l)->guard, redis_loop__on_guard, (ms), 0);                                                    \
+        while (!(cond) && !(l)->guard_fired)                                                                           \
+            uv_run(&(l)->loop, UV_RUN_ONCE);                                                                           \
+        uv_timer_stop(&(l)->guard);                                                                                    \
+        if (!(cond))                                                                                                   \
+            TEST_FAIL_("no \"%s\" within %d ms", #cond, (int)(ms));                                                    \
+    } while (0)
+
+/* Runs the loop for ms milliseconds, for asserting that something does NOT happen. */
+static inline void redis_loop_run_for(struct redis_loop *l, uint64_t ms)
+{
+    l->guard_fired = false;
+    uv_timer_start(&l->guard, redis_loop__on_guard, ms, 0);
+    while (!l->guard_fired)
+        uv_run(&l->loop, UV_RUN_ONCE);
+}
+
+/* "redis://127.0.0.1:<port>" of the server, in url (n bytes). */
+static inline void redis_server_url(const struct redis_server *s, char *url, size_t n)
+{
+    snprintf(url, n, "redis://127.0.0.1:%d", s->port);
+}
+
+/* A client on the loop with options o (not connected yet); fails the case when leo_redis_new refuses them. */
+static inline struct leo_redis *redis_loop_open(struct redis_loop *l, const struct leo_redis_opts *o)
+{
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_redis *r = NULL;
+    int rc = leo_redis_new(&l->loop, o, &r, &err);
+    if (rc != 0)
+        TEST_FAIL_("leo_redis_new(%s): %s: %s", o->url, leo_strerror(rc), err.p);
+    leo_buf_release(&err);
+    return r;
+}
+
+/* A client on the loop with options o, once it is connected (at most 5 s). */
+static inline struct leo_redis *redis_loop_connect(struct redis_loop *l, const struct leo_redis_opts *o)
+{
+    struct leo_redis *r = redis_loop_open(l, o);
+    REDIS_LOOP_RUN_UNTIL(l, leo_redis_connected(r), 5000);
+    return r;
+}
+
+/* Closes a client and runs the loop until its close callback has run (at most 5 s). */
+static inline void redis_loop_close_client(struct redis_loop *l, struct leo_redis *r)
+{
+    int closed = 0;
+    leo_redis_close(r, redis_loop__on_closed, &closed);
+    REDIS_LOOP_RUN_UNTIL(l, closed == 1, 5000);
 }
 
 #endif

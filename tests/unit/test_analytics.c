@@ -155,12 +155,7 @@ TEST(routing_saving)
 /* ---- flushing into a real redis-server ---- */
 
 static struct redis_server srv;
-
-static void on_guard(uv_timer_t *t)
-{
-    (void)t;
-    TEST_FAIL_("redis test timed out");
-}
+static struct redis_loop fx;
 
 static long long hget(const char *key, const char *field)
 {
@@ -186,13 +181,19 @@ static long long query_int(const char *fmt, const char *arg)
     return v;
 }
 
-/* Flushes until Redis has acknowledged everything recorded (a flush does nothing while one is in flight). */
-static void wait_flushed(uv_loop_t *loop, struct leo_analytics *a)
+/* True once Redis has acknowledged everything recorded; until then flushes (which does nothing while a flush
+ * is in flight). */
+static bool flushed(struct leo_analytics *a)
 {
-    while (leo_analytics_pending(a) > 0) {
-        leo_analytics_flush(a);
-        uv_run(loop, UV_RUN_ONCE);
-    }
+    if (leo_analytics_pending(a) == 0)
+        return true;
+    leo_analytics_flush(a);
+    return false;
+}
+
+static void wait_flushed(struct leo_analytics *a)
+{
+    REDIS_LOOP_RUN_UNTIL(&fx, flushed(a), 30000);
 }
 
 TEST(batches_flush_into_redis_and_survive_an_outage)
@@ -200,20 +201,12 @@ TEST(batches_flush_into_redis_and_survive_an_outage)
     leo_redis_metrics_describe();
     leo_analytics_metrics_describe();
     redis_server_start(&srv, NULL, NULL);
-    uv_loop_t loop;
-    ASSERT_EQ(uv_loop_init(&loop), 0);
+    redis_loop_init(&fx);
     char url[200];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv.port);
+    redis_server_url(&srv, url, sizeof(url));
     struct leo_redis_opts o = {.url = url, .command_timeout_ms = 1000, .reconnect_min_ms = 20, .reconnect_max_ms = 50};
-    struct leo_redis *redis;
-    ASSERT_EQ(leo_redis_new(&loop, &o, &redis, NULL), 0);
-    uv_timer_t guard;
-    uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, on_guard, 30000, 0);
-    uv_unref((uv_handle_t *)&guard);
-    while (!leo_redis_connected(redis))
-        uv_run(&loop, UV_RUN_ONCE);
-    struct leo_analytics *a = leo_analytics_new(&loop, redis);
+    struct leo_redis *redis = redis_loop_connect(&fx, &o);
+    struct leo_analytics *a = leo_analytics_new(&fx.loop, redis);
 
     /* now: buckets whose expiry lies in the past would be deleted by Redis at once */
     uint64_t now = (uint64_t)time(NULL);
@@ -238,7 +231,7 @@ TEST(batches_flush_into_redis_and_survive_an_outage)
     e.routing_saved_usd = 0.000001;
     leo_analytics_record(a, &e);
     ASSERT_EQ(leo_analytics_pending(a), 2);
-    wait_flushed(&loop, a);
+    wait_flushed(a);
 
     uint64_t m0 = leo_analytics_bucket_start(LEO_AN_MINUTE, now), d0 = leo_analytics_bucket_start(LEO_AN_DAY, now);
     char mkey[64], hkey[64], dkey[64];
@@ -273,8 +266,7 @@ TEST(batches_flush_into_redis_and_survive_an_outage)
 
     /* Redis goes away: requests keep accumulating and nothing is lost */
     redis_server_kill(&srv);
-    while (leo_redis_connected(redis))
-        uv_run(&loop, UV_RUN_ONCE);
+    REDIS_LOOP_RUN_UNTIL(&fx, !leo_redis_connected(redis), 30000);
     e.status = 200;
     for (int i = 0; i < 5; i++)
         leo_analytics_record(a, &e);
@@ -284,21 +276,18 @@ TEST(batches_flush_into_redis_and_survive_an_outage)
     ASSERT_EQ(leo_analytics_pending(a), 6);
     /* it comes back empty (it was killed, without persistence): only what was buffered is written */
     redis_server_restart(&srv);
-    while (!leo_redis_connected(redis))
-        uv_run(&loop, UV_RUN_ONCE);
+    REDIS_LOOP_RUN_UNTIL(&fx, leo_redis_connected(redis), 30000);
     /* the first flush resends the batch that was refused, the second sends what came after it */
-    wait_flushed(&loop, a);
+    wait_flushed(a);
     ASSERT_EQ(hget(mkey, "gpt%7Cx|req"), 6);
     ASSERT_EQ(hget(mkey, "gpt%7Cx|err"), -1);
     ASSERT_EQ(hget(mkey, "gpt%7Cx|nusd"), 6 * 3900);
     ASSERT_EQ(hget(mkey, "gpt%7Cx|rtnusd"), 6 * 1000);
 
     leo_analytics_stop(a);
-    leo_redis_close(redis, NULL, NULL);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    redis_loop_close_client(&fx, redis);
+    redis_loop_done(&fx);
     leo_analytics_free(a);
-    ASSERT_EQ(uv_loop_close(&loop), 0);
     redis_server_stop(&srv);
 }
 

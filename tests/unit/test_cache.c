@@ -784,61 +784,16 @@ TEST(assemblers_refuse_what_they_cannot_represent)
 
 /* ---- L2 on a real redis-server ------------------------------------------------------------------------- */
 
-static uv_loop_t loop;
-static uv_timer_t guard;
-static bool guard_fired;
+static struct redis_loop fx;
 
-static void on_guard(uv_timer_t *t)
-{
-    (void)t;
-    guard_fired = true;
-}
-
-#define RUN_UNTIL(cond, ms)                                                                                            \
-    do {                                                                                                               \
-        guard_fired = false;                                                                                           \
-        uv_timer_start(&guard, on_guard, (ms), 0);                                                                     \
-        while (!(cond) && !guard_fired)                                                                                \
-            uv_run(&loop, UV_RUN_ONCE);                                                                                \
-        uv_timer_stop(&guard);                                                                                         \
-        if (!(cond))                                                                                                   \
-            TEST_FAIL_("no \"%s\" within %d ms", #cond, (int)(ms));                                                    \
-    } while (0)
-
-static void on_closed(void *ud)
-{
-    (*(int *)ud)++;
-}
+#define RUN_UNTIL(cond, ms) REDIS_LOOP_RUN_UNTIL(&fx, cond, ms)
 
 static struct leo_redis *redis_up(const struct redis_server *s, uint64_t timeout_ms)
 {
     char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", s->port);
+    redis_server_url(s, url, sizeof(url));
     struct leo_redis_opts o = {.url = url, .command_timeout_ms = timeout_ms};
-    struct leo_redis *r = NULL;
-    ASSERT_EQ(leo_redis_new(&loop, &o, &r, NULL), 0);
-    RUN_UNTIL(leo_redis_connected(r), 5000);
-    return r;
-}
-
-static void redis_down(struct leo_redis *r)
-{
-    int closed = 0;
-    leo_redis_close(r, on_closed, &closed);
-    RUN_UNTIL(closed == 1, 5000);
-}
-
-static void loop_setup(void)
-{
-    ASSERT_EQ(uv_loop_init(&loop), 0);
-    uv_timer_init(&loop, &guard);
-}
-
-static void loop_teardown(void)
-{
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    ASSERT_EQ(uv_loop_close(&loop), 0);
+    return redis_loop_connect(&fx, &o);
 }
 
 struct l2_result {
@@ -857,7 +812,7 @@ static void on_l2(struct leo_cache_entry *e, int err, void *ud)
 
 TEST(l2_is_shared_between_workers_through_redis)
 {
-    loop_setup();
+    redis_loop_init(&fx);
     struct redis_server srv;
     redis_server_start(&srv, NULL, NULL);
     struct leo_redis *r = redis_up(&srv, 1000);
@@ -932,15 +887,15 @@ TEST(l2_is_shared_between_workers_through_redis)
 
     leo_cache_free(w1);
     leo_cache_free(w2);
-    redis_down(r);
+    redis_loop_close_client(&fx, r);
     redis_server_stop(&srv);
     leo_buf_release(&b);
-    loop_teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(l2_expired_entries_are_misses)
 {
-    loop_setup();
+    redis_loop_init(&fx);
     struct redis_server srv;
     redis_server_start(&srv, NULL, NULL);
     struct leo_redis *r = redis_up(&srv, 1000);
@@ -965,15 +920,15 @@ TEST(l2_expired_entries_are_misses)
     fake_now = t0;
     leo_cache_free(w1);
     leo_cache_free(w2);
-    redis_down(r);
+    redis_loop_close_client(&fx, r);
     redis_server_stop(&srv);
     leo_buf_release(&b);
-    loop_teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(l2_down_or_stalled_is_a_miss_and_never_blocks)
 {
-    loop_setup();
+    redis_loop_init(&fx);
     struct redis_server srv;
     redis_server_start(&srv, NULL, NULL);
     struct leo_redis *r = redis_up(&srv, 100);
@@ -1003,14 +958,14 @@ TEST(l2_down_or_stalled_is_a_miss_and_never_blocks)
     ASSERT_EQ(leo_cache_pending(c), 0);
     ASSERT_EQ(leo_cache_lookup(c, &k2, &got, on_l2, &res, NULL), LEO_CACHE_HIT);
     leo_cache_entry_unref(got);
-    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_run(&fx.loop, UV_RUN_NOWAIT);
     ASSERT_EQ(res.calls, 0);
 
     leo_cache_free(c);
-    redis_down(r);
+    redis_loop_close_client(&fx, r);
     redis_server_stop(&srv);
     leo_buf_release(&b);
-    loop_teardown();
+    redis_loop_done(&fx);
 }
 
 /* ---- deduplication --------------------------------------------------------------------------------------- */

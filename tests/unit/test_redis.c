@@ -26,48 +26,14 @@
 /* ---------------------------------------------------------------------------------------------------- */
 /* Fixture                                                                                                */
 
-static uv_loop_t loop;
-static uv_timer_t guard;
-static bool guard_fired;
+static struct redis_loop fx;
 
-static void on_guard(uv_timer_t *t)
-{
-    guard_fired = true;
-}
-
-/* Runs the loop until cond holds; fails the test after ms milliseconds. */
-#define RUN_UNTIL(cond, ms)                                                                                            \
-    do {                                                                                                               \
-        guard_fired = false;                                                                                           \
-        uv_timer_start(&guard, on_guard, (ms), 0);                                                                     \
-        while (!(cond) && !guard_fired)                                                                                \
-            uv_run(&loop, UV_RUN_ONCE);                                                                                \
-        uv_timer_stop(&guard);                                                                                         \
-        if (!(cond))                                                                                                   \
-            TEST_FAIL_("no \"%s\" within %d ms", #cond, (int)(ms));                                                    \
-    } while (0)
-
-/* Runs the loop for ms milliseconds, for asserting that something does NOT happen. */
-static void run_for(uint64_t ms)
-{
-    guard_fired = false;
-    uv_timer_start(&guard, on_guard, ms, 0);
-    while (!guard_fired)
-        uv_run(&loop, UV_RUN_ONCE);
-}
+#define RUN_UNTIL(cond, ms) REDIS_LOOP_RUN_UNTIL(&fx, cond, ms)
 
 static void setup(void)
 {
-    ASSERT_EQ(uv_loop_init(&loop), 0);
-    uv_timer_init(&loop, &guard);
+    redis_loop_init(&fx);
     leo_redis_metrics_describe();
-}
-
-static void teardown(void)
-{
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    ASSERT_EQ(uv_loop_close(&loop), 0);
 }
 
 /* What one command's callback saw. */
@@ -175,13 +141,7 @@ static struct leo_redis *open_client(const char *url, const struct leo_redis_opt
     o.url = url;
     o.on_state = on_state;
     o.ud = st;
-    struct leo_buf err = LEO_BUF_INIT;
-    struct leo_redis *r = NULL;
-    int rc = leo_redis_new(&loop, &o, &r, &err);
-    if (rc != 0)
-        TEST_FAIL_("leo_redis_new(%s): %s: %s", url, leo_strerror(rc), err.p);
-    leo_buf_release(&err);
-    return r;
+    return redis_loop_open(&fx, &o);
 }
 
 static void close_client_within(struct leo_redis *r, int ms)
@@ -189,7 +149,7 @@ static void close_client_within(struct leo_redis *r, int ms)
     int closed = 0;
     leo_redis_close(r, on_closed, &closed);
     RUN_UNTIL(closed == 1, ms);
-    run_for(5);
+    redis_loop_run_for(&fx, 5);
     ASSERT_EQ(closed, 1);
 }
 
@@ -372,15 +332,15 @@ TEST(new_rejects_bad_options)
     struct leo_redis *r = (struct leo_redis *)&o;
     struct leo_buf err = LEO_BUF_INIT;
     o.url = "redis://cache:99999";
-    ASSERT_EQ(leo_redis_new(&loop, &o, &r, &err), LEO_ECONFIG);
+    ASSERT_EQ(leo_redis_new(&fx.loop, &o, &r, &err), LEO_ECONFIG);
     ASSERT(r == NULL);
     ASSERT(strstr(err.p, "port") != NULL);
     leo_buf_reset(&err);
     o.url = "redis://app@cache";
-    ASSERT_EQ(leo_redis_new(&loop, &o, &r, &err), LEO_ECONFIG);
+    ASSERT_EQ(leo_redis_new(&fx.loop, &o, &r, &err), LEO_ECONFIG);
     ASSERT(strstr(err.p, "username needs a password") != NULL);
     leo_buf_release(&err);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(script_sha1_matches_known_vectors)
@@ -452,13 +412,13 @@ TEST(refuses_commands_until_connected_and_bad_ones_always)
     /* CLIENT with another subcommand is fine. */
     struct call id = RUN_CMD(r, "CLIENT", "ID");
     ASSERT_EQ(id.type, REDIS_REPLY_INTEGER);
-    run_for(20);
+    redis_loop_run_for(&fx, 20);
     ASSERT_EQ(c.calls, 0);
     ASSERT_EQ(early.calls, 0);
 
     close_client(r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(set_get_incrby_round_trips)
@@ -527,7 +487,7 @@ TEST(set_get_incrby_round_trips)
     ASSERT_EQ(st.ups, 1);
     ASSERT_EQ(st.downs, 0);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 #define NPIPE 1000
@@ -561,7 +521,7 @@ TEST(pipelines_1000_commands_answered_in_order)
     ASSERT_EQ(STATS(r).pending, 0);
     close_client(r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 static long long commandstat(struct leo_redis *r, const char *cmd)
@@ -594,7 +554,7 @@ TEST(eval_uses_evalsha_and_falls_back_to_eval_on_noscript)
     ASSERT_EQ(leo_redis_eval(r, &script, record, &c, 1, 2, argv, NULL), 0);
     ASSERT_EQ(strlen(script.sha), 40);
     RUN_UNTIL(c.calls == 1, 3000);
-    run_for(20);
+    redis_loop_run_for(&fx, 20);
     ASSERT_EQ(c.calls, 1);
     ASSERT_EQ(c.err, 0);
     ASSERT_EQ(c.type, REDIS_REPLY_ARRAY);
@@ -625,7 +585,7 @@ TEST(eval_uses_evalsha_and_falls_back_to_eval_on_noscript)
     memset(&c, 0, sizeof(c));
     ASSERT_EQ(leo_redis_eval(r, &script, record, &c, 1, 2, argv, NULL), 0);
     RUN_UNTIL(c.calls == 1, 3000);
-    run_for(20);
+    redis_loop_run_for(&fx, 20);
     ASSERT_EQ(c.calls, 1);
     ASSERT_EQ(c.eint[2], 9);
     ASSERT_EQ(commandstat(r, "evalsha"), 3);
@@ -660,7 +620,7 @@ TEST(eval_uses_evalsha_and_falls_back_to_eval_on_noscript)
     for (int i = 0; i < 50; i++)
         ASSERT_EQ(leo_redis_eval(r, &script, record, &many[i], 1, 2, one, NULL), 0);
     RUN_UNTIL(many[49].calls == 1, 5000);
-    run_for(20);
+    redis_loop_run_for(&fx, 20);
     long long seen[51] = {0};
     for (int i = 0; i < 50; i++) {
         ASSERT_EQ(many[i].calls, 1);
@@ -674,7 +634,7 @@ TEST(eval_uses_evalsha_and_falls_back_to_eval_on_noscript)
 
     close_client(r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -730,7 +690,7 @@ TEST(authenticates_and_selects_the_database)
     ASSERT_EQ(st.ups, 2);
 
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(wrong_password_never_connects_and_is_never_logged)
@@ -793,7 +753,7 @@ TEST(wrong_password_never_connects_and_is_never_logged)
     ASSERT_EQ(lines, 1);
 
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(unix_socket_with_database)
@@ -830,7 +790,7 @@ TEST(unix_socket_with_database)
     ASSERT_EQ(st.ups, 1);
 
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -881,7 +841,7 @@ TEST(command_timeout_then_the_connection_still_works)
 
     close_client(r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(a_stalled_connection_is_replaced)
@@ -925,7 +885,7 @@ TEST(a_stalled_connection_is_replaced)
 
     close_client(r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 #define NFLIGHT 5
@@ -998,7 +958,7 @@ TEST(server_killed_then_restarted)
 
     close_client(r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 /* A listener that accepts connections (in the kernel's backlog) and never answers. */
@@ -1041,11 +1001,11 @@ TEST(connect_timeout_against_a_silent_server)
     /* Closing while the handshake waits for its answer. */
     o.connect_timeout_ms = 5000;
     r = open_client(url, &o, &st);
-    run_for(30);
+    redis_loop_run_for(&fx, 30);
     ASSERT_EQ(STATS(r).connect_failures, 0);
     close_client(r);
     close(lfd);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(close_while_resolving_or_waiting)
@@ -1074,7 +1034,7 @@ TEST(close_while_resolving_or_waiting)
     r = open_client("redis://no-such-host.invalid:6379", &o, &st);
     RUN_UNTIL(STATS(r).connect_failures == 1, 10000);
     close_client_within(r, 30000);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(close_cancels_commands_in_flight)
@@ -1111,14 +1071,14 @@ TEST(close_cancels_commands_in_flight)
     }
     ASSERT_EQ(closed, 0);
     RUN_UNTIL(closed == 1, 3000);
-    run_for(10);
+    redis_loop_run_for(&fx, 10);
     ASSERT_EQ(closed, 1);
     for (int i = 0; i < NFLIGHT; i++)
         ASSERT_EQ(inflight[i].calls, 1);
     ASSERT_EQ(st.downs, 0); /* closing is not a lost connection */
 
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(close_from_inside_a_reply_callback)
@@ -1145,12 +1105,12 @@ TEST(close_from_inside_a_reply_callback)
     ASSERT_EQ(blocked.err, LEO_ECANCELED);
     ASSERT_EQ(after.err, LEO_ECANCELED);
     RUN_UNTIL(closed_inside == 1, 3000);
-    run_for(20);
+    redis_loop_run_for(&fx, 20);
     ASSERT_EQ(first.calls + blocked.calls + after.calls, 3);
     ASSERT_EQ(closed_inside, 1);
 
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -1214,7 +1174,7 @@ TEST(metrics_count_results_and_connections)
     ASSERT_DBL_EQ(metric_value(text.p, "leo_redis_connected"), 0);
     leo_buf_release(&text);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST_MAIN(TEST_ENTRY(parses_urls), TEST_ENTRY(rejects_bad_urls_without_leaking_the_password),

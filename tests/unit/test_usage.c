@@ -20,40 +20,15 @@
 #include "tests/unit/redis_harness.h"
 #include "tests/unit/test.h"
 
-static uv_loop_t loop;
-static uv_timer_t guard;
-static bool guard_fired;
+static struct redis_loop fx;
 
-static void on_guard(uv_timer_t *t)
-{
-    (void)t;
-    guard_fired = true;
-}
-
-#define RUN_UNTIL(cond, ms)                                                                                            \
-    do {                                                                                                               \
-        guard_fired = false;                                                                                           \
-        uv_timer_start(&guard, on_guard, (ms), 0);                                                                     \
-        while (!(cond) && !guard_fired)                                                                                \
-            uv_run(&loop, UV_RUN_ONCE);                                                                                \
-        uv_timer_stop(&guard);                                                                                         \
-        if (!(cond))                                                                                                   \
-            TEST_FAIL_("no \"%s\" within %d ms", #cond, (int)(ms));                                                    \
-    } while (0)
+#define RUN_UNTIL(cond, ms) REDIS_LOOP_RUN_UNTIL(&fx, cond, ms)
 
 static void setup(void)
 {
-    ASSERT_EQ(uv_loop_init(&loop), 0);
-    uv_timer_init(&loop, &guard);
+    redis_loop_init(&fx);
     leo_redis_metrics_describe();
     leo_usage_metrics_describe();
-}
-
-static void teardown(void)
-{
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    ASSERT_EQ(uv_loop_close(&loop), 0);
 }
 
 /* The value of one series (0 when it has no sample yet). */
@@ -78,25 +53,26 @@ static long long xlen(const struct redis_server *srv)
     return n;
 }
 
-static void on_closed(void *ud)
-{
-    (*(int *)ud)++;
-}
-
 static struct leo_redis *open_redis(const char *url)
 {
     struct leo_redis_opts o = {.url = url, .command_timeout_ms = 500, .reconnect_min_ms = 20, .reconnect_max_ms = 50};
-    struct leo_redis *r = NULL;
-    ASSERT_EQ(leo_redis_new(&loop, &o, &r, NULL), 0);
+    return redis_loop_open(&fx, &o);
+}
+
+/* A client of srv, once connected. */
+static struct leo_redis *connect_redis(const struct redis_server *srv)
+{
+    char url[64];
+    redis_server_url(srv, url, sizeof(url));
+    struct leo_redis *r = open_redis(url);
+    RUN_UNTIL(leo_redis_connected(r), 5000);
     return r;
 }
 
 static void close_all(struct leo_usage *u, struct leo_redis *r)
 {
-    int closed = 0;
     leo_usage_close(u);
-    leo_redis_close(r, on_closed, &closed);
-    RUN_UNTIL(closed == 1, 5000);
+    redis_loop_close_client(&fx, r);
 }
 
 static void event(struct leo_usage_event *ev, char *id, size_t idsize, int i)
@@ -163,11 +139,8 @@ TEST(events_are_appended_to_the_stream)
     setup();
     struct redis_server srv;
     redis_server_start(&srv, NULL, NULL);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv.port);
-    struct leo_redis *r = open_redis(url);
-    RUN_UNTIL(leo_redis_connected(r), 5000);
-    struct leo_usage *u = leo_usage_new(&loop, r, NULL);
+    struct leo_redis *r = connect_redis(&srv);
+    struct leo_usage *u = leo_usage_new(&fx.loop, r, NULL);
     double sent0 = metric("leo_usage_events_total{result=\"sent\"}");
     for (int i = 0; i < 50; i++) {
         struct leo_usage_event ev;
@@ -190,7 +163,7 @@ TEST(events_are_appended_to_the_stream)
     freeReplyObject(rep);
     close_all(u, r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(events_wait_while_redis_is_down_and_are_sent_when_it_returns)
@@ -198,11 +171,8 @@ TEST(events_wait_while_redis_is_down_and_are_sent_when_it_returns)
     setup();
     struct redis_server srv;
     redis_server_start(&srv, NULL, NULL);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv.port);
-    struct leo_redis *r = open_redis(url);
-    RUN_UNTIL(leo_redis_connected(r), 5000);
-    struct leo_usage *u = leo_usage_new(&loop, r, NULL);
+    struct leo_redis *r = connect_redis(&srv);
+    struct leo_usage *u = leo_usage_new(&fx.loop, r, NULL);
     double sent0 = metric("leo_usage_events_total{result=\"sent\"}");
     double dropped0 = metric("leo_usage_events_dropped_total{reason=\"queue_full\"}");
     redis_server_kill(&srv);
@@ -223,7 +193,7 @@ TEST(events_wait_while_redis_is_down_and_are_sent_when_it_returns)
     ASSERT_DBL_EQ(metric("leo_usage_events_dropped_total{reason=\"queue_full\"}"), dropped0);
     close_all(u, r);
     redis_server_stop(&srv);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST(a_full_queue_drops_and_counts_and_shutdown_counts_what_is_left)
@@ -234,7 +204,7 @@ TEST(a_full_queue_drops_and_counts_and_shutdown_counts_what_is_left)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_harness_free_port());
     struct leo_redis *r = open_redis(url);
     struct leo_usage_opts o = {.max_queue = 3};
-    struct leo_usage *u = leo_usage_new(&loop, r, &o);
+    struct leo_usage *u = leo_usage_new(&fx.loop, r, &o);
     double full0 = metric("leo_usage_events_dropped_total{reason=\"queue_full\"}");
     double shut0 = metric("leo_usage_events_dropped_total{reason=\"shutdown\"}");
     for (int i = 0; i < 5; i++) {
@@ -248,7 +218,7 @@ TEST(a_full_queue_drops_and_counts_and_shutdown_counts_what_is_left)
     ASSERT_DBL_EQ(metric("leo_usage_events_dropped_total{reason=\"queue_full\"}"), full0 + 2);
     close_all(u, r);
     ASSERT_DBL_EQ(metric("leo_usage_events_dropped_total{reason=\"shutdown\"}"), shut0 + 3);
-    teardown();
+    redis_loop_done(&fx);
 }
 
 TEST_MAIN(TEST_ENTRY(event_json_carries_every_field_and_escapes_strings), TEST_ENTRY(events_are_appended_to_the_stream),

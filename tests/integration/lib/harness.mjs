@@ -8,7 +8,8 @@
  * assert on log lines; sanitizer reports found in them fail the stop().
  *
  * Exports, by purpose:
- *   processes:  startMock, startGateway, startStack, hashKey, freePort, gatewayConfig
+ *   processes:  startMock, startGateway, startStack, hashKey, freePort, gatewayConfig, spawnChild (any other
+ *               binary, as a Child); lib/redis.mjs and lib/controlplane.mjs build on Child
  *   HTTP:       request (node:http, one fresh connection per call), chat, openStream (SSE, incremental),
  *               RawConn + rawRequest (a raw socket with an HTTP/1.1 response reader, for keep-alive,
  *               pipelining and bad input)
@@ -153,11 +154,14 @@ export class LineLog {
     }
 }
 
-/** A spawned child with its stdout/stderr lines, its exit, and a bounded stop. */
-class Child {
-    constructor(name, file, args, env) {
+/**
+ * A spawned child with its stdout/stderr lines, its exit, and a bounded stop. With { stdin: true } its standard
+ * input is a pipe (this.proc.stdin), otherwise /dev/null.
+ */
+export class Child {
+    constructor(name, file, args, env, { stdin = false } = {}) {
         this.name = name;
-        this.proc = spawn(file, args, { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+        this.proc = spawn(file, args, { env: childEnv(env), stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
         this.pid = this.proc.pid;
         live.add(this.proc);
         this.stdout = new LineLog(this.proc.stdout, `${name} stdout`);
@@ -198,12 +202,13 @@ class Child {
         }
     }
 
-    /** SIGTERM (or sig) unless the child has exited already, await the exit, then check its output for
-     *  sanitizer reports (which make this reject). Returns {code, signal}. */
-    async stop({ sig = 'SIGTERM', timeoutMs = 20000 } = {}) {
+    /** SIGTERM (or sig) unless the child has exited already, await the exit, then (unless sanitizers is false)
+     *  check its output for sanitizer reports (which make this reject). Returns {code, signal}. */
+    async stop({ sig = 'SIGTERM', timeoutMs = 20000, sanitizers = true } = {}) {
         this.signal(sig);
         const info = await this.waitExit(timeoutMs);
         await Promise.all([endOf(this.proc.stdout), endOf(this.proc.stderr)]);
+        if (!sanitizers) return info;
         const reports = [...this.stderr.sanitizerReports(), ...this.stdout.sanitizerReports()];
         if (reports.length) {
             throw new Error(`${this.name}: sanitizer reports:\n${reports.join('\n')}\n--- stderr tail ---\n` +
@@ -211,6 +216,11 @@ class Child {
         }
         return info;
     }
+}
+
+/** Spawns file with args and env (added to the test's own) as a Child named after the file. */
+export function spawnChild(file, args, env = {}, opts = {}) {
+    return new Child(path.basename(file), file, args, env, opts);
 }
 
 /* The end of a child's output pipe, bounded: a grandchild (a worker) could keep it open after the child exited. */

@@ -15,9 +15,10 @@
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+
+import { freePort } from './harness.mjs';
 
 /** Directory of initdb, pg_ctl, postgres and psql. */
 export function pgBinDir() {
@@ -62,18 +63,6 @@ const live = new Set();
 process.on('exit', () => {
     for (const pg of live) pg.killNow();
 });
-
-async function freePort() {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1');
-    await new Promise((resolve, reject) => {
-        srv.once('listening', resolve);
-        srv.once('error', reject);
-    });
-    const { port } = srv.address();
-    await new Promise((resolve) => srv.close(resolve));
-    return port;
-}
 
 export class Postgres {
     constructor(dir, port) {

@@ -1,29 +1,19 @@
 /*
  * redis.mjs — a private redis-server for integration tests, and a minimal RESP client to look inside it.
  *
- *   const redis = await Redis.start();   // redis-server on a free port, persistence off
- *   await redis.command('GET', 'k');     // one command on a fresh connection
+ *   const redis = await Redis.start();   // redis-server on a free port (or { port }), persistence off
+ *   await redis.command('GET', 'k');     // one command on a fresh connection; redisCommand(port, args) alike
  *   await redis.kill();                  // SIGKILL (a crash as clients see it); start() again on the same port
+ *   await redis.stop();                  // SIGTERM, resolves with { code, signal }
  *
- * Servers left running when the test process exits are killed.
+ * The server is a Child of lib/harness.mjs: killed when the test process exits before stop() or kill(). It is
+ * ready once it logs "Ready to accept connections" (written after its listening socket is open).
  */
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 
-import { freePort } from './harness.mjs';
+import { freePort, spawnChild } from './harness.mjs';
 
 const REDIS_BIN = process.env.LEO_REDIS_SERVER || '/usr/bin/redis-server';
-
-const redisProcs = new Set();
-process.on('exit', () => {
-    for (const p of redisProcs) {
-        try {
-            process.kill(p.pid, 'SIGKILL');
-        } catch {
-            /* already gone */
-        }
-    }
-});
 
 /** Parses one RESP reply at buf[pos]; returns { value, end } or null when incomplete. Errors become Error. */
 function parseResp(buf, pos = 0) {
@@ -101,53 +91,56 @@ export function redisCommand(port, args, timeoutMs = 2000) {
 }
 
 export class Redis {
-    constructor(port) {
+    /** dir: the server's working directory (--dir), where it would write a dump; the default is the cwd. */
+    constructor(port, { dir } = {}) {
         this.port = port;
-        this.proc = null;
+        this.dir = dir;
+        this.child = null;
     }
 
-    /** Spawns redis-server on this.port and resolves once it answers PING with +PONG. */
-    async start(timeoutMs = 5000) {
-        const proc = spawn(REDIS_BIN, ['--port', String(this.port), '--save', '', '--appendonly', 'no',
-            '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-        proc.stdout.resume();
-        proc.stderr.resume();
-        redisProcs.add(proc);
-        this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
-            redisProcs.delete(proc);
-            resolve({ code, signal });
-        }));
-        this.proc = proc;
-        const deadline = Date.now() + timeoutMs;
-        let last = 'no answer';
-        while (Date.now() < deadline) {
-            if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`redis-server exited: ${last}`);
-            try {
-                if ((await redisCommand(this.port, ['PING'], 500)) === 'PONG') return;
-            } catch (e) {
-                last = e.message;
-            }
-            await new Promise((r) => setTimeout(r, 20));
+    /** Spawns redis-server on this.port and resolves once it is ready; rejects (the server killed) when it
+     *  exits first or is not ready within timeoutMs. */
+    async start(timeoutMs = 10000) {
+        const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+        if (this.dir) args.push('--dir', this.dir);
+        const c = spawnChild(REDIS_BIN, args);
+        this.child = c;
+        this.exited = c.exited;
+        try {
+            await c.stdout.waitFor((l) => /Ready to accept connections/.test(l.text),
+                { timeoutMs, what: `redis-server ready on port ${this.port}` });
+        } catch (e) {
+            this.child = null;
+            c.signal('SIGKILL');
+            await c.exited;
+            throw new Error(`${e.message}\n${c.stdout.tail(10)}`);
         }
-        throw new Error(`redis-server on ${this.port} did not answer PING within ${timeoutMs} ms (${last})`);
     }
 
     /** SIGKILL, awaiting the exit. */
     async kill() {
-        if (!this.proc) return;
-        const p = this.proc;
-        this.proc = null;
-        if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-        await this.exited;
+        if (!this.child) return;
+        const c = this.child;
+        this.child = null;
+        c.signal('SIGKILL');
+        await c.exited;
+    }
+
+    /** SIGTERM, awaiting the exit (SIGKILL and a rejection after timeoutMs); resolves with { code, signal }. */
+    async stop(timeoutMs = 15000) {
+        if (!this.child) return null;
+        const c = this.child;
+        this.child = null;
+        return c.stop({ timeoutMs, sanitizers: false });
     }
 
     command(...args) {
         return redisCommand(this.port, args);
     }
 
-    /** A private server on a free port, started. */
-    static async start() {
-        const r = new Redis(await freePort());
+    /** A private server, started: on port, or on a free port. */
+    static async start({ port, dir } = {}) {
+        const r = new Redis(port ?? (await freePort()), { dir });
         await r.start();
         return r;
     }
@@ -157,4 +150,3 @@ export class Redis {
         return `redis://127.0.0.1:${this.port}`;
     }
 }
-

@@ -1,0 +1,30 @@
+# Writes a C file holding controlplane/openapi.json as a byte array, for GET /admin/v1/openapi.json (api.c).
+#   cmake -DINPUT=<openapi.json> -DOUTPUT=<file.c> -P embed_openapi.cmake
+# The build fails when the document is not JSON or is not an OpenAPI 3 document (no "openapi": "3.x" member),
+# so a broken edit never reaches the binary; tests/integration/openapi.test.mjs checks the rest.
+file(READ ${INPUT} doc)
+string(JSON version ERROR_VARIABLE err GET "${doc}" openapi)
+if(err)
+  message(FATAL_ERROR "${INPUT}: not a JSON document with an \"openapi\" member: ${err}")
+endif()
+if(NOT version MATCHES "^3\\.")
+  message(FATAL_ERROR "${INPUT}: \"openapi\" is \"${version}\", expected 3.x")
+endif()
+file(READ ${INPUT} hex HEX)
+string(LENGTH "${hex}" hexlen)
+math(EXPR len "${hexlen} / 2")
+string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+set(out "/* Generated from controlplane/openapi.json by controlplane/embed_openapi.cmake. Do not edit. */\n")
+string(APPEND out "#include \"openapi.h\"\n\n")
+string(APPEND out "static const unsigned char bytes[] = {\n    ${bytes}0x00};\n\n")
+string(APPEND out "const char *const leo_openapi_json = (const char *)bytes;\n")
+string(APPEND out "const size_t leo_openapi_json_len = ${len};\n")
+# rewrite only when the content changed, so an unchanged document does not rebuild
+if(EXISTS ${OUTPUT})
+  file(READ ${OUTPUT} old)
+else()
+  set(old "")
+endif()
+if(NOT old STREQUAL out)
+  file(WRITE ${OUTPUT} "${out}")
+endif()

@@ -1,0 +1,91 @@
+/*
+ * controlplane.mjs — leo-controlplane for the integration tests, and a client of its admin API.
+ *
+ *   const cp = await ControlPlane.start({ pg, redisUrl, keyHashSecret, owner });
+ *   const token = await cp.login(owner.email, owner.password);
+ *   const r = await cp.api('POST', '/admin/v1/tenants', { body: { slug, name }, token });
+ *   // r: { status, headers, text, json } (json undefined for an empty body, or with raw: true)
+ *   await cp.stop();                     // SIGTERM; resolves with { code, signal }
+ *   after(() => stopControlPlaneStack({ gateways: [gw], mock, cp, redis, pg, dir }));
+ *
+ * The server runs `serve --listen 127.0.0.1:0 --db-pool 2` against a private PostgreSQL (lib/postgres.mjs) and
+ * is a Child of lib/harness.mjs: its log lines are kept (cp.stderr) and it is killed when the test process exits
+ * before stop(). Its port is read from its "listening on" line.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+
+import { Child, bin, request } from './harness.mjs';
+
+export class ControlPlane extends Child {
+    /**
+     * Starts the server with DATABASE_URL (pg.conninfo), LEO_KEY_HASH_SECRET, LEO_REDIS_URL and the bootstrap
+     * owner { email, password }, plus env; resolves once it listens. A server that does not is killed.
+     */
+    static async start({ pg, redisUrl, keyHashSecret, owner, env = {}, timeoutMs = 20000 }) {
+        const c = new ControlPlane('leo-controlplane', bin('leo-controlplane'),
+            ['serve', '--listen', '127.0.0.1:0', '--db-pool', '2'], {
+                DATABASE_URL: pg.conninfo,
+                LEO_KEY_HASH_SECRET: keyHashSecret,
+                LEO_REDIS_URL: redisUrl,
+                LEO_BOOTSTRAP_OWNER_EMAIL: owner.email,
+                LEO_BOOTSTRAP_OWNER_PASSWORD: owner.password,
+                ...env,
+            });
+        try {
+            const line = await c.stderr.waitForJson((j) => /^listening on /.test(j.msg || ''),
+                { timeoutMs, what: '"listening on" line' });
+            c.port = Number(/:(\d+)$/.exec(line.msg)[1]);
+        } catch (e) {
+            c.signal('SIGKILL');
+            await c.exited;
+            throw e;
+        }
+        c.url = `http://127.0.0.1:${c.port}`;
+        return c;
+    }
+
+    /**
+     * One admin API request on a fresh connection: body (if given) is sent as JSON, token (if given) as
+     * "Authorization: Bearer". Resolves with { status, headers, text, json }; json is the parsed body, undefined
+     * when the body is empty or raw is true.
+     */
+    async api(method, path, { body, token, raw = false, timeoutMs = 10000 } = {}) {
+        const headers = {};
+        if (token) headers.Authorization = `Bearer ${token}`;
+        const payload = body === undefined ? undefined : JSON.stringify(body);
+        if (payload) headers['Content-Type'] = 'application/json';
+        const r = await request(this.port, { method, path, headers, body: payload, timeoutMs });
+        return { status: r.status, headers: r.headers, text: r.text,
+            json: r.text && !raw ? JSON.parse(r.text) : undefined };
+    }
+
+    /** POST /admin/v1/login; resolves with the session token, rejects unless the answer is 200. */
+    async login(email, password) {
+        const r = await this.api('POST', '/admin/v1/login', { body: { email, password } });
+        if (r.status !== 200) throw new Error(`login as ${email} answered ${r.status}: ${r.text}`);
+        return r.json.token;
+    }
+
+    /** SIGTERM, awaiting the exit (SIGKILL and a rejection after 15 s); resolves with { code, signal }. */
+    stop(opts = {}) {
+        return super.stop({ timeoutMs: 15000, sanitizers: false, ...opts });
+    }
+}
+
+/**
+ * The teardown of a test file's stack (each part may be null or undefined: not started, or stopped already):
+ * stops the gateways, the mock and the control plane together (SIGTERM), then Redis (a failure there is
+ * ignored) and PostgreSQL, and removes dir. Then rejects with the first stop that failed, or unless the control
+ * plane exited with status 0.
+ */
+export async function stopControlPlaneStack({ gateways = [], mock, cp, redis, pg, dir }) {
+    const results = await Promise.allSettled([...gateways.map((g) => g && g.stop()), mock && mock.stop(),
+        cp && cp.stop()]);
+    if (redis) await redis.stop().catch(() => {});
+    if (pg) await pg.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    assert.deepEqual(results[results.length - 1].value, { code: 0, signal: null },
+        'leo-controlplane exit after SIGTERM');
+}
