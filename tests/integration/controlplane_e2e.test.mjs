@@ -226,3 +226,36 @@ describe('control plane end to end', () => {
             e.constructor.name === 'AuthenticationError');
     });
 });
+
+describe('tenant quotas from the control plane', () => {
+    it('limits set on a tenant through the admin API are enforced by the gateway, and lifted again', T, async () => {
+        /* gwNoKey has one worker (its counters are exact without Redis) and serves its file model to the tenant */
+        const key = await created('POST', `/admin/v1/tenants/${S.tenant.id}/keys`, { name: 'quota' });
+        await until(gwNoKey, key.secret, 200, Date.now() + 5000, 1, 'file-chat');
+        const bad = await api('PATCH', `/admin/v1/tenants/${S.tenant.id}`, { limits: { rpm: -1 } });
+        assert.equal(bad.status, 400);
+        assert.equal(bad.json.error.param, 'limits.rpm');
+        const p = await api('PATCH', `/admin/v1/tenants/${S.tenant.id}`, { limits: { rpm: 3 } });
+        assert.equal(p.status, 200, p.text);
+        assert.deepEqual(p.json.limits, { rpm: 3 });
+        /* once the snapshot is live the tenant's fourth request in the minute is refused */
+        const client = new OpenAI({ apiKey: key.secret, baseURL: `${gwNoKey.url}/v1`, maxRetries: 0, timeout: 5000 });
+        let refused;
+        const deadline = Date.now() + 5000;
+        while (!refused && Date.now() < deadline) {
+            try {
+                await client.chat.completions.create({ model: 'file-chat', messages: [{ role: 'user', content: 'q' }] });
+            } catch (e) {
+                if (e.status !== 429) throw e;
+                refused = e;
+            }
+        }
+        assert.ok(refused, 'no request was refused');
+        assert.equal(refused.error?.code ?? refused.code, 'quota_exceeded');
+        assert.match(refused.message, /tenant/);
+        /* lifting the limit reaches the gateway within a second */
+        const lifted = await api('PATCH', `/admin/v1/tenants/${S.tenant.id}`, { limits: {} });
+        assert.equal(lifted.status, 200, lifted.text);
+        await until(gwNoKey, key.secret, 200, Date.now() + LIVE_MS + 500, 3, 'file-chat');
+    });
+});
