@@ -28,6 +28,7 @@
 #include "../common/metrics.h"
 #include "../common/secretbox.h"
 #include "auth.h"
+#include "probe.h"
 #include "openapi.h"
 #include "snapshot.h"
 
@@ -122,6 +123,21 @@
 
 #define INVITE_PENDING(a) "(" a ".accepted_at IS NULL AND " a ".revoked_at IS NULL AND " a ".expires_at > now())"
 
+/* a routing override (migrations/0008) with the names of its model and deployment */
+#define OVERRIDE_JSON(a)                                                                                               \
+    "json_build_object('id', " a ".id, 'model_id', " a ".model_id, 'model', (SELECT mm.name FROM models mm"          \
+    " WHERE mm.id = " a ".model_id), 'deployment_id', " a ".deployment_id, 'deployment', (SELECT pp.name || '/' ||"  \
+    " dd.model FROM deployments dd JOIN providers pp ON pp.id = dd.provider_id WHERE dd.id = " a ".deployment_id),"  \
+    " 'action', " a ".action, 'weight', " a ".weight, 'reason', " a ".reason, 'created_by', " a ".created_by,"       \
+    " 'created_at', " a ".created_at)::text"
+
+/* a forced cooldown of a provider credential, with the names of both; active while until is ahead */
+#define COOLDOWN_JSON(a)                                                                                               \
+    "json_build_object('id', " a ".id, 'credential_id', " a ".credential_id, 'credential', kk.name, 'provider_id',"  \
+    " kk.provider_id, 'provider', (SELECT pp.name FROM providers pp WHERE pp.id = kk.provider_id), 'until', " a     \
+    ".until, 'active', " a ".until > now(), 'reason', " a ".reason, 'created_by', " a ".created_by, 'created_at',"  \
+    " " a ".created_at)::text"
+
 enum stmt {
     S_AUTH,
     S_LOGIN_LOOKUP,
@@ -170,6 +186,13 @@ enum stmt {
     S_INVITE_REVOKE,
     S_INVITE_CHECK,
     S_INVITE_ACCEPT,
+    S_PROVIDER_PROBE,
+    S_OVERRIDE_LIST,
+    S_OVERRIDE_SET,
+    S_OVERRIDE_CLEAR,
+    S_COOLDOWN_LIST,
+    S_COOLDOWN_SET,
+    S_COOLDOWN_CLEAR,
     S_COUNT
 };
 
@@ -594,6 +617,67 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         " SELECT json_build_object('id', u.id, 'email', u.email, 'disabled', u.disabled,"
         " 'created_at', u.created_at, 'memberships',"
         " json_build_array(json_build_object('role', i.role, 'tenant_id', i.tenant_id)))::text FROM u, i"},
+
+    /* $1 provider → type, base_url, api_version, connect and total timeouts, and its first enabled credential
+     * (id, name, sealed), NULL when it has none; no row: no such provider */
+    [S_PROVIDER_PROBE] = {"provider_probe",
+        "SELECT p.type, p.base_url, p.api_version, p.connect_timeout_ms::text, p.total_timeout_ms::text,"
+        " k.id, k.name, k.sealed FROM providers p LEFT JOIN LATERAL (SELECT * FROM provider_credentials k"
+        " WHERE k.provider_id = p.id AND k.enabled ORDER BY k.created_at, k.id LIMIT 1) k ON true"
+        " WHERE p.id = $1::uuid"},
+
+    /* $1/$2 cursor, $3 limit */
+    [S_OVERRIDE_LIST] = {"override_list",
+        "SELECT " OVERRIDE_JSON("o") ", " CURSOR_US("o") ", o.id FROM routing_overrides o"
+        " WHERE " AFTER("o", "1", "2") " ORDER BY o.created_at, o.id LIMIT $3::int"},
+
+    /* $1 model id, $2 deployment id, $3 action, $4 weight (NULL unless action is weight), $5 reason, $6 actor;
+     * replaces the model deployment's override if it has one */
+    [S_OVERRIDE_SET] = {"override_set",
+        "WITH o AS (INSERT INTO routing_overrides (model_id, deployment_id, action, weight, reason, created_by)"
+        " VALUES ($1::uuid, $2::uuid, $3::text, $4::int, coalesce($5::text, ''), $6::text)"
+        " ON CONFLICT (model_id, deployment_id) DO UPDATE SET action = EXCLUDED.action, weight = EXCLUDED.weight,"
+        " reason = EXCLUDED.reason, created_by = EXCLUDED.created_by, created_at = now() RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $6::text, 'override.set', 'model:' || o.model_id, jsonb_build_object('override_id', o.id,"
+        " 'deployment_id', o.deployment_id, 'action', o.action, 'weight', o.weight, 'reason', o.reason) FROM o)"
+        " SELECT " OVERRIDE_JSON("o") " FROM o"},
+
+    /* $1 override id, $2 actor */
+    [S_OVERRIDE_CLEAR] = {"override_clear",
+        "WITH o AS (DELETE FROM routing_overrides WHERE id = $1::uuid RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $2::text, 'override.clear', 'model:' || o.model_id, jsonb_build_object('override_id', o.id,"
+        " 'deployment_id', o.deployment_id, 'action', o.action, 'weight', o.weight) FROM o)"
+        " SELECT " OVERRIDE_JSON("o") " FROM o"},
+
+    /* $1/$2 cursor, $3 limit */
+    [S_COOLDOWN_LIST] = {"cooldown_list",
+        "SELECT " COOLDOWN_JSON("c") ", " CURSOR_US("c") ", c.id FROM credential_cooldowns c"
+        " JOIN provider_credentials kk ON kk.id = c.credential_id"
+        " WHERE " AFTER("c", "1", "2") " ORDER BY c.created_at, c.id LIMIT $3::int"},
+
+    /* $1 provider, $2 credential, $3 until (NULL: now + $4 seconds), $4 seconds, $5 reason, $6 actor; no row: no
+     * such credential at this provider. Replaces the credential's cooldown if it has one. */
+    [S_COOLDOWN_SET] = {"cooldown_set",
+        "WITH kk AS (SELECT * FROM provider_credentials WHERE id = $2::uuid AND provider_id = $1::uuid),"
+        " c AS (INSERT INTO credential_cooldowns (credential_id, until, reason, created_by)"
+        " SELECT kk.id, coalesce($3::timestamptz, now() + $4::int * interval '1 second'), coalesce($5::text, ''),"
+        " $6::text FROM kk ON CONFLICT (credential_id) DO UPDATE SET until = EXCLUDED.until, reason = EXCLUDED.reason,"
+        " created_by = EXCLUDED.created_by, created_at = now() RETURNING *),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $6::text, 'credential.cooldown', 'credential:' || c.credential_id, jsonb_build_object('provider_id',"
+        " $1::uuid, 'until', c.until, 'reason', c.reason) FROM c)"
+        " SELECT " COOLDOWN_JSON("c") " FROM c JOIN kk ON kk.id = c.credential_id"},
+
+    /* $1 provider, $2 credential, $3 actor; no row: the credential has no forced cooldown */
+    [S_COOLDOWN_CLEAR] = {"cooldown_clear",
+        "WITH kk AS (SELECT * FROM provider_credentials WHERE id = $2::uuid AND provider_id = $1::uuid),"
+        " c AS (DELETE FROM credential_cooldowns x USING kk WHERE x.credential_id = kk.id RETURNING x.*),"
+        " a AS (INSERT INTO audit_log (actor, action, target, details)"
+        " SELECT $3::text, 'credential.cooldown_clear', 'credential:' || c.credential_id,"
+        " jsonb_build_object('provider_id', $1::uuid, 'until', c.until, 'reason', c.reason) FROM c)"
+        " SELECT " COOLDOWN_JSON("c") " FROM c JOIN kk ON kk.id = c.credential_id"},
 };
 /* clang-format on */
 
@@ -672,6 +756,8 @@ struct call {
     int limit; /* page size of a list */
     const char *usage_group; /* usage report: group_by (static storage) */
     bool usage_csv;          /* usage report: format=csv */
+    struct leo_probe *probe; /* provider test: the probe (holds the opened secret until freed) */
+    json_t *reply;           /* provider test: the answer being built */
 };
 
 static void call_free(struct call *c)
@@ -684,6 +770,9 @@ static void call_free(struct call *c)
     }
     leo_free(c->pwhash);
     leo_free(c->who.memberships);
+    leo_probe_free(c->probe);
+    if (c->reply)
+        json_decref(c->reply);
     sodium_memzero(c->secret, sizeof(c->secret));
     leo_free(c);
 }
@@ -852,6 +941,8 @@ static const struct {
     {"23503", "api_keys_tenant_id_fkey", 404, "not_found", NULL, "tenant not found"},
     {"23503", "admin_tokens_tenant_id_fkey", 400, "invalid_value", "tenant_id", "tenant does not exist"},
     {"23503", "invitations_tenant_id_fkey", 400, "invalid_value", "tenant_id", "tenant does not exist"},
+    {"23503", "routing_overrides_model_id_deployment_id_fkey", 400, "invalid_value", "deployment_id",
+     "the deployment is not one of the model's deployments"},
     {"23514", NULL, 400, "invalid_value", NULL, "a value is out of range"},
     {"22P02", NULL, 400, "invalid_value", NULL, "a value has the wrong format"},
     {"22007", NULL, 400, "invalid_value", NULL, "a value has the wrong format"},
@@ -3311,6 +3402,206 @@ static void h_invitation_accept(struct call *c)
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* Provider connection test (probe.h)                                                                      */
+
+static void provider_probe(struct call *c)
+{
+    leo_probe_run(c->probe);
+}
+
+static void provider_probed(struct call *c)
+{
+    struct leo_probe *p = c->probe;
+    json_t *j = c->reply;
+    c->reply = NULL;
+    leo_probe_count(p);
+    json_object_set_new(j, "ok", json_boolean(p->result == LEO_PROBE_OK));
+    json_object_set_new(j, "result", json_string(leo_probe_result_name(p->result)));
+    json_object_set_new(j, "status", p->status ? json_integer(p->status) : json_null());
+    json_object_set_new(j, "latency_ms", json_integer(p->latency_ms));
+    if (p->result != LEO_PROBE_OK)
+        json_object_set_new(j, "error", json_string(p->error));
+    leo_probe_free(p);
+    c->probe = NULL;
+    respond_json(c, 200, j);
+}
+
+/* The credential is opened here, on the loop, into memory the probe owns (wiped when it is freed); the call
+ * itself runs on the thread pool, like a password hash. */
+static void provider_probe_found(struct call *c, const struct leo_db_result *r)
+{
+    if (r->err) {
+        fail_db(c, r);
+        return;
+    }
+    PGresult *res = r->res;
+    if (PQntuples(res) != 1) {
+        fail(c, 404, "not_found", NULL, "provider not found");
+        return;
+    }
+    if (PQgetisnull(res, 0, 5)) {
+        fail(c, 409, "no_credential", NULL, "the provider has no enabled credential to test");
+        return;
+    }
+    const char *id = PQgetvalue(res, 0, 5), *name = PQgetvalue(res, 0, 6);
+    json_t *j = json_pack("{s:{s:s,s:s}}", "credential", "id", id, "name", name);
+    struct leo_buf plain = LEO_BUF_INIT;
+    const char *why = "the credential is malformed";
+    int rc = leo_secretbox_open(&c->api->ring, leo_str_c(PQgetvalue(res, 0, 7)), leo_str_c(id), &plain, &why);
+    if (rc != 0) {
+        leo_secretbox_wipe(&plain);
+        json_object_set_new(j, "ok", json_false());
+        json_object_set_new(j, "result", json_string("unusable_credential"));
+        json_object_set_new(j, "status", json_null());
+        json_object_set_new(j, "error", json_sprintf("the credential cannot be opened: %s%s", why,
+                                                     rc == LEO_ENOTFOUND ? " (is LEO_MASTER_KEY the right key?)" : ""));
+        respond_json(c, 200, j);
+        return;
+    }
+    unsigned connect_ms = PQgetisnull(res, 0, 3) ? 0 : (unsigned)strtoul(PQgetvalue(res, 0, 3), NULL, 10);
+    unsigned total_ms = PQgetisnull(res, 0, 4) ? 0 : (unsigned)strtoul(PQgetvalue(res, 0, 4), NULL, 10);
+    c->probe = leo_probe_new(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                             PQgetisnull(res, 0, 2) ? NULL : PQgetvalue(res, 0, 2), &plain, connect_ms, total_ms);
+    leo_secretbox_wipe(&plain);
+    c->reply = j;
+    run_work(c, provider_probe, provider_probed);
+}
+
+static void h_provider_test(struct call *c)
+{
+    static const char *const fields[] = {NULL};
+    if (body_fields(c, fields) != 0)
+        return;
+    const char *params[] = {c->obj_id};
+    run_query(c, S_PROVIDER_PROBE, params, 1, provider_probe_found);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Routing overrides and forced cooldowns (migrations/0008)                                                */
+
+#define OVERRIDE_REASON_MAX 512
+#define COOLDOWN_MAX_S (30 * 24 * 3600)
+
+static const char *const override_actions[] = {"disable", "weight", NULL};
+
+static void catalogue_written(struct call *c, const struct leo_db_result *r, int status, const char *what)
+{
+    if (r->err == 0 && PQntuples(r->res) == 1)
+        leo_snapshot_changed();
+    one_object_done(c, r, status, what);
+}
+
+static void override_set(struct call *c, const struct leo_db_result *r)
+{
+    catalogue_written(c, r, 201, "override");
+}
+
+static void override_cleared(struct call *c, const struct leo_db_result *r)
+{
+    catalogue_written(c, r, 200, "override");
+}
+
+static void cooldown_set(struct call *c, const struct leo_db_result *r)
+{
+    catalogue_written(c, r, 201, "credential");
+}
+
+static void cooldown_cleared(struct call *c, const struct leo_db_result *r)
+{
+    catalogue_written(c, r, 200, "forced cooldown");
+}
+
+static void h_overrides_list(struct call *c)
+{
+    global_list(c, S_OVERRIDE_LIST, providers_listed);
+}
+
+static int body_uuid(struct call *c, const char *field, const char *what, const char **out)
+{
+    if (body_string(c, field, true, 1, 64, out) != 0)
+        return -1;
+    if (!leo_uuid_valid(leo_str_c(*out))) {
+        fail(c, 400, "invalid_value", field, "%s: expected a %s id (a UUID)", field, what);
+        return -1;
+    }
+    return 0;
+}
+
+static void h_override_set(struct call *c)
+{
+    static const char *const fields[] = {"model_id", "deployment_id", "action", "weight", "reason", NULL};
+    const char *model, *deployment, *action, *weight, *reason;
+    char wtext[24];
+    if (body_fields(c, fields) != 0 || body_uuid(c, "model_id", "model", &model) != 0 ||
+        body_uuid(c, "deployment_id", "deployment", &deployment) != 0 ||
+        body_enum(c, "action", override_actions, &action) != 0 ||
+        body_uint(c, c->body, "weight", "weight", 0, 1000000, wtext, &weight) != 0 ||
+        body_string(c, "reason", false, 0, OVERRIDE_REASON_MAX, &reason) != 0)
+        return;
+    if (action == NULL) {
+        fail(c, 400, "missing_field", "action", "action: required (\"disable\" or \"weight\")");
+        return;
+    }
+    bool pin = strcmp(action, "weight") == 0;
+    if (pin && weight == NULL) {
+        fail(c, 400, "missing_field", "weight", "weight: required when action is \"weight\"");
+        return;
+    }
+    if (!pin && weight) {
+        fail(c, 400, "invalid_value", "weight", "weight: only with action \"weight\"");
+        return;
+    }
+    const char *params[] = {model, deployment, action, weight, reason, c->actor};
+    run_query(c, S_OVERRIDE_SET, params, 6, override_set);
+}
+
+static void h_override_clear(struct call *c)
+{
+    const char *params[] = {c->key_id, c->actor};
+    run_query(c, S_OVERRIDE_CLEAR, params, 2, override_cleared);
+}
+
+static void h_cooldowns_list(struct call *c)
+{
+    global_list(c, S_COOLDOWN_LIST, providers_listed);
+}
+
+/* {"until": RFC 3339} or {"duration_s": n}, within COOLDOWN_MAX_S from now, and an optional "reason". */
+static void h_cooldown_set(struct call *c)
+{
+    static const char *const fields[] = {"until", "duration_s", "reason", NULL};
+    const char *until, *duration, *reason;
+    char dtext[24];
+    if (body_fields(c, fields) != 0 || body_string(c, "until", false, 1, 64, &until) != 0 ||
+        body_uint(c, c->body, "duration_s", "duration_s", 1, COOLDOWN_MAX_S, dtext, &duration) != 0 ||
+        body_string(c, "reason", false, 0, OVERRIDE_REASON_MAX, &reason) != 0)
+        return;
+    if ((until == NULL) == (duration == NULL)) {
+        fail(c, 400, "missing_field", "until", "until: give either until (an RFC 3339 time) or duration_s");
+        return;
+    }
+    if (until) {
+        time_t t, now = time(NULL);
+        if (!rfc3339_parse(until, &t)) {
+            fail(c, 400, "invalid_value", "until", "until: expected an RFC 3339 date-time");
+            return;
+        }
+        if (t <= now || t > now + COOLDOWN_MAX_S) {
+            fail(c, 400, "invalid_value", "until", "until: must lie in the next %d days", COOLDOWN_MAX_S / 86400);
+            return;
+        }
+    }
+    const char *params[] = {c->obj_id, c->key_id, until, duration, reason, c->actor};
+    run_query(c, S_COOLDOWN_SET, params, 6, cooldown_set);
+}
+
+static void h_cooldown_clear(struct call *c)
+{
+    const char *params[] = {c->obj_id, c->key_id, c->actor};
+    run_query(c, S_COOLDOWN_CLEAR, params, 3, cooldown_cleared);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* Config validation                                                                                       */
 
 /* What POST /config/validate can dry-run: each kind and action names the route that makes the change for
@@ -3388,6 +3679,15 @@ static const struct route routes[] = {
     {"GET", "/admin/v1/models/{model}", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_model_get},
     {"PATCH", "/admin/v1/models/{model}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_patch},
     {"DELETE", "/admin/v1/models/{model}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_model_delete},
+    {"POST", "/admin/v1/providers/{provider}/test", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_provider_test},
+    {"GET", "/admin/v1/overrides", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_overrides_list},
+    {"POST", "/admin/v1/overrides", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_override_set},
+    {"DELETE", "/admin/v1/overrides/{override}", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL, h_override_clear},
+    {"GET", "/admin/v1/cooldowns", LEO_PERM_PROVIDERS_READ, SCOPE_GLOBAL, h_cooldowns_list},
+    {"POST", "/admin/v1/providers/{provider}/credentials/{key}/cooldown", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
+     h_cooldown_set},
+    {"DELETE", "/admin/v1/providers/{provider}/credentials/{key}/cooldown", LEO_PERM_PROVIDERS_WRITE, SCOPE_GLOBAL,
+     h_cooldown_clear},
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
@@ -3583,6 +3883,7 @@ void leo_api_handle(struct leo_http_request *req, void *ud)
                                : strstr(found->pattern, "{model}")      ? "model"
                                : strstr(found->pattern, "{token}")      ? "token"
                                : strstr(found->pattern, "{invitation}") ? "invitation"
+                               : strstr(found->pattern, "{override}")   ? "override"
                                : provider.p                             ? "credential"
                                                                         : "key";
             fail(c, 404, "not_found", NULL, "%s not found", what);
@@ -3628,6 +3929,7 @@ struct leo_api *leo_api_new(const struct leo_api_opts *opts)
     else if (api->ring.nkeys == 0)
         leo_warn("LEO_MASTER_KEY is not set: provider credentials cannot be written");
     leo_buf_release(&err);
+    leo_probe_metrics_describe();
     return api;
 }
 

@@ -20,21 +20,26 @@ static const struct {
     [LEO_ROLE_OWNER] = {"owner", true,
                         LEO_PERM_TENANTS_READ | LEO_PERM_TENANTS_WRITE | LEO_PERM_USERS_READ | LEO_PERM_USERS_WRITE |
                             LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE | LEO_PERM_AUDIT_READ | LEO_PERM_OWNERS |
-                            LEO_PERM_TOKENS_READ | LEO_PERM_TOKENS_WRITE},
+                            LEO_PERM_TOKENS_READ | LEO_PERM_TOKENS_WRITE | LEO_PERM_PROVIDERS_READ |
+                            LEO_PERM_PROVIDERS_WRITE | LEO_PERM_USAGE_READ},
     [LEO_ROLE_ADMIN] = {"admin", true,
                         LEO_PERM_TENANTS_READ | LEO_PERM_TENANTS_WRITE | LEO_PERM_USERS_READ | LEO_PERM_USERS_WRITE |
                             LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE | LEO_PERM_AUDIT_READ | LEO_PERM_TOKENS_READ |
-                            LEO_PERM_TOKENS_WRITE},
+                            LEO_PERM_TOKENS_WRITE | LEO_PERM_PROVIDERS_READ | LEO_PERM_PROVIDERS_WRITE |
+                            LEO_PERM_USAGE_READ},
     [LEO_ROLE_OPERATOR] = {"operator", true,
                            LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_KEYS_READ | LEO_PERM_KEYS_WRITE |
-                               LEO_PERM_AUDIT_READ | LEO_PERM_TOKENS_READ},
+                               LEO_PERM_AUDIT_READ | LEO_PERM_TOKENS_READ | LEO_PERM_PROVIDERS_READ |
+                               LEO_PERM_USAGE_READ},
     [LEO_ROLE_VIEWER] = {"viewer", true,
                          LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_KEYS_READ | LEO_PERM_AUDIT_READ |
-                             LEO_PERM_TOKENS_READ},
+                             LEO_PERM_TOKENS_READ | LEO_PERM_PROVIDERS_READ | LEO_PERM_USAGE_READ},
     [LEO_ROLE_TENANT_ADMIN] = {"tenant_admin", false,
                                LEO_PERM_TENANTS_READ | LEO_PERM_USERS_READ | LEO_PERM_USERS_WRITE | LEO_PERM_KEYS_READ |
-                                   LEO_PERM_KEYS_WRITE | LEO_PERM_TOKENS_READ | LEO_PERM_TOKENS_WRITE},
-    [LEO_ROLE_TENANT_MEMBER] = {"tenant_member", false, LEO_PERM_TENANTS_READ | LEO_PERM_KEYS_READ},
+                                   LEO_PERM_KEYS_WRITE | LEO_PERM_TOKENS_READ | LEO_PERM_TOKENS_WRITE |
+                                   LEO_PERM_USAGE_READ},
+    [LEO_ROLE_TENANT_MEMBER] = {"tenant_member", false,
+                                LEO_PERM_TENANTS_READ | LEO_PERM_KEYS_READ | LEO_PERM_USAGE_READ},
 };
 
 static const struct {
@@ -46,6 +51,8 @@ static const struct {
     {LEO_PERM_KEYS_READ, "keys.read"},       {LEO_PERM_KEYS_WRITE, "keys.write"},
     {LEO_PERM_AUDIT_READ, "audit.read"},     {LEO_PERM_OWNERS, "owners.manage"},
     {LEO_PERM_TOKENS_READ, "tokens.read"},   {LEO_PERM_TOKENS_WRITE, "tokens.write"},
+    {LEO_PERM_PROVIDERS_READ, "providers.read"}, {LEO_PERM_PROVIDERS_WRITE, "providers.write"},
+    {LEO_PERM_USAGE_READ, "usage.read"},
 };
 
 int leo_role_parse(struct leo_str s)

@@ -37,6 +37,9 @@ enum leo_perm {
     LEO_PERM_OWNERS = 1u << 7, /* grant the owner role */
     LEO_PERM_TOKENS_READ = 1u << 8,
     LEO_PERM_TOKENS_WRITE = 1u << 9, /* create and revoke admin API tokens */
+    LEO_PERM_PROVIDERS_READ = 1u << 10,  /* providers, credentials (masked), deployments, models, overrides */
+    LEO_PERM_PROVIDERS_WRITE = 1u << 11, /* change them, test a provider, force or clear a key cooldown */
+    LEO_PERM_USAGE_READ = 1u << 12,      /* usage reports (tenant roles: their own tenant's) */
 };
 
 enum leo_role {

@@ -24,9 +24,11 @@
 
 /* clang-format off */
 static const struct leo_db_stmt stmts[] = {
-    /* → audit position, tenants JSON array, ms until the next key expires (NULL: none), providers JSON array
-     * (enabled providers with their enabled credentials, still sealed), models JSON array (enabled models with
-     * their usable deployments: enabled, at an enabled provider; a model left with none is not published) */
+    /* → audit position, tenants JSON array, ms until the next key expires or forced cooldown ends (NULL: none),
+     * providers JSON array (enabled providers with their enabled credentials, still sealed, each with its
+     * forced cooldown while one lasts), models JSON array (enabled models with their usable deployments:
+     * enabled, at an enabled provider, with the routing override on each; a model left with none is not
+     * published) */
     {"snapshot_compile",
         "SELECT coalesce((SELECT max(id) FROM audit_log), 0)::text,"
         " coalesce(json_agg(json_build_object('id', t.slug, 'allow_byok', false, 'quotas', t.limits, 'keys',"
@@ -37,22 +39,30 @@ static const struct leo_db_stmt stmts[] = {
         " ORDER BY k.created_at, k.id) FROM api_keys k WHERE k.tenant_id = t.id AND k.status = 'active'"
         " AND (k.expires_at IS NULL OR k.expires_at > now())), '[]'::json))"
         " ORDER BY t.created_at, t.id), '[]'::json)::text,"
-        " (SELECT ceil(extract(epoch FROM min(k.expires_at) - now()) * 1000)::bigint FROM api_keys k"
-        " JOIN tenants t2 ON t2.id = k.tenant_id WHERE t2.status = 'active' AND k.status = 'active'"
-        " AND k.expires_at > now())::text,"
+        " (SELECT ceil(extract(epoch FROM min(x.at) - now()) * 1000)::bigint FROM (SELECT k.expires_at AS at"
+        " FROM api_keys k JOIN tenants t2 ON t2.id = k.tenant_id WHERE t2.status = 'active' AND k.status = 'active'"
+        " AND k.expires_at > now() UNION ALL SELECT cc.until FROM credential_cooldowns cc WHERE cc.until > now()) x)"
+        "::text,"
         " (SELECT coalesce(json_agg(json_strip_nulls(json_build_object('name', p.name, 'type', p.type,"
         " 'base_url', p.base_url, 'api_version', p.api_version, 'timeouts', CASE WHEN coalesce(p.connect_timeout_ms,"
         " p.first_byte_timeout_ms, p.total_timeout_ms) IS NULL THEN NULL ELSE json_build_object('connect_ms',"
         " p.connect_timeout_ms, 'first_byte_ms', p.first_byte_timeout_ms, 'total_ms', p.total_timeout_ms) END,"
-        " 'credentials', coalesce((SELECT json_agg(json_build_object('id', c.id, 'name', c.name, 'weight', c.weight,"
-        " 'sealed', c.sealed) ORDER BY c.created_at, c.id) FROM provider_credentials c WHERE c.provider_id = p.id"
+        " 'credentials', coalesce((SELECT json_agg(jsonb_build_object('id', c.id, 'name', c.name, 'weight', c.weight,"
+        " 'sealed', c.sealed) || coalesce((SELECT jsonb_build_object('cooldown_until_ms',"
+        " floor(extract(epoch FROM cc.until) * 1000)::bigint, 'cooldown_reason', cc.reason)"
+        " FROM credential_cooldowns cc WHERE cc.credential_id = c.id AND cc.until > now()), '{}'::jsonb)"
+        " ORDER BY c.created_at, c.id) FROM provider_credentials c WHERE c.provider_id = p.id"
         " AND c.enabled), '[]'::json))) ORDER BY p.created_at, p.id), '[]'::json) FROM providers p"
         " WHERE p.enabled)::text,"
         " (SELECT coalesce(json_agg(json_build_object('name', m.name, 'strategy', m.strategy, 'deployments', ds.list)"
         " ORDER BY m.created_at, m.id), '[]'::json) FROM models m CROSS JOIN LATERAL (SELECT json_agg("
-        "json_build_object('provider', p.name, 'model', d.model, 'priority', md.priority, 'weight', md.weight,"
-        " 'limits', d.limits) ORDER BY md.priority, md.weight DESC, d.id) AS list FROM model_deployments md"
+        "jsonb_build_object('provider', p.name, 'model', d.model, 'priority', md.priority, 'weight',"
+        " CASE WHEN o.action = 'weight' THEN o.weight ELSE md.weight END, 'limits', d.limits)"
+        " || CASE WHEN o.id IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('override', jsonb_build_object("
+        "'action', o.action, 'reason', o.reason)) END"
+        " ORDER BY md.priority, md.weight DESC, d.id) AS list FROM model_deployments md"
         " JOIN deployments d ON d.id = md.deployment_id JOIN providers p ON p.id = d.provider_id"
+        " LEFT JOIN routing_overrides o ON o.model_id = md.model_id AND o.deployment_id = md.deployment_id"
         " WHERE md.model_id = m.id AND d.enabled AND p.enabled) ds WHERE m.enabled AND ds.list IS NOT NULL)::text"
         " FROM tenants t WHERE t.status = 'active'"},
 };

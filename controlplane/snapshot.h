@@ -4,16 +4,18 @@
  *
  * The document is {"version": N, "tenants": [{"id", "allow_byok", "keys": [{"name", "hash", "quotas"?,
  * "models"?}]}], "providers": [{"name", "type", "base_url", "api_version"?, "timeouts"?, "credentials":
- * [{"id", "name", "weight", "sealed"}]}], "models": [{"name", "strategy", "deployments": [{"provider",
- * "model", "priority", "weight", "limits"}]}]}:
+ * [{"id", "name", "weight", "sealed", "cooldown_until_ms"?, "cooldown_reason"?}]}], "models": [{"name",
+ * "strategy", "deployments": [{"provider", "model", "priority", "weight", "limits", "override"?}]}]}:
  * active tenants, and only their keys that are active and not expired, as keyed hashes ("kh1:..."), never
  * secrets; enabled providers with their enabled credentials still sealed (common/secretbox.h), which only a
- * gateway holding the master key can open; enabled models with their usable deployments. It is written with
+ * gateway holding the master key can open, and a credential under a forced cooldown carries its end (Unix ms)
+ * and reason; enabled models with their usable deployments, a routing override as {"action": "disable" |
+ * "weight", "reason"} (a pinned weight is already the deployment's "weight"). It is written with
  * one Lua script that sets leo:snapshot and increments leo:snapshot:version together, so a gateway never sees
  * a version without its document.
  *
  * When it publishes: at start; after every committed change to tenants, keys or the provider catalogue
- * (leo_snapshot_changed); when the next key expires; and every LEO_SNAPSHOT_REFRESH_MS, which also restores
+ * (leo_snapshot_changed); when the next key expires or forced cooldown ends; and every LEO_SNAPSHOT_REFRESH_MS, which also restores
  * the keys if Redis lost them (a republication of an unchanged document keeps its version). Changes that
  * arrive while a publication runs are folded into one more run. If PostgreSQL or Redis is down the publisher
  * logs once per outage and retries every LEO_SNAPSHOT_RETRY_MS; admin writes never wait for it.

@@ -739,13 +739,21 @@ static int load_provider_key_value(struct ctx *c, const json_t *k, struct leo_pr
         return rc;
     key->env = leo_strdup(label);
     key->value = leo_strdup(value);
-    return 0;
+    /* a forced cooldown from the control plane (migrations/0008) */
+    const char *reason = NULL;
+    rc = get_uint(c, k, "cooldown_until_ms", 0, UINT64_MAX >> 1, &key->forced_until_ms);
+    if (rc == 0)
+        rc = get_string(c, k, "cooldown_reason", false, &reason);
+    if (rc == 0 && reason && reason[0])
+        key->forced_reason = leo_strdup(reason);
+    return rc;
 }
 
 static int parse_provider_keys(struct ctx *c, const json_t *o, struct leo_provider *p)
 {
     static const char *const key_fields[] = {"env", "weight", NULL};
-    static const char *const value_fields[] = {"label", "value", "weight", NULL};
+    static const char *const value_fields[] = {"label", "value", "weight", "cooldown_until_ms", "cooldown_reason",
+                                               NULL};
     int rc;
     json_t *shorthand = json_object_get(o, "api_key_env");
     json_t *arr = get_container(c, o, "api_keys", JSON_ARRAY, false, &rc);
@@ -896,11 +904,43 @@ static int parse_providers(struct ctx *c, const json_t *root, struct leo_config 
     return rc;
 }
 
+/* A deployment's routing override from the control plane's snapshot (docs/controlplane.md). */
+static int parse_override(struct ctx *c, const json_t *o, struct leo_deployment *d)
+{
+    static const char *const fields[] = {"action", "reason", NULL};
+    int rc;
+    json_t *ov = get_container(c, o, "override", JSON_OBJECT, false, &rc);
+    if (ov == NULL)
+        return rc;
+    size_t old = path_key(c, "override");
+    const char *action = NULL, *reason = NULL;
+    rc = check_fields(c, ov, fields);
+    if (rc == 0)
+        rc = get_string(c, ov, "action", true, &action);
+    if (rc == 0)
+        rc = get_string(c, ov, "reason", false, &reason);
+    if (rc == 0 && strcmp(action, "disable") != 0 && strcmp(action, "weight") != 0)
+        rc = fail_at(c, "action", "must be \"disable\" or \"weight\"");
+    if (rc == 0) {
+        d->override = leo_strdup(action);
+        d->override_reason = reason && reason[0] ? leo_strdup(reason) : NULL;
+        d->disabled = strcmp(action, "disable") == 0;
+    }
+    path_pop(c, old);
+    return rc;
+}
+
 static int parse_deployment(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_model *m,
                             struct leo_deployment *d)
 {
     static const char *const fields[] = {"provider", "model", "weight", "priority", "limits", NULL};
-    int rc = open_object(c, o, fields);
+    /* the control plane's snapshot may carry a routing override: {"action": "disable"|"weight", "reason"} */
+    static const char *const snapshot_fields[] = {"provider", "model", "weight", "priority", "limits", "override",
+                                                  NULL};
+    int rc = open_object(c, o, c->key_values ? snapshot_fields : fields);
+    if (rc)
+        return rc;
+    rc = parse_override(c, o, d);
     if (rc)
         return rc;
     const char *provider = NULL, *upstream = m->name;
@@ -1317,6 +1357,7 @@ static void config_free(struct leo_config *cfg)
         struct leo_provider *p = &cfg->providers[i];
         for (size_t k = 0; k < p->nkeys; k++) {
             leo_free(p->keys[k].env);
+            leo_free(p->keys[k].forced_reason);
             if (p->keys[k].value) {
                 sodium_memzero(p->keys[k].value, strlen(p->keys[k].value));
                 leo_free(p->keys[k].value);
@@ -1333,6 +1374,8 @@ static void config_free(struct leo_config *cfg)
         for (size_t d = 0; d < cfg->models[i].ndeployments; d++) {
             leo_free(cfg->models[i].deployments[d].model);
             leo_free(cfg->models[i].deployments[d].id);
+            leo_free(cfg->models[i].deployments[d].override);
+            leo_free(cfg->models[i].deployments[d].override_reason);
         }
         for (size_t a = 0; a < cfg->models[i].naliases; a++)
             leo_free(cfg->models[i].aliases[a]);

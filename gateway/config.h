@@ -36,6 +36,9 @@ struct leo_provider_key {
     char *env;       /* name of the environment variable it came from (safe to log) */
     char *value;     /* the secret; never log it */
     unsigned weight; /* share of requests when a provider has several keys; default 1 */
+    uint64_t forced_until_ms; /* the control plane's forced cooldown: unused until this wall-clock time (Unix ms);
+                                 0 for none (snapshot keys only, "cooldown_until_ms") */
+    char *forced_reason;      /* why, as the operator wrote it; NULL for none */
 };
 
 /** Quotas and rate limits; 0 means "no limit" for every member. */
@@ -91,6 +94,10 @@ struct leo_deployment {
     struct leo_quota limits;        /* the provider's limits for this deployment (rpm, tpm, concurrency) */
     char *id;                       /* "provider/model", unique within its model: names the deployment in
                                        metrics, headers and the status API */
+    char *override;                 /* the control plane's routing override on it ("disable" or "weight"), NULL
+                                       for none (snapshot models only) */
+    char *override_reason;          /* why, as the operator wrote it; NULL for none */
+    bool disabled;                  /* override "disable": listed in the status API, never routed to */
 };
 
 struct leo_model {

@@ -358,7 +358,7 @@ static json_t *array_member(json_t *obj, const char *key)
 /*
  * Turns the snapshot's providers into configuration providers in file (replacing the file's of the same
  * name): credentials are opened with the master key (associated data: the credential id) and given as
- * {"label", "value", "weight"} keys. A provider whose credentials all fail to open is left out (its name is
+ * {"label", "value", "weight", "cooldown_until_ms"?, "cooldown_reason"?} keys. A provider whose credentials all fail to open is left out (its name is
  * added to dropped), with an error naming the provider, the credential and why; never a secret.
  */
 static void overlay_providers(json_t *file, json_t *providers, json_t *dropped)
@@ -399,6 +399,14 @@ static void overlay_providers(json_t *file, json_t *providers, json_t *dropped)
                 json_t *w = json_object_get(cr, "weight");
                 if (json_is_integer(w))
                     json_object_set(k, "weight", w);
+                /* a forced cooldown (the control plane's credential_cooldowns): the router skips the key until
+                 * then (gateway/router.h) */
+                static const char *const passed[] = {"cooldown_until_ms", "cooldown_reason"};
+                for (size_t x = 0; x < 2; x++) {
+                    json_t *v = json_object_get(cr, passed[x]);
+                    if (v)
+                        json_object_set(k, passed[x], v);
+                }
                 json_array_append_new(keys, k);
                 leo_buf_release(&label);
                 leo_metrics_add("leo_snapshot_credentials_total", "result=\"opened\"", 1);
@@ -462,6 +470,50 @@ static void overlay_models(json_t *file, json_t *models, json_t *dropped)
     }
 }
 
+/* The tenants of the merged configuration: the snapshot's, plus the file's tenants cut down to their admin keys
+ * ("admin": true). The control plane publishes no admin keys, and without one a following gateway's operational
+ * APIs (/v1/status/deployments, ...) would be out of reach; they are the gateway operator's, set in its own file.
+ * A file tenant whose id the snapshot also has keeps nothing (logged): the control plane owns that tenant. */
+static json_t *merge_tenants(const char *path, json_t *file_tenants, json_t *snap_tenants)
+{
+    json_t *out = json_copy(snap_tenants);
+    size_t i;
+    json_t *ft;
+    json_array_foreach(file_tenants, i, ft)
+    {
+        const char *id = json_string_value(json_object_get(ft, "id"));
+        json_t *keys = json_object_get(ft, "keys");
+        if (id == NULL || !json_is_array(keys))
+            continue;
+        json_t *admin = json_array();
+        size_t j;
+        json_t *k;
+        json_array_foreach(keys, j, k)
+        {
+            if (json_is_true(json_object_get(k, "admin")))
+                json_array_append(admin, k);
+        }
+        bool taken = false;
+        size_t x;
+        json_t *st;
+        json_array_foreach(snap_tenants, x, st)
+        {
+            const char *sid = json_string_value(json_object_get(st, "id"));
+            taken = taken || (sid && strcmp(sid, id) == 0);
+        }
+        if (json_array_size(admin) > 0 && taken)
+            leo_warn("%s: the admin keys of tenant \"%s\" are not kept: the control plane has a tenant of that id", path,
+                     id);
+        if (json_array_size(admin) > 0 && !taken) {
+            json_t *t = json_copy(ft);
+            json_object_set(t, "keys", admin);
+            json_array_append_new(out, t);
+        }
+        json_decref(admin);
+    }
+    return out;
+}
+
 int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t len, struct leo_config **out,
                             struct leo_buf *err)
 {
@@ -500,7 +552,7 @@ int leo_config_overlay_file(const char *path, const char *snapshot_json, size_t 
         json_decref(snap);
         return LEO_ECONFIG;
     }
-    json_object_set(file, "tenants", tenants);
+    json_object_set_new(file, "tenants", merge_tenants(path, json_object_get(file, "tenants"), tenants));
     json_t *dropped = json_array();
     if (providers)
         overlay_providers(file, providers, dropped);

@@ -58,13 +58,17 @@ uint64_t leo_follower_version(const struct leo_follower *f);
 /**
  * Builds a configuration from the JSON file at path and the snapshot_json (len bytes), through
  * leo_config_parse_overlay:
- * - the file's "tenants" are replaced by the snapshot's;
+ * - the file's "tenants" are replaced by the snapshot's, except for the file's admin keys ("admin": true, for
+ *   the gateway's operational APIs; the control plane publishes none): a file tenant whose id the snapshot does
+ *   not have is kept with its admin keys only (its other keys are dropped), one whose id it has keeps nothing;
  * - the snapshot's "providers" (optional) replace the file's of the same name or are added; their sealed
  *   credentials are opened in memory with the master key ring from the environment (LEO_MASTER_KEY,
  *   LEO_MASTER_KEY_NEW, LEO_MASTER_KEY_PREVIOUS, each also as _FILE; common/secretbox.h) and become the
- *   provider's keys. A credential that cannot be opened is logged (provider, credential, why) and skipped; a
+ *   provider's keys, with their forced cooldowns ("cooldown_until_ms", "cooldown_reason"), which the router
+ *   honours. A credential that cannot be opened is logged (provider, credential, why) and skipped; a
  *   provider none of whose credentials opens is left out, with the deployments that use it;
- * - the snapshot's "models" (optional) replace the file's of the same name or are added.
+ * - the snapshot's "models" (optional) replace the file's of the same name or are added; a deployment's
+ *   "override" ({"action": "disable"|"weight", "reason"}) is kept: a disabled one is listed but never routed to.
  * The result is validated like a file. Returns 0 and *out (refs 1), or LEO_ECONFIG with a message appended
  * to err (which may be NULL); no secret is ever in a message.
  */

@@ -207,6 +207,35 @@ static uint64_t key_ready_at(const struct leo_router__key *k, uint64_t now_ms)
     return t > now_ms ? t : 0;
 }
 
+/* The wall clock in Unix ms. The one clock the router reads: a forced cooldown comes from the control plane as
+ * an absolute time (the same for every gateway), and the callers' now_ms is a monotonic clock with another
+ * origin. */
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* How long the control plane's forced cooldown of key idx still lasts, in ms (0: none or over). */
+static uint64_t forced_left_ms(const struct leo_provider *p, size_t idx)
+{
+    if (idx == KEYLESS_INDEX || p->keys[idx].forced_until_ms == 0)
+        return 0;
+    uint64_t wall = wall_ms();
+    return p->keys[idx].forced_until_ms > wall ? p->keys[idx].forced_until_ms - wall : 0;
+}
+
+/* key_ready_at, and the forced cooldown: a forced key is skipped until its time passes, whatever its state. */
+static uint64_t key_usable_at(const struct leo_router *r, const struct leo_provider *p, size_t idx, uint64_t now_ms)
+{
+    uint64_t t = key_ready_at(key_peek(r, p, idx), now_ms);
+    uint64_t forced = forced_left_ms(p, idx);
+    if (forced && t != UINT64_MAX && now_ms + forced > t)
+        t = now_ms + forced;
+    return t;
+}
+
 static void metric_label1(struct leo_buf *b, const char *name, const char *value)
 {
     leo_buf_reset(b);
@@ -280,6 +309,10 @@ void leo_router_metrics_describe(void)
     leo_metrics_describe("leo_route_hedges_total", LEO_METRIC_COUNTER,
                          "Hedged requests (a second attempt after hedge_after_ms), by model and by whether the hedge "
                          "won or lost.");
+    leo_metrics_describe("leo_route_override_skips_total", LEO_METRIC_COUNTER,
+                         "Deployments passed over by a routing decision because of the control plane: by model and "
+                         "reason (deployment_disabled: a routing override; forced_cooldown: every key of the "
+                         "deployment is under a forced cooldown).");
     leo_metrics_describe("leo_breaker_open", LEO_METRIC_GAUGE,
                          "1 while a deployment's breaker is open or half-open in a worker (summed over workers).");
 }
@@ -329,6 +362,7 @@ struct cand {
     bool eligible;
     bool probe;        /* admitting it makes it the half-open probe */
     uint64_t ready_at; /* when not eligible: when it may become so (UINT64_MAX = unknown/never) */
+    bool forced;       /* every key is under the control plane's forced cooldown */
 };
 
 static void assess(struct leo_router *r, const struct leo_deployment *d, uint64_t now_ms, struct cand *c)
@@ -337,6 +371,11 @@ static void assess(struct leo_router *r, const struct leo_deployment *d, uint64_
     c->s = s;
     c->eligible = false;
     c->probe = false;
+    c->forced = false;
+    if (d->disabled) { /* the control plane's override: recovers only with another snapshot */
+        c->ready_at = UINT64_MAX;
+        return;
+    }
     uint64_t breaker_at = 0;
     switch (s->breaker) {
     case BREAKER_CLOSED:
@@ -361,11 +400,14 @@ static void assess(struct leo_router *r, const struct leo_deployment *d, uint64_
         key_at = key_ready_at(key_peek(r, p, KEYLESS_INDEX), now_ms);
     } else {
         key_at = UINT64_MAX;
+        bool all_forced = true;
         for (size_t i = 0; i < p->nkeys && key_at; i++) {
-            uint64_t t = key_ready_at(key_peek(r, p, i), now_ms);
+            uint64_t t = key_usable_at(r, p, i, now_ms);
+            all_forced = all_forced && forced_left_ms(p, i) > 0;
             if (t < key_at)
                 key_at = t;
         }
+        c->forced = all_forced;
     }
     c->ready_at = breaker_at > key_at ? breaker_at : key_at;
     c->eligible = c->ready_at == 0;
@@ -439,7 +481,7 @@ static size_t choose_key(struct leo_router *r, const struct leo_provider *p, uin
     uint64_t total = 0;
     size_t first = SIZE_MAX;
     for (size_t i = 0; i < p->nkeys; i++)
-        if (key_ready_at(key_peek(r, p, i), now_ms) == 0) {
+        if (key_usable_at(r, p, i, now_ms) == 0) {
             total += p->keys[i].weight;
             if (first == SIZE_MAX)
                 first = i;
@@ -448,7 +490,7 @@ static size_t choose_key(struct leo_router *r, const struct leo_provider *p, uin
         return first;
     uint64_t x = rng_below(r, total);
     for (size_t i = 0; i < p->nkeys; i++) {
-        if (key_ready_at(key_peek(r, p, i), now_ms) != 0)
+        if (key_usable_at(r, p, i, now_ms) != 0)
             continue;
         if (x < p->keys[i].weight)
             return i;
@@ -479,6 +521,14 @@ int leo_router_next(struct leo_router *r, struct leo_route_plan *plan, uint64_t 
             continue;
         }
         assess(r, &m->deployments[i], now_ms, &cands[i]);
+        if (m->deployments[i].disabled || cands[i].forced) {
+            struct leo_buf l = LEO_BUF_INIT;
+            metric_label1(&l, "model", m->name);
+            leo_buf_adds(&l, m->deployments[i].disabled ? ",reason=\"deployment_disabled\""
+                                                        : ",reason=\"forced_cooldown\"");
+            leo_metrics_add("leo_route_override_skips_total", l.p, 1);
+            leo_buf_release(&l);
+        }
         if (cands[i].eligible) {
             neligible++;
             only = i;
@@ -1039,13 +1089,24 @@ void leo_router_status_json(struct leo_router *r, const struct leo_config *cfg, 
                 leo_buf_addf(out, ",\"ewma_ttfb_ms\":%.0f", s->ewma_ttfb_ms);
             else
                 leo_buf_adds(out, ",\"ewma_ttfb_ms\":null");
-            leo_buf_addf(out, ",\"consecutive_failures\":%u,\"keys\":[", s->consecutive_failures);
+            leo_buf_addf(out, ",\"consecutive_failures\":%u", s->consecutive_failures);
+            if (d->override) {
+                leo_buf_addf(out, ",\"disabled\":%s,\"override\":{\"action\":", d->disabled ? "true" : "false");
+                add_json_string(out, d->override);
+                leo_buf_adds(out, ",\"reason\":");
+                add_json_string(out, d->override_reason ? d->override_reason : "");
+                leo_buf_addch(out, '}');
+            }
+            leo_buf_adds(out, ",\"keys\":[");
             const struct leo_provider *p = d->provider;
             for (size_t ki = 0; ki < p->nkeys; ki++) {
                 const struct leo_router__key *k = key_peek(r, p, ki);
                 const char *state = "ok";
-                uint64_t cooldown = 0;
-                if (k && k->disabled) {
+                uint64_t cooldown = 0, forced = forced_left_ms(p, ki);
+                if (forced) {
+                    state = "forced_cooldown";
+                    cooldown = forced;
+                } else if (k && k->disabled) {
                     state = "disabled";
                 } else if (k && k->exhausted_until > now_ms) {
                     state = "exhausted";
@@ -1058,7 +1119,12 @@ void leo_router_status_json(struct leo_router *r, const struct leo_config *cfg, 
                     leo_buf_addch(out, ',');
                 leo_buf_adds(out, "{\"env\":");
                 add_json_string(out, p->keys[ki].env);
-                leo_buf_addf(out, ",\"state\":\"%s\",\"cooldown_ms\":%llu}", state, (unsigned long long)cooldown);
+                leo_buf_addf(out, ",\"state\":\"%s\",\"cooldown_ms\":%llu", state, (unsigned long long)cooldown);
+                if (forced) {
+                    leo_buf_adds(out, ",\"reason\":");
+                    add_json_string(out, p->keys[ki].forced_reason ? p->keys[ki].forced_reason : "");
+                }
+                leo_buf_addch(out, '}');
             }
             leo_buf_adds(out, "]}");
         }

@@ -1,9 +1,10 @@
 /*
  * router.h — choosing a deployment and a provider key for each attempt of a request.
  *
- * The router is pure decision logic: it does no I/O and never reads a clock. Every call that depends on time
+ * The router is pure decision logic: it does no I/O and reads no clock but one. Every call that depends on time
  * takes now_ms (a monotonic millisecond clock, the worker loop's uv_now), so behaviour is deterministic and
- * testable. One router lives in each worker process and is used from that process's loop thread only.
+ * testable; the exception is a key's forced cooldown from the control plane (leo_provider_key.forced_until_ms),
+ * an absolute time compared with the wall clock. One router lives in each worker process and is used from that process's loop thread only.
  *
  * Invariants:
  * - Runtime state outlives configuration snapshots: deployment state is keyed by the deployment id string
@@ -174,8 +175,11 @@ uint64_t leo_retry_after_ms(const struct leo_http_header *h, size_t n, uint64_t 
 /**
  * Appends the state of every deployment of cfg as JSON (the body of GET /v1/status/deployments):
  * {"deployments":[{"model","id","provider","priority","weight","breaker","open_for_ms","in_flight",
- * "ewma_ttfb_ms","consecutive_failures","keys":[{"env","state","cooldown_ms"}]}]}.
- * ewma_ttfb_ms is null until measured. Key values never appear, only their variable names.
+ * "ewma_ttfb_ms","consecutive_failures","disabled"?,"override"?,"keys":[{"env","state","cooldown_ms",
+ * "reason"?}]}]}.
+ * ewma_ttfb_ms is null until measured. "disabled" and "override" ({"action","reason"}) appear for a deployment
+ * with a control-plane routing override; a key under a forced cooldown has the state "forced_cooldown", the
+ * time left in cooldown_ms and the operator's "reason". Key values never appear, only their variable names.
  */
 void leo_router_status_json(struct leo_router *r, const struct leo_config *cfg, uint64_t now_ms,
                             struct leo_buf *out);

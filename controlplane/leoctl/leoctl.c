@@ -1286,6 +1286,282 @@ static int cmd_audit_verify(struct ctx *c)
     return EXIT_USAGE;
 }
 
+/* ---- provider test, routing overrides, forced cooldowns ---- */
+
+/* Prints the outcome of POST /providers/{id}/test; exit status 0 only when the provider accepted the key. */
+static int cmd_providers_test(struct ctx *c)
+{
+    int rc = need_session(c);
+    if (rc)
+        return rc;
+    struct leo_buf p = LEO_BUF_INIT;
+    leo_buf_adds(&p, "/providers");
+    add_segment(&p, c->pos[0]);
+    leo_buf_adds(&p, "/test");
+    struct leoctl_response r;
+    rc = call(c, "POST", p.p, NULL, &r);
+    leo_buf_release(&p);
+    if (rc)
+        return rc;
+    bool ok = json_is_true(json_object_get(r.json, "ok"));
+    if (c->json) {
+        print_json(r.json);
+    } else {
+        struct leo_buf b = LEO_BUF_INIT;
+        json_t *status = json_object_get(r.json, "status");
+        add_clean(&b, jstr(r.json, "result"));
+        if (json_is_integer(status))
+            leo_buf_addf(&b, ": HTTP %lld", (long long)json_integer_value(status));
+        json_t *ms = json_object_get(r.json, "latency_ms");
+        if (json_is_integer(ms))
+            leo_buf_addf(&b, " in %lld ms", (long long)json_integer_value(ms));
+        leo_buf_adds(&b, " (credential ");
+        add_clean(&b, jstr(json_object_get(r.json, "credential"), "name"));
+        leo_buf_adds(&b, ")");
+        if (!ok) {
+            leo_buf_adds(&b, ": ");
+            add_clean(&b, jstr(r.json, "error"));
+        }
+        printf("%s\n", b.p);
+        leo_buf_release(&b);
+    }
+    leoctl_response_release(&r);
+    return ok ? 0 : EXIT_API;
+}
+
+static void override_row(json_t *o, char **cells)
+{
+    char w[48];
+    json_t *weight = json_object_get(o, "weight");
+    if (json_is_integer(weight))
+        snprintf(w, sizeof(w), "weight=%lld", (long long)json_integer_value(weight));
+    else
+        snprintf(w, sizeof(w), "%s", jstr(o, "action") ? jstr(o, "action") : "-");
+    const char *reason = jstr(o, "reason");
+    cells[0] = cell_str(jstr(o, "id"));
+    cells[1] = cell_str(jstr(o, "model"));
+    cells[2] = cell_str(jstr(o, "deployment"));
+    cells[3] = cell_str(w);
+    cells[4] = cell_str(reason && *reason ? reason : "-");
+    cells[5] = cell_time(jstr(o, "created_at"));
+}
+
+static char *override_header[] = {"ID", "MODEL", "DEPLOYMENT", "OVERRIDE", "REASON", "SET"};
+
+static int cmd_overrides_list(struct ctx *c)
+{
+    return list_cmd(c, "/overrides", 6, override_header, override_row);
+}
+
+static int cmd_overrides_set(struct ctx *c)
+{
+    const char *model = opt(c, "model"), *dep = opt(c, "deployment"), *reason = opt(c, "reason");
+    bool disable = opt(c, "disable") != NULL;
+    json_int_t weight = 0;
+    if (!model || !dep || disable == (opt(c, "weight") != NULL)) {
+        err("overrides set needs --model MODEL_ID, --deployment DEPLOYMENT_ID and either --disable or --weight N");
+        return EXIT_USAGE;
+    }
+    if (!disable && !number_opt(c, "weight", 0, 1000000, &weight))
+        return EXIT_USAGE;
+    json_t *body = json_pack("{s:s, s:s, s:s}", "model_id", model, "deployment_id", dep, "action",
+                             disable ? "disable" : "weight");
+    if (!disable)
+        json_object_set_new(body, "weight", json_integer(weight));
+    if (reason)
+        json_object_set_new(body, "reason", json_string(reason));
+    return create_cmd(c, "/overrides", body, 6, override_header, override_row);
+}
+
+/* DELETEs path and prints the removed object as one row. */
+static int delete_cmd(struct ctx *c, const char *path, int ncols, char **header, void (*row)(json_t *, char **))
+{
+    int rc = need_session(c);
+    if (rc)
+        return rc;
+    struct leoctl_response r;
+    rc = call(c, "DELETE", path, NULL, &r);
+    if (rc)
+        return rc;
+    print_one(c, r.json, ncols, header, row);
+    leoctl_response_release(&r);
+    return 0;
+}
+
+static int cmd_overrides_clear(struct ctx *c)
+{
+    struct leo_buf p = LEO_BUF_INIT;
+    leo_buf_adds(&p, "/overrides");
+    add_segment(&p, c->pos[0]);
+    int rc = delete_cmd(c, p.p, 6, override_header, override_row);
+    leo_buf_release(&p);
+    return rc;
+}
+
+static void cooldown_row(json_t *k, char **cells)
+{
+    const char *reason = jstr(k, "reason");
+    cells[0] = cell_str(jstr(k, "provider"));
+    cells[1] = cell_str(jstr(k, "credential"));
+    cells[2] = cell_str(jstr(k, "credential_id"));
+    cells[3] = cell_time(jstr(k, "until"));
+    cells[4] = cell_str(json_is_true(json_object_get(k, "active")) ? "active" : "over");
+    cells[5] = cell_str(reason && *reason ? reason : "-");
+}
+
+static char *cooldown_header[] = {"PROVIDER", "CREDENTIAL", "CREDENTIAL ID", "UNTIL", "STATE", "REASON"};
+
+static int cmd_cooldowns_list(struct ctx *c)
+{
+    return list_cmd(c, "/cooldowns", 6, cooldown_header, cooldown_row);
+}
+
+static char *cooldown_path(struct ctx *c)
+{
+    struct leo_buf p = LEO_BUF_INIT;
+    leo_buf_adds(&p, "/providers");
+    add_segment(&p, c->pos[0]);
+    leo_buf_adds(&p, "/credentials");
+    add_segment(&p, c->pos[1]);
+    leo_buf_adds(&p, "/cooldown");
+    return leo_buf_detach(&p, NULL);
+}
+
+/* "90s", "10m", "2h", "1d" → seconds; -1 when malformed. */
+static long long duration_seconds(const char *v)
+{
+    size_t n = strlen(v);
+    char unit = n ? v[n - 1] : 0;
+    if (n < 2 || n - 1 > 7 || !strchr("smhd", unit) || strspn(v, "0123456789") != n - 1)
+        return -1;
+    long long count = strtoll(v, NULL, 10);
+    return count * (unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : 1);
+}
+
+static int cmd_cooldowns_set(struct ctx *c)
+{
+    const char *dur = opt(c, "for"), *until = opt(c, "until"), *reason = opt(c, "reason");
+    if ((dur == NULL) == (until == NULL)) {
+        err("cooldowns set needs either --for DURATION (90s, 10m, 2h, 1d) or --until RFC3339");
+        return EXIT_USAGE;
+    }
+    json_t *body = json_object();
+    if (dur) {
+        long long secs = duration_seconds(dur);
+        if (secs <= 0) {
+            err("--for \"%s\": expected a duration like 90s, 10m, 2h or 1d", dur);
+            json_decref(body);
+            return EXIT_USAGE;
+        }
+        json_object_set_new(body, "duration_s", json_integer(secs));
+    } else {
+        json_object_set_new(body, "until", json_string(until));
+    }
+    if (reason)
+        json_object_set_new(body, "reason", json_string(reason));
+    char *path = cooldown_path(c);
+    int rc = create_cmd(c, path, body, 6, cooldown_header, cooldown_row);
+    leo_free(path);
+    return rc;
+}
+
+static int cmd_cooldowns_clear(struct ctx *c)
+{
+    char *path = cooldown_path(c);
+    int rc = delete_cmd(c, path, 6, cooldown_header, cooldown_row);
+    leo_free(path);
+    return rc;
+}
+
+/* ---- usage report ---- */
+
+static const char *const usage_groups[] = {"hour", "day", "model", "key", "tenant", NULL};
+
+/* GET /usage with the filters; a table of the rows, their JSON (--json), or the API's CSV as it is (--csv). */
+static int cmd_usage_report(struct ctx *c)
+{
+    static const struct {
+        const char *opt, *param;
+    } filters[] = {{"tenant", "tenant"}, {"key", "key"}, {"model", "model"}, {"from", "from"}, {"to", "to"},
+                   {"group-by", "group_by"}};
+    const char *group = opt(c, "group-by") ? opt(c, "group-by") : "hour";
+    bool known = false;
+    for (size_t i = 0; usage_groups[i]; i++)
+        known = known || strcmp(usage_groups[i], group) == 0;
+    if (!known) {
+        err("--group-by \"%s\": must be hour, day, model, key or tenant", group);
+        return EXIT_USAGE;
+    }
+    bool csv = opt(c, "csv") != NULL;
+    if (csv && c->json) {
+        err("give --csv or --json, not both");
+        return EXIT_USAGE;
+    }
+    int rc = need_session(c);
+    if (rc)
+        return rc;
+    struct leo_buf p = LEO_BUF_INIT;
+    leo_buf_adds(&p, "/usage");
+    for (size_t i = 0; i < sizeof(filters) / sizeof(filters[0]); i++) {
+        const char *v = opt(c, filters[i].opt);
+        if (!v)
+            continue;
+        char *esc = leoctl_escape(v);
+        leo_buf_addf(&p, "%c%s=%s", strchr(p.p, '?') ? '&' : '?', filters[i].param, esc);
+        leo_free(esc);
+    }
+    if (csv)
+        leo_buf_addf(&p, "%cformat=csv", strchr(p.p, '?') ? '&' : '?');
+    struct leoctl_response r;
+    rc = call(c, "GET", p.p, NULL, &r);
+    leo_buf_release(&p);
+    if (rc)
+        return rc;
+    if (csv) {
+        fwrite(r.body, 1, r.len, stdout);
+    } else if (c->json) {
+        print_json(r.json);
+    } else {
+        /* the group's own column(s), then the measures, as the API names them */
+        static const char *const measures[] = {"requests",          "errors",   "cache_hits", "prompt_tokens",
+                                               "completion_tokens", "cost_usd", "saved_usd",  "avg_latency_ms"};
+        bool by_key = strcmp(group, "key") == 0;
+        const char *firsts[2] = {by_key ? "tenant" : group, by_key ? "key" : NULL};
+        int nfirst = firsts[1] ? 2 : 1, ncols = nfirst + 8;
+        struct table t = {.ncols = ncols};
+        char *h[16];
+        for (int k = 0; k < ncols; k++) {
+            const char *name = k < nfirst ? firsts[k] : measures[k - nfirst];
+            struct leo_buf b = LEO_BUF_INIT;
+            for (const char *q = name; *q; q++)
+                leo_buf_addch(&b, *q == '_' ? ' ' : (char)(*q >= 'a' && *q <= 'z' ? *q - 32 : *q));
+            h[k] = leo_buf_detach(&b, NULL);
+        }
+        table_row(&t, h);
+        size_t i;
+        json_t *row;
+        json_array_foreach(json_object_get(r.json, "rows"), i, row)
+        {
+            char *cells[16];
+            for (int k = 0; k < ncols; k++) {
+                json_t *v = json_object_get(row, k < nfirst ? firsts[k] : measures[k - nfirst]);
+                char num[64] = "-";
+                if (json_is_integer(v))
+                    snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+                else if (json_is_real(v))
+                    snprintf(num, sizeof(num), "%.6g", json_real_value(v));
+                cells[k] = cell_str(json_is_string(v) ? json_string_value(v) : num);
+            }
+            table_row(&t, cells);
+        }
+        table_print(&t);
+        if (json_is_true(json_object_get(r.json, "truncated")))
+            err("only the first rows are shown: narrow the range with --from and --to");
+    }
+    leoctl_response_release(&r);
+    return 0;
+}
+
 /* ---- table and dispatch ---- */
 
 /* One command per entry reads better than one member per line. */
@@ -1336,6 +1612,24 @@ static const struct command commands[] = {
     {"models", "create", {"deployments=", "strategy="}, 1, cmd_models_create,
      "models create NAME --deployments ID[@PRIORITY][*WEIGHT],... [--strategy S]",
      "Creates a model mapping. Lower priorities are tried first; weights share requests within a priority."},
+    {"providers", "test", {NULL}, 1, cmd_providers_test, "providers test PROVIDER_ID",
+     "Calls the provider's model list with its first enabled credential; exits 0 only when the key is accepted."},
+    {"overrides", "list", {NULL}, 0, cmd_overrides_list, "overrides list",
+     "Lists the routing overrides (a model's deployment disabled or its weight pinned)."},
+    {"overrides", "set", {"model=", "deployment=", "disable", "weight=", "reason="}, 0, cmd_overrides_set,
+     "overrides set --model MODEL_ID --deployment DEPLOYMENT_ID --disable|--weight N [--reason TEXT]",
+     "Disables a deployment of a model, or pins its weight; replaces the deployment's override if it has one."},
+    {"overrides", "clear", {NULL}, 1, cmd_overrides_clear, "overrides clear OVERRIDE_ID", "Removes an override."},
+    {"cooldowns", "list", {NULL}, 0, cmd_cooldowns_list, "cooldowns list",
+     "Lists the forced cooldowns of provider credentials (active ones and those whose time is over)."},
+    {"cooldowns", "set", {"for=", "until=", "reason="}, 2, cmd_cooldowns_set,
+     "cooldowns set PROVIDER_ID CREDENTIAL_ID --for 10m|--until RFC3339 [--reason TEXT]",
+     "Keeps every gateway from using a credential until the time given (at most 30 days)."},
+    {"cooldowns", "clear", {NULL}, 2, cmd_cooldowns_clear, "cooldowns clear PROVIDER_ID CREDENTIAL_ID",
+     "Ends a credential's forced cooldown."},
+    {"usage", "report", {"tenant=", "key=", "model=", "from=", "to=", "group-by=", "csv"}, 0, cmd_usage_report,
+     "usage report [--tenant SLUG] [--key NAME] [--model M] [--from T] [--to T] [--group-by G] [--csv]",
+     "Usage per hour (default), day, model, key or tenant from the hourly rollups; --csv prints the API's CSV."},
     {"audit", "verify", {NULL}, 0, cmd_audit_verify, "audit verify",
      "Not available over the API: run `leo-controlplane audit verify` on the control plane host."},
 };

@@ -12,9 +12,10 @@ import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 
-import { LineLog, bin, hashKey, sourceDir } from './lib/harness.mjs';
+import { LineLog, bin, hashKey, recordedHeader, sourceDir, startMock } from './lib/harness.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
 const T = { timeout: 20000 };
@@ -480,12 +481,15 @@ describe('roles', () => {
         assert.equal(r.status, 201, r.text);
         return r.json.id;
     };
-    const createModel = async () => {
+    const createModel = async () => (await createModelWith())[0];
+    /* a model and its one deployment: [model id, deployment id] */
+    const createModelWith = async () => {
+        const d = await createDeployment();
         const r = await api('POST', '/admin/v1/models', {
-            token: S.tokens.owner, body: { name: uniq('model'), deployments: [{ deployment_id: await createDeployment() }] },
+            token: S.tokens.owner, body: { name: uniq('model'), deployments: [{ deployment_id: d }] },
         });
         assert.equal(r.status, 201, r.text);
-        return r.json.id;
+        return [r.json.id, d];
     };
     const inviteToA = async () => {
         const r = await api('POST', '/admin/v1/invitations', {
@@ -672,6 +676,54 @@ describe('roles', () => {
             allow: ['owner', 'admin'],
             prepare: createModel,
             call: (m) => ['DELETE', `/admin/v1/models/${m}`],
+        },
+        { name: 'GET /usage', allow: ROLES, call: () => ['GET', '/admin/v1/usage?group_by=tenant'] },
+        {
+            /* the credential's provider (127.0.0.1:9) is unreachable: still a 200 answer, {"ok": false} */
+            name: 'POST /providers/{p}/test',
+            allow: ['owner', 'admin'],
+            prepare: createCredential,
+            call: ([p]) => ['POST', `/admin/v1/providers/${p}/test`],
+        },
+        { name: 'GET /overrides', allow: ['owner', 'admin', 'operator', 'viewer'], call: () => ['GET', '/admin/v1/overrides'] },
+        {
+            name: 'POST /overrides',
+            allow: ['owner', 'admin'],
+            prepare: createModelWith,
+            call: ([m, d]) => ['POST', '/admin/v1/overrides', { model_id: m, deployment_id: d, action: 'disable' }],
+        },
+        {
+            name: 'DELETE /overrides/{o}',
+            allow: ['owner', 'admin'],
+            prepare: async () => {
+                const [m, d] = await createModelWith();
+                const r = await api('POST', '/admin/v1/overrides', {
+                    token: S.tokens.owner, body: { model_id: m, deployment_id: d, action: 'weight', weight: 3 },
+                });
+                assert.equal(r.status, 201, r.text);
+                return r.json.id;
+            },
+            call: (o) => ['DELETE', `/admin/v1/overrides/${o}`],
+        },
+        { name: 'GET /cooldowns', allow: ['owner', 'admin', 'operator', 'viewer'], call: () => ['GET', '/admin/v1/cooldowns'] },
+        {
+            name: 'POST /providers/{p}/credentials/{c}/cooldown',
+            allow: ['owner', 'admin'],
+            prepare: createCredential,
+            call: ([p, c]) => ['POST', `/admin/v1/providers/${p}/credentials/${c}/cooldown`, { duration_s: 60 }],
+        },
+        {
+            name: 'DELETE /providers/{p}/credentials/{c}/cooldown',
+            allow: ['owner', 'admin'],
+            prepare: async () => {
+                const [p, c] = await createCredential();
+                const r = await api('POST', `/admin/v1/providers/${p}/credentials/${c}/cooldown`, {
+                    token: S.tokens.owner, body: { duration_s: 60, reason: 'matrix' },
+                });
+                assert.equal(r.status, 201, r.text);
+                return [p, c];
+            },
+            call: ([p, c]) => ['DELETE', `/admin/v1/providers/${p}/credentials/${c}/cooldown`],
         },
         { name: 'GET /tokens', allow: ROLES.slice(0, 5), call: () => ['GET', '/admin/v1/tokens'] },
         {
@@ -1015,6 +1067,245 @@ describe('deployments and models', () => {
         assertError(await api('GET', `/admin/v1/models/${model.id}`, { token: owner }), 404);
         const actions = (await sql(`SELECT action FROM audit_log WHERE target = 'model:${model.id}' ORDER BY id`)).map((a) => a.action);
         assert.deepEqual(actions, ['model.create', 'model.update', 'model.delete']);
+    });
+});
+
+describe('provider connection test', () => {
+    const GOOD = 'sk-probe-good-key-5b7d1e93a0c4';
+    const BAD = 'sk-probe-wrong-key-8e2f6a1c9d37';
+    let mock;
+    let fake; /* a provider that accepts GOOD only, by the header its type authenticates with */
+    const seen = [];
+
+    before(async () => {
+        mock = await startMock();
+        fake = http.createServer((req, res) => {
+            seen.push({ method: req.method, url: req.url, headers: req.headers });
+            const presented = req.headers['x-api-key'] || req.headers['api-key'] || req.headers['x-goog-api-key'] ||
+                (req.headers.authorization || '').replace(/^Bearer /, '');
+            const ok = presented === GOOD;
+            res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json' });
+            /* like OpenAI's real refusal, the message repeats the key it was given */
+            res.end(JSON.stringify(ok ? { data: [] } : { error: { message: `Incorrect API key provided: ${presented}.` } }));
+        });
+        await new Promise((resolve) => fake.listen(0, '127.0.0.1', resolve));
+    });
+    after(async () => {
+        if (fake) await new Promise((resolve) => fake.close(resolve));
+        if (mock) await mock.stop();
+    });
+
+    const provider = async (type, baseUrl, secret, extra = {}) => {
+        const p = await api('POST', '/admin/v1/providers', {
+            token: S.tokens.owner, body: { name: `probe-${type}-${crypto.randomBytes(4).toString('hex')}`, type, base_url: baseUrl, ...extra },
+        });
+        assert.equal(p.status, 201, p.text);
+        if (secret) {
+            const c = await api('POST', `/admin/v1/providers/${p.json.id}/credentials`, {
+                token: S.tokens.owner, body: { name: 'primary', secret },
+            });
+            assert.equal(c.status, 201, c.text);
+        }
+        return p.json.id;
+    };
+
+    it('answers ok with the model list of the mock provider, sending the key as a Bearer token', T, async () => {
+        const id = await provider('openai', mock.baseUrl, GOOD);
+        const r = await api('POST', `/admin/v1/providers/${id}/test`, { token: S.tokens.owner });
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json.ok, true);
+        assert.equal(r.json.result, 'ok');
+        assert.equal(r.json.status, 200);
+        assert.equal(typeof r.json.latency_ms, 'number');
+        assert.equal(r.json.credential.name, 'primary');
+        assert.equal(r.json.error, undefined);
+        assert.ok(!r.text.includes(GOOD));
+        const recs = (await mock.requests()).filter((x) => x.method === 'GET' && x.path === '/v1/models');
+        assert.ok(recs.length >= 1);
+        assert.equal(recordedHeader(recs.at(-1), 'authorization'), `Bearer ${GOOD}`);
+    });
+
+    it('reports a refusal with the upstream status and message, scrubbed of the secret', T, async () => {
+        const id = await provider('openai', `http://127.0.0.1:${fake.address().port}/v1`, BAD);
+        const r = await api('POST', `/admin/v1/providers/${id}/test`, { token: S.tokens.owner });
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json.ok, false);
+        assert.equal(r.json.result, 'refused');
+        assert.equal(r.json.status, 401);
+        assert.equal(r.json.error, 'the provider answered 401: Incorrect API key provided: ***.');
+        for (let i = 0; i + 8 <= BAD.length; i++) assert.ok(!r.text.includes(BAD.slice(i, i + 8)), r.text);
+        assert.equal(seen.at(-1).url, '/v1/models');
+        assert.equal(seen.at(-1).headers.authorization, `Bearer ${BAD}`);
+        assert.ok(!cp.stderr.tail(200).includes(BAD), 'the secret is not logged');
+    });
+
+    it('authenticates each provider type the way the gateway does', T, async () => {
+        const base = `http://127.0.0.1:${fake.address().port}`;
+        const cases = [
+            ['anthropic', `${base}/v1`, {}, '/v1/models', (h) => h['x-api-key'] === GOOD && h['anthropic-version'] === '2023-06-01'],
+            ['gemini', `${base}/v1beta`, {}, '/v1beta/models', (h) => h['x-goog-api-key'] === GOOD],
+            ['azure', `${base}`, { api_version: '2024-06-01' }, '/openai/models?api-version=2024-06-01', (h) => h['api-key'] === GOOD],
+        ];
+        for (const [type, url, extra, expectPath, auth] of cases) {
+            const id = await provider(type, url, GOOD, extra);
+            const r = await api('POST', `/admin/v1/providers/${id}/test`, { token: S.tokens.owner });
+            assert.equal(r.status, 200, r.text);
+            assert.equal(r.json.ok, true, `${type}: ${r.text}`);
+            const last = seen.at(-1);
+            assert.equal(last.url, expectPath, type);
+            assert.ok(auth(last.headers), `${type}: ${JSON.stringify(last.headers)}`);
+            assert.ok(!last.url.includes(GOOD), 'the secret is never in the URL');
+        }
+    });
+
+    it('reports an unreachable provider; no credential → 409; unknown provider → 404; metrics count results', T, async () => {
+        const closed = await new Promise((resolve) => {
+            const srv = net.createServer();
+            srv.listen(0, '127.0.0.1', () => {
+                const p = srv.address().port;
+                srv.close(() => resolve(p));
+            });
+        });
+        const id = await provider('openai', `http://127.0.0.1:${closed}/v1`, GOOD);
+        const r = await api('POST', `/admin/v1/providers/${id}/test`, { token: S.tokens.owner });
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json.ok, false);
+        assert.equal(r.json.result, 'unreachable');
+        assert.equal(r.json.status, null);
+        assert.match(r.json.error, /^cannot reach the provider: /);
+        assert.ok(!r.text.includes(GOOD));
+        assertError(await api('POST', `/admin/v1/providers/${await provider('openai', mock.baseUrl, null)}/test`,
+            { token: S.tokens.owner }), 409, { code: 'no_credential' });
+        assertError(await api('POST', `/admin/v1/providers/${crypto.randomUUID()}/test`, { token: S.tokens.owner }), 404);
+        assertError(await api('POST', `/admin/v1/providers/${id}/test`, { token: S.tokens.owner, body: { x: 1 } }), 400,
+            { code: 'unknown_field', param: 'x' });
+        const m = await api('GET', '/metrics');
+        assert.match(m.text, /leo_cp_provider_tests_total\{type="openai",result="ok"\} [1-9]/);
+        assert.match(m.text, /leo_cp_provider_tests_total\{type="openai",result="refused"\} [1-9]/);
+        assert.match(m.text, /leo_cp_provider_tests_total\{type="openai",result="unreachable"\} [1-9]/);
+    });
+});
+
+describe('routing overrides and forced cooldowns', () => {
+    let prov, cred, d1, d2, model;
+
+    it('setup: a provider with a credential, two deployments, a model using both', T, async () => {
+        const owner = S.tokens.owner;
+        const p = await api('POST', '/admin/v1/providers', {
+            token: owner, body: { name: 'ovr-prov', type: 'openai', base_url: 'https://ovr.example.test/v1' },
+        });
+        assert.equal(p.status, 201, p.text);
+        prov = p.json;
+        const c = await api('POST', `/admin/v1/providers/${prov.id}/credentials`, {
+            token: owner, body: { name: 'k1', secret: 'sk-ovr-secret-0001' },
+        });
+        assert.equal(c.status, 201, c.text);
+        cred = c.json;
+        const ds = [];
+        for (const m of ['ovr-a', 'ovr-b']) {
+            const d = await api('POST', '/admin/v1/deployments', { token: owner, body: { provider_id: prov.id, model: m } });
+            assert.equal(d.status, 201, d.text);
+            ds.push(d.json);
+        }
+        [d1, d2] = ds;
+        const m = await api('POST', '/admin/v1/models', {
+            token: owner, body: { name: 'ovr-model', deployments: [{ deployment_id: d1.id }, { deployment_id: d2.id }] },
+        });
+        assert.equal(m.status, 201, m.text);
+        model = m.json;
+    });
+
+    it('an override is set, replaced, listed and cleared, audited; validation names the field', T, async () => {
+        const owner = S.tokens.owner;
+        const r = await api('POST', '/admin/v1/overrides', {
+            token: owner, body: { model_id: model.id, deployment_id: d1.id, action: 'disable', reason: 'incident 42' },
+        });
+        assert.equal(r.status, 201, r.text);
+        assert.equal(r.json.model, 'ovr-model');
+        assert.equal(r.json.deployment, 'ovr-prov/ovr-a');
+        assert.equal(r.json.action, 'disable');
+        assert.equal(r.json.weight, null);
+        assert.equal(r.json.reason, 'incident 42');
+        const again = await api('POST', '/admin/v1/overrides', {
+            token: owner, body: { model_id: model.id, deployment_id: d1.id, action: 'weight', weight: 0 },
+        });
+        assert.equal(again.status, 201, again.text);
+        assert.equal(again.json.id, r.json.id, 'one override per deployment of a model: replaced');
+        assert.equal(again.json.action, 'weight');
+        assert.equal(again.json.weight, 0);
+        for (const [body, param] of [
+            [{ model_id: model.id, deployment_id: d1.id, action: 'weight' }, 'weight'],
+            [{ model_id: model.id, deployment_id: d1.id, action: 'disable', weight: 2 }, 'weight'],
+            [{ model_id: model.id, deployment_id: d1.id }, 'action'],
+            [{ model_id: model.id, deployment_id: d1.id, action: 'drain' }, 'action'],
+            [{ model_id: 'nope', deployment_id: d1.id, action: 'disable' }, 'model_id'],
+            [{ model_id: model.id, deployment_id: crypto.randomUUID(), action: 'disable' }, 'deployment_id'],
+            [{ model_id: model.id, deployment_id: d1.id, action: 'disable', reason: 'x'.repeat(513) }, 'reason'],
+            [{ model_id: model.id, deployment_id: d1.id, action: 'disable', until: 'x' }, 'until'],
+        ]) {
+            assertError(await api('POST', '/admin/v1/overrides', { token: owner, body }), 400, { param });
+        }
+        const list = await api('GET', '/admin/v1/overrides?limit=200', { token: S.tokens.viewer });
+        assert.equal(list.status, 200);
+        assert.deepEqual(list.json.data.filter((o) => o.model_id === model.id), [again.json]);
+        const del = await api('DELETE', `/admin/v1/overrides/${r.json.id}`, { token: owner });
+        assert.equal(del.status, 200, del.text);
+        assertError(await api('DELETE', `/admin/v1/overrides/${r.json.id}`, { token: owner }), 404, { code: 'not_found' });
+        assertError(await api('DELETE', '/admin/v1/overrides/not-a-uuid', { token: owner }), 404);
+        const actions = (await sql(`SELECT action FROM audit_log WHERE target = 'model:${model.id}' AND action LIKE 'override.%' ORDER BY id`))
+            .map((a) => a.action);
+        assert.deepEqual(actions, ['override.set', 'override.set', 'override.clear']);
+    });
+
+    it('a forced cooldown is set (until or duration), replaced, listed and cleared, audited', T, async () => {
+        const owner = S.tokens.owner;
+        const path = `/admin/v1/providers/${prov.id}/credentials/${cred.id}/cooldown`;
+        const until = new Date(Date.now() + 3600 * 1000).toISOString();
+        const r = await api('POST', path, { token: owner, body: { until, reason: 'key leaked' } });
+        assert.equal(r.status, 201, r.text);
+        assert.equal(r.json.credential, 'k1');
+        assert.equal(r.json.provider, 'ovr-prov');
+        assert.equal(r.json.active, true);
+        assert.equal(r.json.reason, 'key leaked');
+        assert.equal(new Date(r.json.until).getTime(), new Date(until).getTime());
+        const again = await api('POST', path, { token: owner, body: { duration_s: 120 } });
+        assert.equal(again.status, 201, again.text);
+        assert.equal(again.json.id, r.json.id, 'one forced cooldown per credential: replaced');
+        assert.ok(new Date(again.json.until) < new Date(until));
+        for (const [body, param] of [
+            [{}, 'until'],
+            [{ until, duration_s: 5 }, 'until'],
+            [{ until: new Date(Date.now() - 1000).toISOString() }, 'until'],
+            [{ until: 'tomorrow' }, 'until'],
+            [{ duration_s: 0 }, 'duration_s'],
+            [{ duration_s: 31 * 86400 }, 'duration_s'],
+            [{ duration_s: 5, extra: true }, 'extra'],
+        ]) {
+            assertError(await api('POST', path, { token: owner, body }), 400, { param });
+        }
+        /* the credential must belong to the provider of the path */
+        assertError(await api('POST', `/admin/v1/providers/${crypto.randomUUID()}/credentials/${cred.id}/cooldown`,
+            { token: owner, body: { duration_s: 5 } }), 404);
+        const list = await api('GET', '/admin/v1/cooldowns?limit=200', { token: S.tokens.operator });
+        assert.equal(list.status, 200);
+        assert.deepEqual(list.json.data.filter((x) => x.credential_id === cred.id), [again.json]);
+        assert.ok(!list.text.includes('sk-ovr-secret-0001'));
+        assert.equal((await api('DELETE', path, { token: owner })).status, 200);
+        assertError(await api('DELETE', path, { token: owner }), 404, { code: 'not_found' });
+        const actions = (await sql(`SELECT action FROM audit_log WHERE target = 'credential:${cred.id}' AND action LIKE 'credential.cooldown%' ORDER BY id`))
+            .map((a) => a.action);
+        assert.deepEqual(actions, ['credential.cooldown', 'credential.cooldown', 'credential.cooldown_clear']);
+    });
+
+    it('removing the deployment from the model takes its override with it', T, async () => {
+        const owner = S.tokens.owner;
+        const r = await api('POST', '/admin/v1/overrides', {
+            token: owner, body: { model_id: model.id, deployment_id: d2.id, action: 'disable' },
+        });
+        assert.equal(r.status, 201, r.text);
+        const u = await api('PATCH', `/admin/v1/models/${model.id}`, { token: owner, body: { deployments: [{ deployment_id: d1.id }] } });
+        assert.equal(u.status, 200, u.text);
+        assertError(await api('DELETE', `/admin/v1/overrides/${r.json.id}`, { token: owner }), 404);
     });
 });
 

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -398,6 +399,116 @@ describe('providers, deployments, models', () => {
             assert.equal(unknown.code, 1);
             assert.match(unknown.stderr, /deployment does not exist \(HTTP 400\)/);
         });
+});
+
+describe('provider test, overrides, cooldowns, usage', () => {
+    const GOOD = 'sk-leoctl-probe-good-4c1e9a';
+    let fake;
+
+    before(async () => {
+        /* a provider that accepts GOOD only */
+        fake = http.createServer((req, res) => {
+            const ok = req.headers.authorization === `Bearer ${GOOD}`;
+            res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json' });
+            res.end(JSON.stringify(ok ? { data: [] } : { error: { message: 'invalid key' } }));
+        });
+        await new Promise((resolve) => fake.listen(0, '127.0.0.1', resolve));
+    });
+    after(async () => {
+        if (fake) await new Promise((resolve) => fake.close(resolve));
+    });
+
+    const providerWith = async (name, secret) => {
+        const p = JSON.parse((await ok(['--json', 'providers', 'create', name, '--type', 'openai', '--base-url',
+            `http://127.0.0.1:${fake.address().port}/v1`])).stdout);
+        const c = JSON.parse((await ok(['--json', 'providers', 'add-credential', p.id, '--name', 'k'],
+            { env: { LEOCTL_CREDENTIAL_SECRET: secret } })).stdout);
+        return [p, c];
+    };
+
+    it('providers test exits 0 when the key is accepted and 1 with the upstream\'s refusal', T, async () => {
+        const [good] = await providerWith('probe-good', GOOD);
+        const r = await ok(['providers', 'test', good.id]);
+        assert.match(r.stdout, /^ok: HTTP 200 in \d+ ms \(credential k\)\n$/);
+        const j = JSON.parse((await ok(['--json', 'providers', 'test', good.id])).stdout);
+        assert.equal(j.ok, true);
+        assert.equal(j.status, 200);
+        const [bad] = await providerWith('probe-bad', 'sk-leoctl-probe-wrong-77aa01');
+        const refused = await leoctl(['providers', 'test', bad.id]);
+        assert.equal(refused.code, 1);
+        assert.equal(refused.stdout, 'refused: HTTP 401 in ' + /in (\d+) ms/.exec(refused.stdout)[1] +
+            ' ms (credential k): the provider answered 401: invalid key\n');
+        assert.ok(!refused.stdout.includes('sk-leoctl-probe-wrong'));
+        const missing = await leoctl(['providers', 'test']);
+        assert.equal(missing.code, 2);
+    });
+
+    it('overrides set, list and clear; cooldowns set, list and clear', T, async () => {
+        const [p, cred] = await providerWith('ovr-up', GOOD);
+        const d = JSON.parse((await ok(['--json', 'deployments', 'create', '--provider', p.id, '--model', 'm-x'])).stdout);
+        const m = JSON.parse((await ok(['--json', 'models', 'create', 'ovr-m', '--deployments', d.id])).stdout);
+        const set = await ok(['overrides', 'set', '--model', m.id, '--deployment', d.id, '--disable', '--reason', 'incident']);
+        const row = rows(set.stdout)[1];
+        assert.deepEqual(row.slice(1, 5), ['ovr-m', 'ovr-up/m-x', 'disable', 'incident']);
+        const pin = JSON.parse((await ok(['--json', 'overrides', 'set', '--model', m.id, '--deployment', d.id,
+            '--weight', '5'])).stdout);
+        assert.equal(pin.id, row[0]);
+        assert.equal(pin.weight, 5);
+        const list = rows((await ok(['overrides', 'list'])).stdout);
+        assert.deepEqual(list[0], ['ID', 'MODEL', 'DEPLOYMENT', 'OVERRIDE', 'REASON', 'SET']);
+        assert.deepEqual(list.find((x) => x[0] === pin.id).slice(1, 5), ['ovr-m', 'ovr-up/m-x', 'weight=5', '-']);
+        for (const args of [['--model', m.id, '--deployment', d.id], ['--model', m.id, '--deployment', d.id, '--disable', '--weight', '1'],
+            ['--model', m.id, '--deployment', d.id, '--weight', 'x']]) {
+            assert.equal((await leoctl(['overrides', 'set', ...args])).code, 2, args.join(' '));
+        }
+        await ok(['overrides', 'clear', pin.id]);
+        const again = await leoctl(['overrides', 'clear', pin.id]);
+        assert.equal(again.code, 1);
+        assert.match(again.stderr, /override not found \(HTTP 404\)/);
+
+        const cd = rows((await ok(['cooldowns', 'set', p.id, cred.id, '--for', '10m', '--reason', 'rotating'])).stdout);
+        assert.deepEqual(cd[0], ['PROVIDER', 'CREDENTIAL', 'CREDENTIAL ID', 'UNTIL', 'STATE', 'REASON']);
+        assert.deepEqual([cd[1][0], cd[1][1], cd[1][2], cd[1][4], cd[1][5]], ['ovr-up', 'k', cred.id, 'active', 'rotating']);
+        const listed = JSON.parse((await ok(['--json', 'cooldowns', 'list'])).stdout);
+        const mine = listed.find((x) => x.credential_id === cred.id);
+        const left = new Date(mine.until).getTime() - Date.now();
+        assert.ok(left > 500 * 1000 && left <= 600 * 1000, `${left} ms left`);
+        assert.equal((await leoctl(['cooldowns', 'set', p.id, cred.id, '--for', '10 minutes'])).code, 2);
+        assert.equal((await leoctl(['cooldowns', 'set', p.id, cred.id])).code, 2);
+        const past = await leoctl(['cooldowns', 'set', p.id, cred.id, '--until', '2001-01-01T00:00:00Z']);
+        assert.equal(past.code, 1);
+        assert.match(past.stderr, /until: must lie in the next 30 days \(HTTP 400\)/);
+        await ok(['cooldowns', 'clear', p.id, cred.id]);
+        assert.equal((await leoctl(['cooldowns', 'clear', p.id, cred.id])).code, 1);
+    });
+
+    it('usage report prints the rollups as a table, JSON or the API\'s CSV; filters reach the API', T, async () => {
+        await pg.psql("INSERT INTO usage_rollups (hour, tenant, key_name, model, requests, errors, cache_hits," +
+            " prompt_tokens, completion_tokens, cost_usd, saved_usd, latency_ms_sum) VALUES" +
+            " ('2026-03-01T10:00:00Z', 'acme-inc', 'ci', 'gpt-x', 4, 1, 2, 40, 20, 0.5, 0.25, 100)," +
+            " ('2026-03-02T11:00:00Z', 'acme-inc', 'ci', 'gpt-y', 6, 0, 0, 60, 30, 1.5, 0, 300);",
+        { database: 'leo' });
+        const day = rows((await ok(['usage', 'report', '--group-by', 'day', '--from', '2026-03-01T00:00:00Z',
+            '--to', '2026-03-03T00:00:00Z'])).stdout);
+        assert.deepEqual(day, [
+            ['DAY', 'REQUESTS', 'ERRORS', 'CACHE HITS', 'PROMPT TOKENS', 'COMPLETION TOKENS', 'COST USD', 'SAVED USD',
+                'AVG LATENCY MS'],
+            ['2026-03-01', '4', '1', '2', '40', '20', '0.5', '0.25', '25'],
+            ['2026-03-02', '6', '0', '0', '60', '30', '1.5', '0', '50'],
+        ]);
+        const byKey = rows((await ok(['usage', 'report', '--group-by', 'key', '--tenant', 'acme-inc', '--model', 'gpt-y'])).stdout);
+        assert.deepEqual(byKey.map((r) => r.slice(0, 3)), [['TENANT', 'KEY', 'REQUESTS'], ['acme-inc', 'ci', '6']]);
+        const j = JSON.parse((await ok(['--json', 'usage', 'report', '--group-by', 'model', '--tenant', 'acme-inc'])).stdout);
+        assert.equal(j.group_by, 'model');
+        assert.deepEqual(j.rows.map((r) => [r.model, r.requests]), [['gpt-x', 4], ['gpt-y', 6]]);
+        const csv = await ok(['usage', 'report', '--group-by', 'tenant', '--csv']);
+        const direct = await fetch(`${base}/admin/v1/usage?group_by=tenant&format=csv`,
+            { headers: { Authorization: `Bearer ${session().token}` } });
+        assert.equal(csv.stdout, await direct.text());
+        assert.match(csv.stdout, /^tenant,requests,/);
+        assert.equal((await leoctl(['usage', 'report', '--group-by', 'week'])).code, 2);
+        assert.equal((await leoctl(['--json', 'usage', 'report', '--csv'])).code, 2);
+    });
 });
 
 describe('audit and logout', () => {
