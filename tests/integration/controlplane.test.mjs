@@ -510,6 +510,7 @@ describe('roles', () => {
     /* Every endpoint, how to call it (prepare may create what the call consumes), and the roles allowed. */
     const ENDPOINTS = [
         { name: 'GET /health', allow: ROLES, public: true, call: () => ['GET', '/admin/v1/health'] },
+        { name: 'GET /openapi.json', allow: ROLES, public: true, call: () => ['GET', '/admin/v1/openapi.json'] },
         {
             name: 'POST /login',
             allow: ROLES,

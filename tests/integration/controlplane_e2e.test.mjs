@@ -205,9 +205,16 @@ describe('control plane end to end', () => {
 
         /* the next publication carries the re-sealed credential; the gateway opens it with the new key */
         const from = gw.stderr.lines.length;
+        const versionBefore = Number(await redis.command('GET', 'leo:snapshot:version'));
         const p = await api('PATCH', `/admin/v1/providers/${S.provider.id}/credentials/${S.credential.id}`, { weight: 2 });
         assert.equal(p.status, 200, p.text);
-        const version = Number(await redis.command('GET', 'leo:snapshot:version'));
+        /* the publication follows the commit: wait for the version to move past the one before the change */
+        let version = versionBefore;
+        for (const deadline = Date.now() + 5000; version <= versionBefore && Date.now() < deadline;) {
+            await new Promise((r) => setTimeout(r, 20));
+            version = Number(await redis.command('GET', 'leo:snapshot:version'));
+        }
+        assert.ok(version > versionBefore, 'no snapshot was published after the change');
         await gw.stderr.waitForJson((j) => typeof j.msg === 'string' &&
             j.msg.startsWith(`control plane snapshot version ${version} applied`), { timeoutMs: 5000, from });
         const marker = nonce('rot');
