@@ -111,6 +111,7 @@ struct leo_semcache {
     uv_timer_t *poll;
     char last_id[64];  /* the last stream id applied */
     bool reading;      /* an XREAD is in flight */
+    unsigned batch;    /* entries asked per XREAD: halved after a timeout, doubled back after full reads */
     bool synced;
     unsigned inflight; /* Redis commands whose callbacks still need this struct */
     bool dead;         /* freed by its owner; released when inflight reaches 0 */
@@ -512,13 +513,20 @@ static void on_read(struct leo_redis *r, int err, redisReply *reply, void *ud)
             }
         }
         leo_metrics_add("leo_semcache_sync_total", "result=\"read\"", (double)got);
-        if (got < READ_BATCH)
+        if (got < sc->batch)
             sc->synced = true;
     } else if (err != 0 || (reply && reply->type == REDIS_REPLY_ERROR)) {
         leo_metrics_add("leo_semcache_sync_total", "result=\"read_error\"", 1);
+        /* a catch-up read of many entries can outlast the connection's command timeout (it is shared with the
+         * quotas, which keep it short): ask for fewer next time rather than fail the same way forever */
+        if (err == LEO_ETIMEOUT && sc->batch > 8)
+            sc->batch /= 2;
     }
-    if (got == READ_BATCH)
+    if (got > 0 && got == sc->batch) {
+        if (sc->batch < READ_BATCH)
+            sc->batch *= 2;
         poll_now(sc); /* catching up: read the next batch at once */
+    }
 }
 
 static void poll_now(struct leo_semcache *sc)
@@ -526,7 +534,7 @@ static void poll_now(struct leo_semcache *sc)
     if (sc->reading || sc->redis == NULL || sc->dead)
         return;
     char count[16];
-    snprintf(count, sizeof(count), "%d", READ_BATCH);
+    snprintf(count, sizeof(count), "%u", sc->batch);
     const char *argv[] = {"XREAD", "COUNT", count, "STREAMS", STREAM_KEY, sc->last_id};
     if (leo_redis_command_argv(sc->redis, on_read, sc, 6, argv, NULL) == 0) {
         sc->reading = true;
@@ -561,6 +569,7 @@ struct leo_semcache *leo_semcache_new(const struct leo_semcache_opts *opts)
     sc->served_buckets = 1024;
     sc->served_tab = leo_calloc(sc->served_buckets, sizeof(*sc->served_tab));
     snprintf(sc->last_id, sizeof(sc->last_id), "0-0");
+    sc->batch = READ_BATCH;
     sc->synced = sc->redis == NULL;
     if (sc->redis && sc->loop) {
         sc->poll = leo_malloc(sizeof(*sc->poll));
