@@ -3,8 +3,8 @@
  *
  * The order of a request's checks, each step only when the policy and the request's x-leo-cache controls
  * allow it:
- *   1. join the flight of an identical request in the air (dedup): a follower waits for the leader's answer;
- *   2. the exact cache (L1, then Redis);
+ *   1. the exact cache (L1, then Redis);
+ *   2. join the flight of an identical request in the air (dedup): a follower waits for the leader's answer;
  *   3. the semantic cache (an eligible chat request of a tenant that has it on): a close enough earlier prompt
  *      whose answer is still in the exact cache;
  *   4. go on to the upstream as the flight's leader; the answer is stored at its clean end.
@@ -347,6 +347,7 @@ static void go_on(struct leo_opt_req *r, bool now)
 }
 
 static bool try_semantic(struct leo_opt_req *r);
+static bool after_exact_miss(struct leo_opt_req *r);
 
 static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e, bool semantic)
 {
@@ -365,8 +366,7 @@ static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e,
         leo_semcache_delete(r->o->sem, r->match.entry_id); /* its answer is gone from the exact cache */
     leo_cache_entry_unref(e);
     if (!semantic) {
-        count("exact_cache", "miss");
-        if (try_semantic(r))
+        if (after_exact_miss(r))
             return;
     } else {
         count("semantic_cache", "miss");
@@ -539,40 +539,40 @@ bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, json_t *root, 
         r->semantic = leo_semcache_query_init(o->sem, tenant, g->dialect, g->model->name, canon ? canon : root, &r->q);
     }
 
-    /* 1. an identical request in flight */
-    if (r->dec.dedup) {
-        unsigned variant = stream ? 1u + include_usage : 0u;
-        int rc = leo_dedup_join(o->dedup, &r->key, variant, stream ? &follower_cbs : &follower_whole_cbs, r,
-                                &r->flight, &r->follower);
-        if (rc == LEO_DEDUP_FOLLOWER)
-            return true;
-    }
-    /* 2. the exact cache */
+    /* 1. the exact cache (a hit in this worker's memory costs no more than this) */
     if (r->dec.lookup) {
         struct leo_cache_entry *e = NULL;
         r->lookup_semantic = false;
         int rc = leo_cache_lookup(o->cache, &r->key, &e, on_lookup, r, &r->lookup);
         if (rc == LEO_CACHE_PENDING)
+            return true; /* Redis answers later: on_lookup goes on from there */
+        if (rc == LEO_CACHE_HIT && serve(r, e, "hit", false)) {
+            count("exact_cache", "hit");
+            leo_cache_entry_unref(e);
             return true;
-        if (rc == LEO_CACHE_HIT) {
-            if (serve(r, e, "hit", false)) {
-                count("exact_cache", "hit");
-                if (r->flight) {
-                    leo_dedup_complete(r->flight, e);
-                    r->flight = NULL;
-                }
-                leo_cache_entry_unref(e);
-                return true;
-            }
         }
         leo_cache_entry_unref(e);
-        count("exact_cache", "miss");
-        /* 3. the semantic cache */
-        if (try_semantic(r))
-            return true;
     }
+    if (after_exact_miss(r))
+        return true;
     go_on(r, true);
     return false;
+}
+
+/* After the exact cache missed (or was not asked): 2. an identical request in flight, 3. the semantic cache.
+ * Returns true when the request was taken over (a follower, a semantic hit or lookup); false: go on. */
+static bool after_exact_miss(struct leo_opt_req *r)
+{
+    if (r->dec.lookup)
+        count("exact_cache", "miss");
+    if (r->dec.dedup) {
+        unsigned variant = r->stream ? 1u + r->include_usage : 0u;
+        int rc = leo_dedup_join(r->o->dedup, &r->key, variant, r->stream ? &follower_cbs : &follower_whole_cbs, r,
+                                &r->flight, &r->follower);
+        if (rc == LEO_DEDUP_FOLLOWER)
+            return true;
+    }
+    return try_semantic(r);
 }
 
 /* ---- recording the answer ---- */

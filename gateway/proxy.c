@@ -1571,6 +1571,12 @@ static void admit_attempt(struct proxy *p)
 static void admit(struct proxy *p)
 {
     struct leo_gw_req *g = p->g;
+    /* the estimate every request sent upstream gets (quotas admit on it; providers' counts replace it); a
+     * request answered by a cache never needs it */
+    if (p->kind == KIND_CHAT)
+        g->estimated_tokens = leo_estimate_tokens(p->root);
+    else if (p->kind == KIND_MESSAGES && p->canon)
+        g->estimated_tokens = leo_estimate_tokens(p->canon);
     json_t *mt = json_object_get(p->root, "max_completion_tokens");
     if (!json_is_integer(mt))
         mt = json_object_get(p->root, "max_tokens");
@@ -1671,14 +1677,10 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     p->created = (int64_t)time(NULL);
     p->client_wants_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
 
-    /* the estimate every request gets before it is sent (quotas admit on it; providers' counts replace it) */
-    if (kind == KIND_CHAT) {
-        g->estimated_tokens = leo_estimate_tokens(root);
-    } else if (kind == KIND_MESSAGES) {
+    /* Anthropic clients: the canonical form, kept for the translation, the caches and the estimate */
+    if (kind == KIND_MESSAGES) {
         struct leo_buf err = LEO_BUF_INIT;
-        p->canon = leo_messages_to_canonical(root, &err); /* kept: the translation and the caches use it */
-        if (p->canon)
-            g->estimated_tokens = leo_estimate_tokens(p->canon);
+        p->canon = leo_messages_to_canonical(root, &err);
         leo_buf_release(&err);
     }
     /* the caches: an answer now, an answer later, or go on (now, or later through on_opt_continue) */

@@ -276,6 +276,10 @@ col() { awk -v t="$1" -v k="$2" '$1 == t {print $k}' "$work/rows" | median; }
             sub(/_$/, "", what)
             printf "%-6s hit CPU / miss CPU = %.3f (%s us / %s us per request; the target is below 0.25); miss / bypass = %.2f\n",
                 what, h / m, h, m, m / b }'
+        # the same ratio within each round (the hit and miss runs of one round are 2 x --seconds apart)
+        per=$(awk -v h="${p}hit" -v m="${p}miss" '$1 == h {x[++i] = $5} $1 == m {y[++j] = $5}
+            END {for (k = 1; k <= i && k <= j; k++) printf "%.3f\n", x[k] / y[k]}' "$work/rows")
+        echo "       per round: $(echo "$per" | tr '\n' ' ')(median $(echo "$per" | median))"
     done
     awk '$8 > 0 {print "WARNING: non-2xx responses in " $1 " (" $8 "); these figures are not valid"}' "$work/rows" | sort -u
     awk '($1 ~ /hit$/ && $7 < 0.99) || ($1 !~ /hit$/ && $7 > 0.01) {print "WARNING: " $1 " has " $7 " L1 hits per request in one round"}' "$work/rows" | sort -u

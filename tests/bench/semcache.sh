@@ -24,8 +24,8 @@
 # prompts (interleaved), checks the first R repeats and paraphrases against an exhaustive scan, and reports
 # (see the comment at the top of semcache_bench.c for the data and every definition). It prints the machine
 # and its load averages, and a table; latencies are given as wall time and as the thread's CPU time (on a
-# machine shared with other work the CPU time is the steadier figure). The 1M case needs about 2.5 GB of
-# memory and several minutes of one core. It is a benchmark, not a test: ctest does not run it.
+# machine shared with other work the CPU time is the steadier figure). The 1M case needs about 1.7 GB of
+# memory and about 8 minutes of one core (7 of them adding). It is a benchmark, not a test: ctest does not run it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --build-dir) BUILD_DIR=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "semcache.sh: unknown argument \"$1\"" >&2; exit 2 ;;
     esac
 done
@@ -123,7 +123,8 @@ v() { awk -v k="$2" '$1 == k {print $2}' "$work/size-$1.txt"; }
     done
     emb=""
     for n in "${sizes[@]}"; do emb="$emb${emb:+, }$(v "$n" embed_cpu_p50_us) us at $n"; done
-    echo "own_hit: the hit is the very prompt the query was made from. The embedding alone (CPU p50): $emb."
+    echo "own_hit: the hit is the very prompt the query was made from; for repeats this is the recall over all"
+    echo "of them (the exhaustive answer to an exact repeat is the prompt itself). The embedding alone (CPU p50): $emb."
     echo
     echo "recall against the exhaustive scan (same threshold, same guard)"
     printf '%10s %-11s %8s %10s %8s %10s %13s %9s\n' entries kind queries exh_hits recall exh_misses miss_agreement undecided

@@ -43,7 +43,8 @@
  * doubling.
  *
  * Output: "key value" lines for tests/bench/semcache.sh, and with --raw one CSV row per timed query
- * (kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,text).
+ * (kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,text,entry_text: the query, the stored
+ * prompt it was made from, the stored prompt of the hit and its text).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -70,101 +71,317 @@
 /* ---- word lists ---- */
 
 static const char *const VERBS[] = {
-    "sort", "parse", "serialize", "deserialize", "validate", "cache", "compress", "decompress", "encrypt",
-    "decrypt", "hash", "sign", "verify", "index", "search", "filter", "map", "reduce", "merge", "split", "join",
-    "copy", "clone", "move", "rename", "delete", "remove", "insert", "update", "upsert", "query", "fetch",
-    "download", "upload", "stream", "buffer", "flush", "log", "trace", "profile", "benchmark", "test", "mock",
-    "stub", "debug", "refactor", "document", "format", "lint", "compile", "build", "package", "deploy",
-    "release", "publish", "install", "configure", "initialize", "reset", "restore", "back up", "migrate",
-    "convert", "transform", "normalize", "sanitize", "escape", "encode", "decode", "tokenize", "render", "draw",
-    "resize", "crop", "rotate", "scale", "paginate", "batch", "schedule", "queue", "retry", "throttle",
-    "cancel", "pause", "resume", "lock", "unlock", "share", "sync", "watch", "monitor", "inspect", "measure",
-    "shuffle", "flatten", "reverse", "dedupe", "archive", "mirror", "patch", "replay", "snapshot", "shard",
+    "sort",      "parse",     "serialize", "deserialize", "validate",  "cache",    "compress", "decompress", "encrypt",
+    "decrypt",   "hash",      "sign",      "verify",      "index",     "search",   "filter",   "map",        "reduce",
+    "merge",     "split",     "join",      "copy",        "clone",     "move",     "rename",   "delete",     "remove",
+    "insert",    "update",    "upsert",    "query",       "fetch",     "download", "upload",   "stream",     "buffer",
+    "flush",     "log",       "trace",     "profile",     "benchmark", "test",     "mock",     "stub",       "debug",
+    "refactor",  "document",  "format",    "lint",        "compile",   "build",    "package",  "deploy",     "release",
+    "publish",   "install",   "configure", "initialize",  "reset",     "restore",  "back up",  "migrate",    "convert",
+    "transform", "normalize", "sanitize",  "escape",      "encode",    "decode",   "tokenize", "render",     "draw",
+    "resize",    "crop",      "rotate",    "scale",       "paginate",  "batch",    "schedule", "queue",      "retry",
+    "throttle",  "cancel",    "pause",     "resume",      "lock",      "unlock",   "share",    "sync",       "watch",
+    "monitor",   "inspect",   "measure",   "shuffle",     "flatten",   "reverse",  "dedupe",   "archive",    "mirror",
+    "patch",     "replay",    "snapshot",  "shard",
 };
 static const char *const NOUNS[] = {
-    "list", "array", "dictionary", "hash table", "linked list", "queue", "stack", "heap", "tree", "graph",
-    "matrix", "vector", "string", "buffer", "file", "directory", "folder", "path", "socket", "connection",
-    "request", "response", "header", "cookie", "session", "token", "password", "certificate", "key pair",
-    "database", "table", "column", "row", "record", "schema", "view", "transaction", "cursor", "migration",
-    "query plan", "stored procedure", "document", "collection", "bucket", "blob", "image", "thumbnail", "video",
-    "audio clip", "spreadsheet", "report", "chart", "dashboard", "form", "button", "menu", "modal dialog", "page",
-    "component", "template", "stylesheet", "script", "module", "library", "dependency", "container", "pod",
-    "cluster", "node", "service", "endpoint", "route", "handler", "middleware", "controller", "model", "event",
-    "listener", "callback", "promise", "future", "thread", "process", "coroutine", "task", "job", "worker",
-    "pipeline", "workflow", "config file", "environment variable", "secret", "feature flag", "log file",
-    "stack trace", "error message", "exception", "warning", "metric", "alert", "histogram", "counter", "gauge",
-    "cache entry", "lock file", "checksum", "signature", "zip file", "tarball", "diff", "commit", "branch",
-    "tag", "pull request", "issue", "changelog", "readme", "manifest", "binary", "executable", "shared object",
-    "object file", "symbol table", "regular expression", "grammar", "parser", "lexer", "syntax tree",
-    "bytecode", "virtual machine", "interpreter", "compiler", "debugger", "profiler", "notebook", "dataset",
-    "data frame", "training set", "embedding", "tensor", "neural network", "decision tree", "random forest",
-    "prompt", "chat history", "user profile", "shopping cart", "invoice", "order", "payment", "subscription",
-    "customer record", "email", "notification", "message queue", "webhook", "sitemap", "font", "icon",
-    "color palette", "layout", "grid", "carousel", "tooltip", "search box", "login form", "avatar", "upload form",
-    "access log", "audit trail", "permission", "role", "user group", "tenant", "quota", "rate limiter",
+    "list",
+    "array",
+    "dictionary",
+    "hash table",
+    "linked list",
+    "queue",
+    "stack",
+    "heap",
+    "tree",
+    "graph",
+    "matrix",
+    "vector",
+    "string",
+    "buffer",
+    "file",
+    "directory",
+    "folder",
+    "path",
+    "socket",
+    "connection",
+    "request",
+    "response",
+    "header",
+    "cookie",
+    "session",
+    "token",
+    "password",
+    "certificate",
+    "key pair",
+    "database",
+    "table",
+    "column",
+    "row",
+    "record",
+    "schema",
+    "view",
+    "transaction",
+    "cursor",
+    "migration",
+    "query plan",
+    "stored procedure",
+    "document",
+    "collection",
+    "bucket",
+    "blob",
+    "image",
+    "thumbnail",
+    "video",
+    "audio clip",
+    "spreadsheet",
+    "report",
+    "chart",
+    "dashboard",
+    "form",
+    "button",
+    "menu",
+    "modal dialog",
+    "page",
+    "component",
+    "template",
+    "stylesheet",
+    "script",
+    "module",
+    "library",
+    "dependency",
+    "container",
+    "pod",
+    "cluster",
+    "node",
+    "service",
+    "endpoint",
+    "route",
+    "handler",
+    "middleware",
+    "controller",
+    "model",
+    "event",
+    "listener",
+    "callback",
+    "promise",
+    "future",
+    "thread",
+    "process",
+    "coroutine",
+    "task",
+    "job",
+    "worker",
+    "pipeline",
+    "workflow",
+    "config file",
+    "environment variable",
+    "secret",
+    "feature flag",
+    "log file",
+    "stack trace",
+    "error message",
+    "exception",
+    "warning",
+    "metric",
+    "alert",
+    "histogram",
+    "counter",
+    "gauge",
+    "cache entry",
+    "lock file",
+    "checksum",
+    "signature",
+    "zip file",
+    "tarball",
+    "diff",
+    "commit",
+    "branch",
+    "tag",
+    "pull request",
+    "issue",
+    "changelog",
+    "readme",
+    "manifest",
+    "binary",
+    "executable",
+    "shared object",
+    "object file",
+    "symbol table",
+    "regular expression",
+    "grammar",
+    "parser",
+    "lexer",
+    "syntax tree",
+    "bytecode",
+    "virtual machine",
+    "interpreter",
+    "compiler",
+    "debugger",
+    "profiler",
+    "notebook",
+    "dataset",
+    "data frame",
+    "training set",
+    "embedding",
+    "tensor",
+    "neural network",
+    "decision tree",
+    "random forest",
+    "prompt",
+    "chat history",
+    "user profile",
+    "shopping cart",
+    "invoice",
+    "order",
+    "payment",
+    "subscription",
+    "customer record",
+    "email",
+    "notification",
+    "message queue",
+    "webhook",
+    "sitemap",
+    "font",
+    "icon",
+    "color palette",
+    "layout",
+    "grid",
+    "carousel",
+    "tooltip",
+    "search box",
+    "login form",
+    "avatar",
+    "upload form",
+    "access log",
+    "audit trail",
+    "permission",
+    "role",
+    "user group",
+    "tenant",
+    "quota",
+    "rate limiter",
 };
 static const char *const ADJS[] = {
-    "large", "small", "nested", "empty", "sorted", "immutable", "mutable", "shared", "private", "public",
-    "temporary", "persistent", "encrypted", "compressed", "remote", "local", "cached", "stale", "corrupted",
-    "partial", "complete", "duplicate", "unique", "optional", "required", "deprecated", "legacy", "modern",
-    "generic", "typed", "dynamic", "static", "global", "recursive", "circular", "sparse", "dense", "binary",
-    "textual", "huge", "tiny", "slow", "fast", "flaky", "broken", "valid", "malformed", "secure", "concurrent",
-    "asynchronous", "synchronous", "paginated", "versioned", "signed", "raw", "formatted", "minified", "verbose",
-    "noisy", "internal", "external", "fragile", "hidden", "default", "custom",
+    "large",      "small",        "nested",      "empty",      "sorted",    "immutable",  "mutable",   "shared",
+    "private",    "public",       "temporary",   "persistent", "encrypted", "compressed", "remote",    "local",
+    "cached",     "stale",        "corrupted",   "partial",    "complete",  "duplicate",  "unique",    "optional",
+    "required",   "deprecated",   "legacy",      "modern",     "generic",   "typed",      "dynamic",   "static",
+    "global",     "recursive",    "circular",    "sparse",     "dense",     "binary",     "textual",   "huge",
+    "tiny",       "slow",         "fast",        "flaky",      "broken",    "valid",      "malformed", "secure",
+    "concurrent", "asynchronous", "synchronous", "paginated",  "versioned", "signed",     "raw",       "formatted",
+    "minified",   "verbose",      "noisy",       "internal",   "external",  "fragile",    "hidden",    "default",
+    "custom",
 };
 static const char *const LANGS[] = {
-    "Python", "Java", "Rust", "Go", "Kotlin", "Swift", "Ruby", "PHP", "Perl", "Haskell", "Scala", "Elixir",
-    "Erlang", "Clojure", "Julia", "Lua", "Dart", "TypeScript", "JavaScript", "Bash", "PowerShell", "Zig",
-    "Nim", "OCaml", "Fortran", "COBOL", "Crystal", "Groovy", "Django", "Flask", "Rails", "Laravel", "Spring",
-    "React", "Vue", "Angular", "Svelte", "Node", "Deno", "Pandas", "NumPy", "PostgreSQL", "MySQL", "SQLite",
-    "Redis", "MongoDB", "Kafka", "Spark", "Docker", "Kubernetes", "Terraform", "Ansible",
+    "Python",     "Java",   "Rust",       "Go",     "Kotlin",     "Swift",      "Ruby",    "PHP",    "Perl",
+    "Haskell",    "Scala",  "Elixir",     "Erlang", "Clojure",    "Julia",      "Lua",     "Dart",   "TypeScript",
+    "JavaScript", "Bash",   "PowerShell", "Zig",    "Nim",        "OCaml",      "Fortran", "COBOL",  "Crystal",
+    "Groovy",     "Django", "Flask",      "Rails",  "Laravel",    "Spring",     "React",   "Vue",    "Angular",
+    "Svelte",     "Node",   "Deno",       "Pandas", "NumPy",      "PostgreSQL", "MySQL",   "SQLite", "Redis",
+    "MongoDB",    "Kafka",  "Spark",      "Docker", "Kubernetes", "Terraform",  "Ansible",
 };
 
 static const char *const INGREDIENTS[] = {
-    "chicken", "rice", "lentils", "spinach", "mushrooms", "tofu", "salmon", "potatoes", "carrots", "chickpeas",
-    "broccoli", "eggs", "pasta", "tomatoes", "garlic", "ginger", "onions", "beef", "shrimp", "quinoa", "oats",
-    "yogurt", "cheese", "beans", "peppers", "zucchini", "eggplant", "cauliflower", "cabbage", "kale", "avocado",
-    "lemon", "lime", "coconut milk", "peanuts", "almonds", "honey", "basil", "cilantro", "mint", "pork",
-    "turkey", "duck", "cod", "tuna", "noodles", "barley", "corn", "peas", "pumpkin",
+    "chicken",     "rice",     "lentils",  "spinach", "mushrooms", "tofu",   "salmon",       "potatoes", "carrots",
+    "chickpeas",   "broccoli", "eggs",     "pasta",   "tomatoes",  "garlic", "ginger",       "onions",   "beef",
+    "shrimp",      "quinoa",   "oats",     "yogurt",  "cheese",    "beans",  "peppers",      "zucchini", "eggplant",
+    "cauliflower", "cabbage",  "kale",     "avocado", "lemon",     "lime",   "coconut milk", "peanuts",  "almonds",
+    "honey",       "basil",    "cilantro", "mint",    "pork",      "turkey", "duck",         "cod",      "tuna",
+    "noodles",     "barley",   "corn",     "peas",    "pumpkin",
 };
 static const char *const CITIES[] = {
-    "Lisbon", "Porto", "Madrid", "Seville", "Barcelona", "Paris", "Lyon", "Marseille", "Rome", "Florence",
-    "Venice", "Naples", "Milan", "Berlin", "Munich", "Hamburg", "Vienna", "Prague", "Budapest", "Krakow",
-    "Warsaw", "Amsterdam", "Rotterdam", "Brussels", "Bruges", "Copenhagen", "Stockholm", "Oslo", "Helsinki",
-    "Dublin", "Edinburgh", "London", "Manchester", "Athens", "Istanbul", "Tokyo", "Kyoto", "Osaka", "Seoul",
-    "Taipei", "Hanoi", "Bangkok", "Singapore", "Sydney", "Melbourne", "Auckland", "Toronto", "Montreal",
-    "Vancouver", "Chicago", "Boston", "Denver", "Austin", "Seattle", "Lima", "Cusco", "Bogota", "Santiago",
-    "Marrakesh", "Cairo",
+    "Lisbon",   "Porto",    "Madrid",   "Seville",   "Barcelona", "Paris",      "Lyon",      "Marseille",  "Rome",
+    "Florence", "Venice",   "Naples",   "Milan",     "Berlin",    "Munich",     "Hamburg",   "Vienna",     "Prague",
+    "Budapest", "Krakow",   "Warsaw",   "Amsterdam", "Rotterdam", "Brussels",   "Bruges",    "Copenhagen", "Stockholm",
+    "Oslo",     "Helsinki", "Dublin",   "Edinburgh", "London",    "Manchester", "Athens",    "Istanbul",   "Tokyo",
+    "Kyoto",    "Osaka",    "Seoul",    "Taipei",    "Hanoi",     "Bangkok",    "Singapore", "Sydney",     "Melbourne",
+    "Auckland", "Toronto",  "Montreal", "Vancouver", "Chicago",   "Boston",     "Denver",    "Austin",     "Seattle",
+    "Lima",     "Cusco",    "Bogota",   "Santiago",  "Marrakesh", "Cairo",
 };
 static const char *const TRAVELLERS[] = {
-    "family with toddlers", "retired couple", "solo backpacker", "group of friends", "business traveller",
-    "photographer", "food lover", "history buff", "art student", "cyclist", "hiker", "wine enthusiast",
-    "music fan", "architecture fan", "first-time visitor", "digital nomad", "honeymoon couple", "birdwatcher",
-    "runner", "vegetarian traveller", "wheelchair user", "teenager", "budget traveller", "luxury traveller",
+    "family with toddlers",
+    "retired couple",
+    "solo backpacker",
+    "group of friends",
+    "business traveller",
+    "photographer",
+    "food lover",
+    "history buff",
+    "art student",
+    "cyclist",
+    "hiker",
+    "wine enthusiast",
+    "music fan",
+    "architecture fan",
+    "first-time visitor",
+    "digital nomad",
+    "honeymoon couple",
+    "birdwatcher",
+    "runner",
+    "vegetarian traveller",
+    "wheelchair user",
+    "teenager",
+    "budget traveller",
+    "luxury traveller",
     "night owl",
 };
 static const char *const SKILLS[] = {
-    "public speaking", "sight reading", "piano technique", "guitar strumming", "watercolour painting",
-    "sketching", "pottery", "knitting", "baking", "bread making", "sourdough baking", "gardening", "composting",
-    "swimming technique", "running form", "posture", "sleep routine", "note taking", "touch typing",
-    "speed reading", "memory", "vocabulary", "pronunciation", "handstand balance", "climbing technique",
-    "photo composition", "video editing", "singing voice", "breathing technique", "meditation practice",
-    "negotiation", "interview answers", "cover letter", "resume", "budgeting", "knife skills", "calligraphy",
-    "woodworking", "sewing", "chess endgames",
+    "public speaking",
+    "sight reading",
+    "piano technique",
+    "guitar strumming",
+    "watercolour painting",
+    "sketching",
+    "pottery",
+    "knitting",
+    "baking",
+    "bread making",
+    "sourdough baking",
+    "gardening",
+    "composting",
+    "swimming technique",
+    "running form",
+    "posture",
+    "sleep routine",
+    "note taking",
+    "touch typing",
+    "speed reading",
+    "memory",
+    "vocabulary",
+    "pronunciation",
+    "handstand balance",
+    "climbing technique",
+    "photo composition",
+    "video editing",
+    "singing voice",
+    "breathing technique",
+    "meditation practice",
+    "negotiation",
+    "interview answers",
+    "cover letter",
+    "resume",
+    "budgeting",
+    "knife skills",
+    "calligraphy",
+    "woodworking",
+    "sewing",
+    "chess endgames",
 };
 static const char *const EVENTS[] = {
-    "job interview", "wedding speech", "marathon", "piano recital", "driving test", "exam season", "house move",
-    "first date", "team offsite", "conference talk", "family reunion", "school play", "art exhibition",
-    "book club meeting", "hiking trip", "camping trip", "dinner party", "charity run", "chess tournament",
-    "choir concert", "bake sale", "garden show", "photo contest", "dance audition", "debate final",
+    "job interview",  "wedding speech", "marathon",       "piano recital",     "driving test",
+    "exam season",    "house move",     "first date",     "team offsite",      "conference talk",
+    "family reunion", "school play",    "art exhibition", "book club meeting", "hiking trip",
+    "camping trip",   "dinner party",   "charity run",    "chess tournament",  "choir concert",
+    "bake sale",      "garden show",    "photo contest",  "dance audition",    "debate final",
 };
 static const char *const HOBBIES[] = {
-    "mystery novels", "space documentaries", "long hikes", "board games", "jazz records", "old maps",
-    "ocean sailing", "mountain villages", "street food", "vintage cameras", "bird songs", "folk tales",
-    "science fiction", "medieval history", "quiet cafes", "crossword puzzles", "detective stories",
-    "magic tricks", "horse riding", "ancient myths", "desert landscapes", "botanical gardens",
-    "handmade ceramics", "classical opera", "puppet theatre", "graphic novels", "stargazing", "fly fishing",
-    "poetry readings", "road trips",
+    "mystery novels",    "space documentaries", "long hikes",        "board games",      "jazz records",
+    "old maps",          "ocean sailing",       "mountain villages", "street food",      "vintage cameras",
+    "bird songs",        "folk tales",          "science fiction",   "medieval history", "quiet cafes",
+    "crossword puzzles", "detective stories",   "magic tricks",      "horse riding",     "ancient myths",
+    "desert landscapes", "botanical gardens",   "handmade ceramics", "classical opera",  "puppet theatre",
+    "graphic novels",    "stargazing",          "fly fishing",       "poetry readings",  "road trips",
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -173,7 +390,10 @@ struct slot {
     const char *const *words;
     size_t n;
 };
-#define SLOT(a) {a, COUNT(a)}
+#define SLOT(a)                                                                                                        \
+    {                                                                                                                  \
+        a, COUNT(a)                                                                                                    \
+    }
 
 /* A template: text with %s where the slots go, in order. */
 struct tmpl {
@@ -194,7 +414,11 @@ static struct tmpl STORED[] = {
     {"Is it a good idea to %s every %s %s before saving it?", {SLOT(VERBS), SLOT(ADJS), SLOT(NOUNS)}, 3, 0, 0},
     {"Show me an example of how to %s a %s using %s.", {SLOT(VERBS), SLOT(NOUNS), SLOT(LANGS)}, 3, 0, 0},
     {"Which library should I use to %s a %s %s in %s?", {SLOT(VERBS), SLOT(ADJS), SLOT(NOUNS), SLOT(LANGS)}, 4, 0, 0},
-    {"Give me tips to %s a %s and keep the %s %s working.", {SLOT(VERBS), SLOT(NOUNS), SLOT(ADJS), SLOT(NOUNS)}, 4, 0, 0},
+    {"Give me tips to %s a %s and keep the %s %s working.",
+     {SLOT(VERBS), SLOT(NOUNS), SLOT(ADJS), SLOT(NOUNS)},
+     4,
+     0,
+     0},
 };
 static struct tmpl UNRELATED[] = {
     {"What should I cook for dinner with %s and %s?", {SLOT(INGREDIENTS), SLOT(INGREDIENTS)}, 2, 0, 0},
@@ -236,15 +460,9 @@ static void tmpl_fill(const struct tmpl *t, uint64_t k, char *out, size_t size)
         c /= t->slots[s].n;
     }
     switch (t->nslots) { /* the formats are this file's own constants */
-    case 2:
-        snprintf(out, size, t->fmt, w[0], w[1]);
-        break;
-    case 3:
-        snprintf(out, size, t->fmt, w[0], w[1], w[2]);
-        break;
-    default:
-        snprintf(out, size, t->fmt, w[0], w[1], w[2], w[3]);
-        break;
+    case 2: snprintf(out, size, t->fmt, w[0], w[1]); break;
+    case 3: snprintf(out, size, t->fmt, w[0], w[1], w[2]); break;
+    default: snprintf(out, size, t->fmt, w[0], w[1], w[2], w[3]); break;
     }
 }
 
@@ -376,8 +594,8 @@ static void paraphrase(const char *src, char *out, uint64_t r)
 
 static json_t *request_for(const char *text)
 {
-    return json_pack("{s:s, s:[{s:s, s:s}], s:i}", "model", "gpt-4o-mini", "messages", "role", "user", "content",
-                     text, "temperature", 0);
+    return json_pack("{s:s, s:[{s:s, s:s}], s:i}", "model", "gpt-4o-mini", "messages", "role", "user", "content", text,
+                     "temperature", 0);
 }
 
 enum kind { K_REPEAT, K_PARA, K_UNRELATED, K_N };
@@ -636,7 +854,8 @@ int main(int argc, char **argv)
     printf("rss_before_mib %.1f\n", (double)rss0 / 1048576.0);
     printf("rss_after_mib %.1f\n", (double)rss1 / 1048576.0);
     printf("rss_bytes_per_entry %.0f\n", ((double)rss1 - (double)rss0) / (double)size);
-    printf("heap_bytes_per_entry %.0f\n", ((double)heap1 - (double)heap0) / (double)size);
+    /* a sanitizer's allocator is not glibc's: mallinfo2 then sees nothing (printed as nan) */
+    printf("heap_bytes_per_entry %.0f\n", heap1 > heap0 ? ((double)heap1 - (double)heap0) / (double)size : NAN);
     printf("embed_cpu_p50_us %.1f\n", pct(emb_us, nr, 0.50));
     leo_free(emb_us);
     double *lat = leo_malloc(sizeof(double) * n_queries), *lk = leo_malloc(sizeof(double) * n_queries),
@@ -682,13 +901,16 @@ int main(int argc, char **argv)
         if (f == NULL) {
             fprintf(stderr, "semcache_bench: cannot write %s: %s\n", raw, strerror(errno));
         } else {
-            fprintf(f, "kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,text\n");
+            fprintf(f, "kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,text,entry_text\n");
             for (int k = 0; k < K_N; k++)
                 for (uint64_t j = 0; j < n_queries; j++) {
                     const struct query *x = &qs[k][j];
-                    fprintf(f, "%s,%" PRIu64 ",%d,%" PRId64 ",%.6f,%.2f,%.2f,%.2f,%" PRId64 ",\"%s\"\n",
-                            KIND_NAME[k], j, x->hit, x->entry, x->hit ? x->sim : 0.0, x->init_us, x->lookup_us, x->cpu_us,
-                            k == K_UNRELATED ? (int64_t)-1 : (int64_t)x->source, x->text);
+                    text[0] = '\0';
+                    if (x->entry >= 0)
+                        stored_text((uint64_t)x->entry, text);
+                    fprintf(f, "%s,%" PRIu64 ",%d,%" PRId64 ",%.6f,%.2f,%.2f,%.2f,%" PRId64 ",\"%s\",\"%s\"\n",
+                            KIND_NAME[k], j, x->hit, x->entry, x->hit ? x->sim : 0.0, x->init_us, x->lookup_us,
+                            x->cpu_us, k == K_UNRELATED ? (int64_t)-1 : (int64_t)x->source, x->text, text);
                 }
             fclose(f);
         }
