@@ -88,6 +88,7 @@ static const char publish_lua[] =
     "local v = redis.call('INCR', KEYS[2])\n"
     "redis.call('SET', KEYS[1], '{\"version\":' .. v .. ',' .. ARGV[1])\n"
     "redis.call('SET', KEYS[3], ARGV[2])\n"
+    "redis.call('PUBLISH', 'leo:snapshot:changed', v)\n"
     "return v\n";
 
 static struct leo_redis_script publish_script;

@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -264,5 +265,38 @@ describe('tenant quotas from the control plane', () => {
         const lifted = await api('PATCH', `/admin/v1/tenants/${S.tenant.id}`, { limits: {} });
         assert.equal(lifted.status, 200, lifted.text);
         await until(gwNoKey, key.secret, 200, Date.now() + LIVE_MS + 500, 3, 'file-chat');
+    });
+});
+
+describe('the publication is also pushed', () => {
+    it('every new snapshot version is published on leo:snapshot:changed', T, async () => {
+        /* a raw RESP subscriber: SUBSCRIBE, then collect the "message" pushes */
+        const sock = net.connect({ host: '127.0.0.1', port: redis.port });
+        let buf = '';
+        const messages = [];
+        let wake = () => {};
+        sock.on('data', (d) => {
+            buf += d.toString('utf8');
+            for (const m of buf.matchAll(/\*3\r\n\$7\r\nmessage\r\n\$\d+\r\nleo:snapshot:changed\r\n\$\d+\r\n(\d+)\r\n/g))
+                if (!messages.includes(m[1])) messages.push(m[1]);
+            wake();
+        });
+        await new Promise((resolve) => sock.on('connect', resolve));
+        sock.write('*2\r\n$9\r\nSUBSCRIBE\r\n$20\r\nleo:snapshot:changed\r\n');
+        await new Promise((resolve) => { wake = () => { if (buf.includes('subscribe')) resolve(); }; wake(); });
+        try {
+            /* a change the document carries (a renamed tenant would not change it, and the same document is not
+             * published again) */
+            const r = await api('PATCH', `/admin/v1/tenants/${S.tenant.id}`, { limits: { rpm: 100000 } });
+            assert.equal(r.status, 200, r.text);
+            const until = Date.now() + 5000;
+            while (messages.length === 0 && Date.now() < until)
+                await new Promise((resolve) => { wake = resolve; setTimeout(resolve, 100); });
+            assert.ok(messages.length > 0, `no message on leo:snapshot:changed: ${JSON.stringify(buf)}`);
+            const version = Number(await redis.command('GET', 'leo:snapshot:version'));
+            assert.equal(Number(messages.at(-1)), version);
+        } finally {
+            sock.destroy();
+        }
     });
 });
