@@ -194,7 +194,17 @@ describe('GET /v1/analytics', () => {
                 i++;
                 const body = same ? { model, temperature: 0, messages: [{ role: 'user', content: same }] }
                     : { model, messages: [{ role: 'user', content: `word `.repeat(i) + 'end' }] };
-                const r = await chat(gw.port, body, { key: keys[tenant] });
+                let r = await chat(gw.port, body, { key: keys[tenant] });
+                if (same && i === plan.length) {
+                    /* the first answer reaches Redis (and the other worker) a moment after its client got it:
+                     * repeat until the cache answers, counting every answer */
+                    for (const until = Date.now() + 5000; r.headers['x-leo-cache-status'] === 'miss' &&
+                        Date.now() < until;) {
+                        (tenant === 't1' ? expectT1 : expectT2).add(model,
+                            { status: r.status, usage: r.json().usage, upstream, first, cache: 'miss' });
+                        r = await chat(gw.port, body, { key: keys[tenant] });
+                    }
+                }
                 const usage = r.status === 200 ? r.json().usage : null;
                 const cache = r.headers['x-leo-cache-status'];
                 if (same) assert.equal(cache, i === plan.length ? 'hit' : 'miss');
@@ -206,7 +216,7 @@ describe('GET /v1/analytics', () => {
             assert.ok(expectT1.total('rtnusd') > 0, 'the fallback saved something');
 
             const q = '?granularity=minute';
-            const t1 = await waitReport(gw.port, keys.t1, q, (j) => j.totals.requests >= 10);
+            const t1 = await waitReport(gw.port, keys.t1, q, (j) => j.totals.requests >= expectT1.total('requests'));
             assert.equal(t1.tenant, 't1');
             assert.equal(t1.granularity, 'minute');
             assertTotals(t1, expectT1, 't1');
