@@ -52,6 +52,8 @@ struct sc_entry {
     unsigned bad, good;
     uint64_t expires_ms;
     struct sc_entry *chain;      /* by id */
+    uint64_t text_key;           /* namespace + normalised text, for the exact-text check */
+    struct sc_entry *text_chain; /* by text_key */
     struct sc_entry *prev, *next; /* insertion order, oldest first */
 };
 
@@ -94,6 +96,7 @@ struct leo_semcache {
     void *purge_ud;
 
     struct sc_entry **by_id;
+    struct sc_entry **by_text;   /* same size as by_id */
     size_t id_buckets, nentries;
     struct sc_entry *oldest, *newest;
 
@@ -140,6 +143,16 @@ static uint64_t mix64(uint64_t x)
     x *= 0xff51afd7ed558ccdull;
     x ^= x >> 33;
     return x;
+}
+
+/* The key of a prompt in its namespace for the exact-text check: the namespace and the text as the local
+ * embedder normalises it (case, punctuation and spacing do not count), hashed; norm receives the normalised
+ * text so that a candidate can be compared byte for byte. */
+static uint64_t text_key(const char *ns, struct leo_str text, struct leo_buf *norm)
+{
+    leo_buf_reset(norm);
+    leo_embed_normalize(text, norm);
+    return mix64(hash_bytes(ns, strlen(ns)) ^ hash_bytes(norm->p, norm->len));
 }
 
 static void copy_str(char *dst, size_t size, const char *src, size_t len)
@@ -253,6 +266,10 @@ static void entry_unlink(struct leo_semcache *sc, struct sc_entry *e)
     while (*pp != e)
         pp = &(*pp)->chain;
     *pp = e->chain;
+    pp = &sc->by_text[e->text_key & (sc->id_buckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->text_chain;
+    *pp = e->text_chain;
     if (e->prev)
         e->prev->next = e->next;
     else
@@ -305,14 +322,19 @@ static bool entry_insert(struct leo_semcache *sc, uint64_t id, const char *ns, c
         return false;
     if (sc->nentries >= sc->id_buckets) {
         size_t nb = sc->id_buckets * 2;
-        struct sc_entry **tab = leo_calloc(nb, sizeof(*tab));
+        struct sc_entry **tab = leo_calloc(nb, sizeof(*tab)), **ttab = leo_calloc(nb, sizeof(*ttab));
         for (struct sc_entry *x = sc->oldest; x; x = x->next) {
             size_t b = mix64(x->id) & (nb - 1);
             x->chain = tab[b];
             tab[b] = x;
+            b = x->text_key & (nb - 1);
+            x->text_chain = ttab[b];
+            ttab[b] = x;
         }
         leo_free(sc->by_id);
+        leo_free(sc->by_text);
         sc->by_id = tab;
+        sc->by_text = ttab;
         sc->id_buckets = nb;
     }
     struct sc_entry *e = leo_calloc(1, sizeof(*e));
@@ -327,9 +349,15 @@ static bool entry_insert(struct leo_semcache *sc, uint64_t id, const char *ns, c
     e->answer.len = answer_len;
     e->threshold = threshold;
     e->expires_ms = expires_ms;
+    struct leo_buf norm = LEO_BUF_INIT;
+    e->text_key = text_key(n->name, text, &norm);
+    leo_buf_release(&norm);
     size_t b = mix64(id) & (sc->id_buckets - 1);
     e->chain = sc->by_id[b];
     sc->by_id[b] = e;
+    b = e->text_key & (sc->id_buckets - 1);
+    e->text_chain = sc->by_text[b];
+    sc->by_text[b] = e;
     e->prev = sc->newest;
     if (sc->newest)
         sc->newest->next = e;
@@ -564,6 +592,7 @@ struct leo_semcache *leo_semcache_new(const struct leo_semcache_opts *opts)
     sc->purge_ud = opts->purge_ud;
     sc->id_buckets = 1024;
     sc->by_id = leo_calloc(sc->id_buckets, sizeof(*sc->by_id));
+    sc->by_text = leo_calloc(sc->id_buckets, sizeof(*sc->by_text));
     sc->ns_buckets = 64;
     sc->ns_tab = leo_calloc(sc->ns_buckets, sizeof(*sc->ns_tab));
     sc->served_buckets = 1024;
@@ -594,6 +623,7 @@ static void free_all(struct leo_semcache *sc)
         leo_free(s);
     }
     leo_free(sc->by_id);
+    leo_free(sc->by_text);
     leo_free(sc->ns_tab);
     leo_free(sc->served_tab);
     leo_free(sc);
@@ -671,11 +701,38 @@ static bool search(struct leo_semcache *sc, struct leo_semcache_query *q, struct
         leo_metrics_add("leo_semcache_lookups_total", "result=\"miss\"", 1);
         return false;
     }
+    double base = ns_threshold(sc, n);
+    uint64_t now = now_ms();
+    /* The same prompt (as the embedder sees it) stored in this namespace is the answer, whatever the index
+     * returns: an approximate search can miss an entry, and then a close neighbour could be served instead. */
+    struct leo_buf qn = LEO_BUF_INIT, en = LEO_BUF_INIT;
+    uint64_t key = text_key(n->name, leo_buf_str(&q->in.text), &qn);
+    for (struct sc_entry *e = sc->by_text[key & (sc->id_buckets - 1)]; e; e = e->text_chain) {
+        if (e->text_key != key || e->ns != n || e->expires_ms <= now)
+            continue;
+        leo_buf_reset(&en);
+        leo_embed_normalize(leo_str_n(e->text, e->text_len), &en);
+        if (!leo_str_eq(leo_buf_str(&qn), leo_buf_str(&en)) ||
+            leo_semguard_check(leo_buf_str(&q->in.text), leo_str_n(e->text, e->text_len)) != LEO_SEMGUARD_OK)
+            continue; /* the guard sees what normalising dropped (quotes, code) */
+        double thr = e->threshold > base ? e->threshold : base;
+        if (thr > 1.0)
+            break;
+        m->entry_id = e->id;
+        m->answer = e->answer;
+        m->similarity = 1.0;
+        m->threshold = thr;
+        n->hits++;
+        leo_metrics_add("leo_semcache_lookups_total", "result=\"hit\"", 1);
+        leo_buf_release(&qn);
+        leo_buf_release(&en);
+        return true;
+    }
+    leo_buf_release(&qn);
+    leo_buf_release(&en);
     struct leo_hnsw_hit hits[SEARCH_K];
     size_t nh = 0;
     leo_hnsw_search(n->index, q->_vec, SEARCH_K, hits, &nh);
-    double base = ns_threshold(sc, n);
-    uint64_t now = now_ms();
     bool refused = false;
     for (size_t i = 0; i < nh; i++) {
         double sim = 1.0 - hits[i].distance;

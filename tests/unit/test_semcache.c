@@ -107,6 +107,12 @@ TEST(hit_miss_and_namespaces)
     ASSERT(look(sc, "t1", "m", "You answer in French.", PARA_A, 0, NULL) < 0);
     ASSERT(look(sc, "t1", "m", NULL, PARA_A, 0.7, NULL) < 0);
 
+    /* the same prompt but for case, spacing and punctuation is its own entry, found without the index */
+    struct leo_semcache_match me;
+    ASSERT(look(sc, "t1", "m", NULL, "  how DO i reverse a list in Python??", 0, &me) > 0.999999);
+    ASSERT_STR_EQ(me.answer.s, "t1:answer-a");
+    ASSERT(me.similarity == 1.0);
+
     /* unrelated prompts stay below the threshold */
     ASSERT(look(sc, "t1", "m", NULL, "Write a haiku about the sea at night.", 0, NULL) < 0);
 
