@@ -56,6 +56,8 @@ struct leo_optimizer {
     size_t nswitches;
     uv_timer_t *switch_timer;
     bool reading_switches;
+    unsigned switch_gen; /* bumped by every local change */
+    unsigned read_gen;   /* switch_gen when the read in flight was sent */
 };
 
 struct leo_opt_req {
@@ -135,6 +137,10 @@ static void on_switches(struct leo_redis *r, int err, redisReply *reply, void *u
     o->reading_switches = false;
     if (err != 0 || reply == NULL || reply->type != REDIS_REPLY_ARRAY)
         return;
+    /* a read sent before a change made here may have run before that change's HSET: it would undo it until
+     * the next read, so it is dropped (the next read sees the change) */
+    if (o->read_gen != o->switch_gen)
+        return;
     for (size_t i = 0; i + 1 < reply->elements; i += 2) {
         const redisReply *k = reply->element[i], *v = reply->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
@@ -153,8 +159,10 @@ static void read_switches(uv_timer_t *t)
     if (o->redis == NULL || o->reading_switches)
         return;
     const char *argv[] = {"HGETALL", SWITCHES_KEY};
-    if (leo_redis_command_argv(o->redis, on_switches, o, 2, argv, NULL) == 0)
+    if (leo_redis_command_argv(o->redis, on_switches, o, 2, argv, NULL) == 0) {
         o->reading_switches = true;
+        o->read_gen = o->switch_gen;
+    }
 }
 
 static void on_switch_written(struct leo_redis *r, int err, redisReply *reply, void *ud)
@@ -167,6 +175,7 @@ static void on_switch_written(struct leo_redis *r, int err, redisReply *reply, v
 
 static void switch_write(struct leo_optimizer *o, const struct opt_switch *s)
 {
+    o->switch_gen++;
     if (o->redis == NULL)
         return;
     char v[64];
@@ -349,7 +358,8 @@ static void go_on(struct leo_opt_req *r, bool now)
 static bool try_semantic(struct leo_opt_req *r);
 static bool after_exact_miss(struct leo_opt_req *r);
 
-static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e, bool semantic)
+/* level_err: 0 when the exact cache answered for certain (an entry or "not there"), else why it could not */
+static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e, bool semantic, int level_err)
 {
     if (e && serve(r, e, semantic ? "semantic-hit" : "hit", false)) {
         count(semantic ? "semantic_cache" : "exact_cache", "hit");
@@ -362,8 +372,10 @@ static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e,
         leo_cache_entry_unref(e);
         return;
     }
-    if (e == NULL && semantic)
-        leo_semcache_delete(r->o->sem, r->match.entry_id); /* its answer is gone from the exact cache */
+    if (e == NULL && semantic && level_err == 0)
+        /* its answer is gone from the exact cache (expired or evicted); a Redis that could not answer in time
+         * says nothing about that, and the entry stays */
+        leo_semcache_delete(r->o->sem, r->match.entry_id);
     leo_cache_entry_unref(e);
     if (!semantic) {
         if (after_exact_miss(r))
@@ -376,10 +388,9 @@ static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e,
 
 static void on_lookup(struct leo_cache_entry *e, int level_err, void *ud)
 {
-    (void)level_err;
     struct leo_opt_req *r = ud;
     r->lookup = NULL;
-    answer_lookup_done(r, e, r->lookup_semantic);
+    answer_lookup_done(r, e, r->lookup_semantic, level_err);
 }
 
 /* A semantic match: look its answer up. Returns true when answered or pending. */
@@ -400,7 +411,9 @@ static bool semantic_match(struct leo_opt_req *r)
         leo_cache_entry_unref(e);
         return true;
     }
-    if (rc != LEO_CACHE_HIT)
+    /* not in this worker's memory and Redis not asked: without Redis the answer is gone for good (the entry
+     * goes); with a Redis that is not connected nothing is known about it elsewhere (the entry stays) */
+    if (rc == LEO_CACHE_MISS && (r->o->redis == NULL || !r->g->cfg->cache.redis))
         leo_semcache_delete(r->o->sem, r->match.entry_id);
     leo_cache_entry_unref(e);
     count("semantic_cache", "miss");

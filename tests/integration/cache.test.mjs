@@ -217,48 +217,6 @@ describe('exact cache', () => {
     });
 });
 
-/* The other worker reads the shared switches every second: waits until ten answers in a row (fresh connections,
- * spread over the workers) report the semantic cache of t1 as `enabled`. */
-async function everyWorkerSays(enabled) {
-    let agree = 0;
-    const until = Date.now() + 5000;
-    while (agree < 10 && Date.now() < until) {
-        const st = await request(gw.port, { path: '/v1/optimization/status', headers: { Authorization: `Bearer ${keys.t1}` } });
-        assert.equal(st.status, 200);
-        agree = st.json().strategies.semantic_cache.enabled === enabled ? agree + 1 : 0;
-    }
-    assert.equal(agree, 10);
-}
-
-describe('exact cache on /v1/messages (Anthropic dialect)', () => {
-    it('caches a message, replays it as whole JSON and as Anthropic stream events', T, async () => {
-        const n = nonce('msg');
-        const body = { model: 'gpt-4o-mini', max_tokens: 50, temperature: 0, messages: [{ role: 'user', content: `hello ${n}` }] };
-        const headers = { 'x-api-key': keys.t1, 'anthropic-version': '2023-06-01' };
-        const post = () => request(gw.port, { method: 'POST', path: '/v1/messages', body, headers });
-        const a = await post();
-        assert.equal(a.status, 200, a.text);
-        assert.equal(status(a), 'miss');
-        const { r: b, misses } = await awaitHit((h) => request(gw.port, { method: 'POST', path: '/v1/messages', body,
-            headers: { ...headers, ...h } }));
-        assert.equal(status(b), 'hit');
-        assert.deepEqual(b.json().content, a.json().content);
-        assert.equal(b.json().type, 'message');
-        const s = await openStream(gw.port, { ...body, stream: true }, { path: '/v1/messages', headers });
-        assert.equal(s.headers['x-leo-cache-status'], 'hit');
-        const { events } = await s.end;
-        const names = events.map((e) => e.event);
-        assert.equal(names[0], 'message_start');
-        assert.equal(names.at(-1), 'message_stop');
-        const text = events.filter((e) => e.event === 'content_block_delta')
-            .map((e) => JSON.parse(e.data).delta.text ?? '').join('');
-        assert.equal(text, a.json().content.filter((c) => c.type === 'text').map((c) => c.text).join(''));
-        /* an OpenAI client asking the same is another dialect: its own entry */
-        assert.equal(status(await chat(gw.port, det(`hello ${n}`, { max_tokens: 50 }), { key: keys.t1 })), 'miss');
-        assert.equal(await upstreamCalls(n), 2 + misses);
-    });
-});
-
 describe('semantic cache', () => {
     it('serves a paraphrase, refuses a changed number, never crosses tenants, and learns from feedback', T, async () => {
         const n = nonce('sem');
@@ -308,34 +266,49 @@ describe('semantic cache', () => {
         assert.equal(fb2.status, 404);
     });
 
-    it('can be switched off and on at run time for a tenant', T, async () => {
-        const on = await request(gw.port, {
-            method: 'POST', path: '/v1/optimization/enable', body: { strategy: 'semantic_cache', enabled: false },
-            headers: { Authorization: `Bearer ${keys.t1}` },
+    it('can be switched off and on at run time for a tenant, and the switch is written to Redis', T, async () => {
+        /* a gateway of its own (one worker, its own Redis database), so that switching the semantic cache off
+         * here cannot race the other cases' workers */
+        const own = await startStack({
+            workers: 1,
+            mutate: (c) => {
+                c.redis = { url: `${redis.url}/2` };
+                c.semantic_cache = { enabled: false, tenants: { t1: { enabled: true } } };
+            },
         });
-        assert.equal(on.status, 200, on.text);
-        assert.equal(on.json().strategies.semantic_cache.enabled, false);
-        assert.equal(on.json().strategies.semantic_cache.source, 'runtime');
-        await everyWorkerSays(false);
-        const n = nonce('sw');
-        assert.equal(status(await chat(gw.port, det(`How do I sort a dict by value in Python? ${n}`), { key: keys.t1 })), 'miss');
-        const para = await chat(gw.port, det(`how can I sort a dict by value in Python ${n}`), { key: keys.t1 });
-        assert.equal(status(para), 'miss', `${para.headers['x-leo-request-id']}\n${gw.stderr.tail(12)}`);
-        const back = await request(gw.port, {
-            method: 'POST', path: '/v1/optimization/enable', body: { strategy: 'semantic_cache', enabled: null },
-            headers: { Authorization: `Bearer ${keys.t1}` },
-        });
-        assert.equal(back.json().strategies.semantic_cache.source, 'config');
-        await everyWorkerSays(true);
-        const bad = await request(gw.port, {
-            method: 'POST', path: '/v1/optimization/enable', body: { strategy: 'everything', enabled: true },
-            headers: { Authorization: `Bearer ${keys.t1}` },
-        });
-        assert.equal(bad.status, 400);
-        assert.equal(bad.json().error.param, 'strategy');
-        const stats = await request(gw.port, { path: '/v1/optimization/cache/stats', headers: { Authorization: `Bearer ${keys.t1}` } });
-        assert.equal(stats.status, 200);
-        assert.ok(stats.json().semantic_namespaces.every((ns) => ns.tenant === 't1'));
+        try {
+            const post = (body) => request(own.gw.port, {
+                method: 'POST', path: '/v1/optimization/enable', body, headers: { Authorization: `Bearer ${keys.t1}` },
+            });
+            /* no-store: a miss here must not answer the next ask from the exact cache */
+            const ask = (text, headers = { 'x-leo-cache': 'no-store' }) => chat(own.gw.port, det(text), { key: keys.t1, headers });
+            const n = nonce('sw');
+            /* on by configuration: a paraphrase hits */
+            assert.equal(status(await ask(`How do I sort a dict by value in Python? ${n}`, {})), 'miss');
+            assert.equal(status(await ask(`how can I sort a dict by value in Python ${n}`)), 'semantic-hit');
+            const off = await post({ strategy: 'semantic_cache', enabled: false });
+            assert.equal(off.status, 200, off.text);
+            assert.equal(off.json().strategies.semantic_cache.enabled, false);
+            assert.equal(off.json().strategies.semantic_cache.source, 'runtime');
+            /* off: the same paraphrase is not looked up by meaning */
+            assert.equal(status(await ask(`how can I sort a dict by value in Python ${n}`)), 'miss');
+            /* the switch is shared: written to Redis (database 2) where every worker reads it each second */
+            const shared = await redis.command('EVAL', "redis.call('SELECT', 2) return redis.call('HGET', KEYS[1], ARGV[1])",
+                '1', 'leo:optimization', 't1');
+            assert.equal(shared, 'exact=-1;semantic=0;dedup=-1');
+            const back = await post({ strategy: 'semantic_cache', enabled: null });
+            assert.equal(back.json().strategies.semantic_cache.source, 'config');
+            assert.equal(back.json().strategies.semantic_cache.enabled, true);
+            assert.equal(status(await ask(`how can I sort a dict by value in Python ${n}`)), 'semantic-hit');
+            const bad = await post({ strategy: 'everything', enabled: true });
+            assert.equal(bad.status, 400);
+            assert.equal(bad.json().error.param, 'strategy');
+            const stats = await request(own.gw.port, { path: '/v1/optimization/cache/stats', headers: { Authorization: `Bearer ${keys.t1}` } });
+            assert.equal(stats.status, 200);
+            assert.ok(stats.json().semantic_namespaces.every((ns) => ns.tenant === 't1'));
+        } finally {
+            await own.stop();
+        }
     });
 });
 
@@ -356,7 +329,18 @@ describe('semantic thresholds at run time', () => {
                 seen.push(got);
                 agree = got === want ? agree + 1 : 0;
             }
-            assert.equal(agree, 10, `expected ${want} from every worker, got ${seen.slice(-12).join(' ')}`);
+            if (agree < 10) {
+                const stats = [];
+                for (let k = 0; k < 6; k++) {
+                    const st = await request(gw.port, { path: '/v1/optimization/cache/stats', headers: { Authorization: `Bearer ${keys.t1}` } });
+                    stats.push(st.text);
+                }
+                const m = await request(gw.port, { path: '/metrics' });
+                const lines = m.text.split('\n').filter((l) => /semcache|optimization_requests/.test(l) && !l.startsWith('#'));
+                const log = await redis.command('XRANGE', 'leo:semcache:log', '-', '+');
+                const ops = log.map(([id, f]) => `${id} ${f[1]} ${f[3] || ''} ${f.includes('text') ? f[f.indexOf('text') + 1] : ''} ${f.includes('tenant') ? f[f.indexOf('tenant') + 1] : ''}`);
+                assert.fail(`expected ${want} from every worker, got ${seen.slice(-12).join(' ')}\n${ops.slice(-25).join('\n')}\n${lines.join('\n')}`);
+            }
         };
         await settle('semantic-hit');
         const set = (body, key = keys.t1) => request(gw.port, {
