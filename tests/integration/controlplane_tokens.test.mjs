@@ -9,9 +9,9 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import http from 'node:http';
 
 import { LineLog, bin } from './lib/harness.mjs';
+import { adminRequest } from './lib/controlplane.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
 const T = { timeout: 30000 };
@@ -65,35 +65,8 @@ async function startDaemon(env) {
     };
 }
 
-/** One request on a fresh connection; body is an object (sent as JSON) or a raw string. */
-function api(method, p, { token, body } = {}) {
-    return new Promise((resolve, reject) => {
-        const headers = {};
-        if (token) headers.Authorization = `Bearer ${token}`;
-        let payload;
-        if (body !== undefined) {
-            payload = typeof body === 'string' ? body : JSON.stringify(body);
-            headers['Content-Type'] = 'application/json';
-        }
-        const req = http.request({ host: '127.0.0.1', port, method, path: p, headers, agent: false });
-        req.on('error', reject);
-        req.on('response', (res) => {
-            const chunks = [];
-            res.on('data', (c) => chunks.push(c));
-            res.on('end', () => {
-                const text = Buffer.concat(chunks).toString('utf8');
-                let json;
-                try {
-                    json = text ? JSON.parse(text) : undefined;
-                } catch {
-                    json = undefined;
-                }
-                resolve({ status: res.statusCode, text, json });
-            });
-        });
-        req.end(payload);
-    });
-}
+/** One admin API request to the daemon (lib/controlplane.mjs adminRequest): {status, headers, text, json}. */
+const api = (method, p, opts = {}) => adminRequest(port, method, p, opts);
 
 function assertError(r, status, { code, param } = {}) {
     assert.equal(r.status, status, `expected ${status}, got ${r.status}: ${r.text}`);

@@ -19,6 +19,7 @@ import http from 'node:http';
 import path from 'node:path';
 
 import { LineLog, bin, sourceDir } from './lib/harness.mjs';
+import { adminRequest } from './lib/controlplane.mjs';
 import { startPostgres } from './lib/postgres.mjs';
 
 const T = { timeout: 30000 };
@@ -184,35 +185,8 @@ async function startDaemon(env) {
     };
 }
 
-/** One request: {status, headers, text, json}. */
-function request(method, p, { token, body } = {}) {
-    return new Promise((resolve, reject) => {
-        const headers = {};
-        if (token) headers.Authorization = `Bearer ${token}`;
-        let payload;
-        if (body !== undefined) {
-            payload = typeof body === 'string' ? body : JSON.stringify(body);
-            headers['Content-Type'] = 'application/json';
-        }
-        const req = http.request({ host: '127.0.0.1', port, method, path: p, headers, agent: false });
-        req.on('error', reject);
-        req.on('response', (res) => {
-            const chunks = [];
-            res.on('data', (c) => chunks.push(c));
-            res.on('end', () => {
-                const text = Buffer.concat(chunks).toString('utf8');
-                let json;
-                try {
-                    json = text ? JSON.parse(text) : undefined;
-                } catch {
-                    json = undefined;
-                }
-                resolve({ status: res.statusCode, headers: res.headers, text, json });
-            });
-        });
-        req.end(payload);
-    });
-}
+/** One admin API request to the daemon (lib/controlplane.mjs adminRequest): {status, headers, text, json}. */
+const request = (method, p, opts = {}) => adminRequest(port, method, p, opts);
 
 const exercised = new Set();
 

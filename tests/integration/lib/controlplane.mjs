@@ -17,6 +17,26 @@ import fs from 'node:fs';
 
 import { Child, bin, request } from './harness.mjs';
 
+/**
+ * One admin API request on a fresh connection to 127.0.0.1:port: body (if given) is sent as JSON, or as is when
+ * it is a string (malformed bodies in tests); token (if given) as "Authorization: Bearer". Resolves with
+ * { status, headers, text, json }; json is the parsed body, undefined when it is empty or not JSON.
+ */
+export async function adminRequest(port, method, path, { body, token, timeoutMs = 10000 } = {}) {
+    const headers = {};
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+    if (payload !== undefined) headers['Content-Type'] = 'application/json';
+    const r = await request(port, { method, path, headers, body: payload, timeoutMs });
+    let json;
+    try {
+        json = r.text ? JSON.parse(r.text) : undefined;
+    } catch {
+        json = undefined;
+    }
+    return { status: r.status, headers: r.headers, text: r.text, json };
+}
+
 export class ControlPlane extends Child {
     /**
      * Starts the server with DATABASE_URL (pg.conninfo), LEO_KEY_HASH_SECRET, LEO_REDIS_URL and the bootstrap
@@ -45,19 +65,10 @@ export class ControlPlane extends Child {
         return c;
     }
 
-    /**
-     * One admin API request on a fresh connection: body (if given) is sent as JSON, token (if given) as
-     * "Authorization: Bearer". Resolves with { status, headers, text, json }; json is the parsed body, undefined
-     * when the body is empty or raw is true.
-     */
+    /** One admin API request to this server: see adminRequest (raw: true leaves json undefined). */
     async api(method, path, { body, token, raw = false, timeoutMs = 10000 } = {}) {
-        const headers = {};
-        if (token) headers.Authorization = `Bearer ${token}`;
-        const payload = body === undefined ? undefined : JSON.stringify(body);
-        if (payload) headers['Content-Type'] = 'application/json';
-        const r = await request(this.port, { method, path, headers, body: payload, timeoutMs });
-        return { status: r.status, headers: r.headers, text: r.text,
-            json: r.text && !raw ? JSON.parse(r.text) : undefined };
+        const r = await adminRequest(this.port, method, path, { body, token, timeoutMs });
+        return raw ? { ...r, json: undefined } : r;
     }
 
     /** POST /admin/v1/login; resolves with the session token, rejects unless the answer is 200. */
