@@ -58,6 +58,7 @@ struct leo_optimizer {
     bool reading_switches;
     unsigned switch_gen; /* bumped by every local change */
     unsigned read_gen;   /* switch_gen when the read in flight was sent */
+    bool dead;           /* freed by its owner while a read was in flight: its answer frees the struct */
 };
 
 struct leo_opt_req {
@@ -135,6 +136,10 @@ static void on_switches(struct leo_redis *r, int err, redisReply *reply, void *u
     (void)r;
     struct leo_optimizer *o = ud;
     o->reading_switches = false;
+    if (o->dead) {
+        leo_free(o);
+        return;
+    }
     if (err != 0 || reply == NULL || reply->type != REDIS_REPLY_ARRAY)
         return;
     /* a read sent before a change made here may have run before that change's HSET: it would undo it until
@@ -277,7 +282,10 @@ void leo_optimizer_free(struct leo_optimizer *o)
     leo_dedup_free(o->dedup);
     leo_cache_free(o->cache);
     leo_embedder_free(o->embedder);
-    leo_free(o);
+    if (o->reading_switches)
+        o->dead = true; /* the read's callback (an answer, or LEO_ECANCELED when Redis closes) frees it */
+    else
+        leo_free(o);
 }
 
 /* ---- answering from the cache ---- */

@@ -19,7 +19,8 @@
  * with Redis the switches are shared by every worker (hash leo:optimization, re-read every second).
  *
  * Lifetime: leo_optimizer_new after the worker's Redis client and upstream client, leo_optimizer_free before
- * they close. Not thread-safe (one loop).
+ * they close; a switch read still in flight then keeps the struct until its callback (an answer, or
+ * LEO_ECANCELED when the Redis client closes) frees it. Not thread-safe (one loop).
  */
 #ifndef LEO_OPTIMIZE_H
 #define LEO_OPTIMIZE_H
