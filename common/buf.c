@@ -1,5 +1,6 @@
 #include "buf.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -95,6 +96,43 @@ int leo_buf_addf(struct leo_buf *b, const char *fmt, ...)
     int rc = leo_buf_vaddf(b, fmt, ap);
     va_end(ap);
     return rc;
+}
+
+int leo_buf_add_uint(struct leo_buf *b, unsigned long long v)
+{
+    char tmp[24];
+    char *e = tmp + sizeof(tmp), *p = e;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return leo_buf_add(b, p, (size_t)(e - p));
+}
+
+int leo_buf_add_fixed(struct leo_buf *b, double v, unsigned decimals)
+{
+    static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+    if (decimals > 9)
+        decimals = 9;
+    double scaled = (v < 0 ? -v : v) * pow10[decimals];
+    if (!(scaled < 1e15)) /* NaN, infinities, and values whose digits run past a double's precision */
+        return leo_buf_addf(b, "%.*f", (int)decimals, v);
+    unsigned long long n = (unsigned long long)(scaled + 0.5);
+    char tmp[48];
+    char *e = tmp + sizeof(tmp), *p = e;
+    for (unsigned i = 0; i < decimals; i++) {
+        *--p = (char)('0' + n % 10);
+        n /= 10;
+    }
+    if (decimals)
+        *--p = '.';
+    do {
+        *--p = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    if (signbit(v))
+        *--p = '-';
+    return leo_buf_add(b, p, (size_t)(e - p));
 }
 
 int leo_buf_add_json_escaped(struct leo_buf *b, const char *s, size_t n)

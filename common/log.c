@@ -1,6 +1,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -11,6 +12,13 @@
 
 static enum leo_log_level min_level = LEO_LOG_INFO;
 static char role_name[32] = "main";
+
+/* Access-log lines held back until leo_log_flush (batching on), written in writes of at most PIPE_BUF bytes of
+ * whole lines so that lines of several processes sharing one pipe never interleave. */
+#define BATCH_WRITE 4096
+static bool batching;
+static char batch[BATCH_WRITE];
+static size_t batch_len;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -31,13 +39,33 @@ int leo_log_level_parse(const char *s)
 
 size_t leo_log_timestamp(char *buf, size_t size)
 {
+    /* the date and time to the second are formatted once per second (every request logs a timestamp) */
+    static time_t cached_sec = -1;
+    static char cached[24];
+    static size_t cached_len;
     struct timeval tv;
-    struct tm tm;
     gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
-    int m = snprintf(buf + n, size - n, ".%03dZ", (int)(tv.tv_usec / 1000));
-    return n + (m > 0 ? (size_t)m : 0);
+    if (tv.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        cached_len = strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = tv.tv_sec;
+    }
+    if (size < cached_len + 6) {
+        if (size)
+            buf[0] = '\0';
+        return 0;
+    }
+    memcpy(buf, cached, cached_len);
+    unsigned ms = (unsigned)(tv.tv_usec / 1000);
+    char *p = buf + cached_len;
+    p[0] = '.';
+    p[1] = (char)('0' + ms / 100);
+    p[2] = (char)('0' + ms / 10 % 10);
+    p[3] = (char)('0' + ms % 10);
+    p[4] = 'Z';
+    p[5] = '\0';
+    return cached_len + 5;
 }
 
 static void write_all(const char *p, size_t n)
@@ -51,10 +79,26 @@ static void write_all(const char *p, size_t n)
     }
 }
 
+void leo_log_batch(bool on)
+{
+    if (!on)
+        leo_log_flush();
+    batching = on;
+}
+
+void leo_log_flush(void)
+{
+    if (batch_len) {
+        write_all(batch, batch_len);
+        batch_len = 0;
+    }
+}
+
 void leo_log(enum leo_log_level level, const char *fmt, ...)
 {
     if (level < min_level)
         return;
+    leo_log_flush(); /* lines keep their order */
     char msg[2048];
     va_list ap;
     va_start(ap, fmt);
@@ -77,6 +121,15 @@ void leo_log(enum leo_log_level level, const char *fmt, ...)
 
 void leo_log_line(const char *json, size_t len)
 {
+    if (batching && len < BATCH_WRITE) {
+        if (batch_len + len + 1 > BATCH_WRITE)
+            leo_log_flush();
+        memcpy(batch + batch_len, json, len);
+        batch[batch_len + len] = '\n';
+        batch_len += len + 1;
+        return;
+    }
+    leo_log_flush();
     struct leo_buf b = LEO_BUF_INIT;
     leo_buf_add(&b, json, len);
     leo_buf_addch(&b, '\n');

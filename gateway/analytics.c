@@ -195,15 +195,19 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h;
 }
 
-static struct ment *map_find(const struct map *m, const char *k, size_t len)
+static struct ment *map_find_h(const struct map *m, const char *k, size_t len, uint64_t h)
 {
     if (m->nb == 0)
         return NULL;
-    uint64_t h = hash_bytes(k, len);
     for (struct ment *e = m->b[h & (m->nb - 1)]; e; e = e->next)
         if (e->h == h && e->len == len && memcmp(e->key, k, len) == 0)
             return e;
     return NULL;
+}
+
+static struct ment *map_find(const struct map *m, const char *k, size_t len)
+{
+    return m->nb ? map_find_h(m, k, len, hash_bytes(k, len)) : NULL;
 }
 
 static void map_grow(struct map *m)
@@ -224,10 +228,10 @@ static void map_grow(struct map *m)
     m->nb = nb;
 }
 
-/* The entry for k, created (zeroed) when missing; *created says which. */
-static struct ment *map_put(struct map *m, const char *k, size_t len, bool *created)
+/* The entry for k (whose hash_bytes is h), created (zeroed) when missing; *created says which. */
+static struct ment *map_put_h(struct map *m, const char *k, size_t len, uint64_t h, bool *created)
 {
-    struct ment *e = map_find(m, k, len);
+    struct ment *e = map_find_h(m, k, len, h);
     if (created)
         *created = e == NULL;
     if (e)
@@ -235,13 +239,18 @@ static struct ment *map_put(struct map *m, const char *k, size_t len, bool *crea
     if (m->n >= m->nb)
         map_grow(m);
     e = leo_calloc(1, sizeof(*e) + len + 1);
-    e->h = hash_bytes(k, len);
+    e->h = h;
     e->len = len;
     memcpy(e->key, k, len);
     e->next = m->b[e->h & (m->nb - 1)];
     m->b[e->h & (m->nb - 1)] = e;
     m->n++;
     return e;
+}
+
+static struct ment *map_put(struct map *m, const char *k, size_t len, bool *created)
+{
+    return map_put_h(m, k, len, hash_bytes(k, len), created);
 }
 
 static void map_clear(struct map *m);
@@ -277,14 +286,15 @@ static void map_clear(struct map *m)
 
 static void add_escaped(struct leo_buf *b, const char *s, size_t len)
 {
+    size_t run = 0;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%')
-            leo_buf_adds(b, "%25");
-        else if (s[i] == '|')
-            leo_buf_adds(b, "%7C");
-        else
-            leo_buf_addch(b, s[i]);
+        if (s[i] != '%' && s[i] != '|')
+            continue;
+        leo_buf_add(b, s + run, i - run);
+        leo_buf_add(b, s[i] == '%' ? "%25" : "%7C", 3);
+        run = i + 1;
     }
+    leo_buf_add(b, s + run, len - run);
 }
 
 static void add_unescaped(struct leo_buf *b, const char *s, size_t len)
@@ -475,6 +485,7 @@ void leo_analytics_free(struct leo_analytics *a)
 
 struct inc {
     size_t off, len;
+    uint64_t h; /* hash_bytes of the field, computed once for the maps of every granularity */
     int64_t v;
 };
 
@@ -484,13 +495,14 @@ struct incs {
     size_t n;
 };
 
-static void inc_add(struct incs *x, const char *model, const char *kind, const char *name, int64_t v)
+/* model is already escaped (add_escaped): it is the same in every field of a request */
+static void inc_add(struct incs *x, struct leo_str model, const char *kind, const char *name, int64_t v)
 {
     if (v == 0 || x->n == MAX_INCS)
         return;
     struct inc *i = &x->v[x->n++];
     i->off = x->names.len;
-    add_escaped(&x->names, model, strlen(model));
+    leo_buf_add(&x->names, model.p, model.len);
     leo_buf_addch(&x->names, '|');
     leo_buf_adds(&x->names, kind);
     if (name) {
@@ -498,6 +510,7 @@ static void inc_add(struct incs *x, const char *model, const char *kind, const c
         add_escaped(&x->names, name, strlen(name));
     }
     i->len = x->names.len - i->off;
+    i->h = hash_bytes(x->names.p + i->off, i->len);
     leo_buf_addch(&x->names, '\0');
     i->v = v;
 }
@@ -516,7 +529,7 @@ static size_t apply_incs(struct map *keys, const struct incs *x, const char *ten
         bk->expire = start + gran_len[g] + gran_keep[g];
         for (size_t i = 0; i < x->n; i++) {
             bool created;
-            struct ment *f = map_put(bk->sub, x->names.p + x->v[i].off, x->v[i].len, &created);
+            struct ment *f = map_put_h(bk->sub, x->names.p + x->v[i].off, x->v[i].len, x->v[i].h, &created);
             f->val += x->v[i].v;
             created_fields += created;
         }
@@ -545,8 +558,10 @@ void leo_analytics_record(struct leo_analytics *a, const struct leo_analytics_ev
     uint64_t unix_s = e->unix_ms ? e->unix_ms / 1000 : wall_s();
     struct incs x;
     memset(&x, 0, sizeof(x));
-    x.names = (struct leo_buf)LEO_BUF_INIT;
-    const char *m = e->model;
+    leo_buf_init(&x.names, 0, 512);
+    struct leo_buf mb = LEO_BUF_INIT;
+    add_escaped(&mb, e->model, strlen(e->model));
+    struct leo_str m = leo_buf_str(&mb);
     inc_add(&x, m, "req", NULL, 1);
     inc_add(&x, m, "err", NULL, e->status >= 400);
     enum counter cc = cache_counter(e->cache);
@@ -574,6 +589,7 @@ void leo_analytics_record(struct leo_analytics *a, const struct leo_analytics_ev
         /* Redis has been away long enough to fill the bound: this request is left out */
         leo_metrics_add("leo_analytics_dropped_total", "reason=\"buffer_full\"", 1);
         leo_buf_release(&x.names);
+        leo_buf_release(&mb);
         return;
     } else {
         a->cur.fields += apply_incs(&a->cur.keys, &x, e->tenant, unix_s);
@@ -582,6 +598,7 @@ void leo_analytics_record(struct leo_analytics *a, const struct leo_analytics_ev
     }
     leo_metrics_add("leo_analytics_events_total", "", 1);
     leo_buf_release(&x.names);
+    leo_buf_release(&mb);
 }
 
 void leo_analytics_record_request(struct leo_analytics *a, const struct leo_gw_req *g, int status, double latency_ms)

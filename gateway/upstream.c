@@ -247,17 +247,26 @@ static void on_xfer_closed(uv_handle_t *h)
 
 /* ---- easy handle pool ---- */
 
+static CURLcode setup_easy_once(struct leo_upstream *up, CURL *e);
+
+/* Pooled handles keep their options between transfers (no curl_easy_reset): the options every transfer shares
+ * are set once, when the handle is made (setup_easy_once), and setup_easy sets every option that differs
+ * between transfers, each time, so nothing of one transfer's request carries over to the next. */
 static CURL *easy_get(struct leo_upstream *up)
 {
     if (up->npool)
         return up->pool[--up->npool];
-    return curl_easy_init();
+    CURL *e = curl_easy_init();
+    if (e && setup_easy_once(up, e) != CURLE_OK) {
+        curl_easy_cleanup(e);
+        return NULL;
+    }
+    return e;
 }
 
 static void easy_put(struct leo_upstream *up, CURL *e)
 {
     if (up->npool < UP_EASY_POOL_MAX && !up->closed) {
-        curl_easy_reset(e);
         up->pool[up->npool++] = e;
     } else {
         curl_easy_cleanup(e);
@@ -994,64 +1003,78 @@ static struct curl_slist *build_headers(const struct leo_upstream_request *req, 
     return list;
 }
 
-static CURLcode setup_easy(struct leo_upstream_xfer *x, const struct leo_upstream_request *req, const char *method)
-{
-    CURL *e = x->easy;
-    CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                                                  \
     do {                                                                                                               \
         if (rc == CURLE_OK)                                                                                            \
             rc = curl_easy_setopt(e, opt, val);                                                                        \
     } while (0)
-    SET(CURLOPT_PRIVATE, (char *)x);
-    SET(CURLOPT_URL, req->url);
+
+/* The options every transfer of this client shares: set once per pooled handle. */
+static CURLcode setup_easy_once(struct leo_upstream *up, CURL *e)
+{
+    CURLcode rc = CURLE_OK;
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    /* PIPEWAIT makes a transfer wait for a connection in progress rather than open a second one, hoping to
-     * multiplex on it. Over TLS, ALPN settles that during the handshake. In cleartext curl learns that the
-     * connection is HTTP/1.1 only from the first response's status line, so concurrent transfers to a plain
-     * http:// upstream would queue behind the first request's time to first byte (seconds for a model). */
-    SET(CURLOPT_PIPEWAIT, strncasecmp(req->url, "https:", 6) == 0 ? 1L : 0L);
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_TCP_NODELAY, 1L);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_TCP_KEEPIDLE, 30L);
     SET(CURLOPT_TCP_KEEPINTVL, 15L);
     SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)x->connect_timeout_ms);
-    SET(CURLOPT_TIMEOUT_MS, (long)x->total_timeout_ms);
     SET(CURLOPT_HEADERFUNCTION, on_curl_header);
-    SET(CURLOPT_HEADERDATA, x);
     SET(CURLOPT_WRITEFUNCTION, on_curl_write);
-    SET(CURLOPT_WRITEDATA, x);
     SET(CURLOPT_PREREQFUNCTION, on_curl_prereq);
-    SET(CURLOPT_PREREQDATA, x);
-    if (x->up->no_proxy_env) {
+    if (up->no_proxy_env) {
         /* without this curl reads up to six environment variables for every transfer (it looks for a proxy
          * before it looks for a pooled connection); the answer cannot change, so it is given once */
         SET(CURLOPT_PROXY, "");
         SET(CURLOPT_NOPROXY, "");
     }
     SET(CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
-    SET(CURLOPT_OPENSOCKETDATA, x->up);
+    SET(CURLOPT_OPENSOCKETDATA, up);
     SET(CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
-    SET(CURLOPT_CLOSESOCKETDATA, x->up);
+    SET(CURLOPT_CLOSESOCKETDATA, up);
+    return rc;
+}
+
+/* Every option that differs between transfers, including the method's, which are reset explicitly because the
+ * handle may come from a transfer with another method. */
+static CURLcode setup_easy(struct leo_upstream_xfer *x, const struct leo_upstream_request *req, const char *method)
+{
+    CURL *e = x->easy;
+    CURLcode rc = CURLE_OK;
+    SET(CURLOPT_PRIVATE, (char *)x);
+    SET(CURLOPT_URL, req->url);
+    /* PIPEWAIT makes a transfer wait for a connection in progress rather than open a second one, hoping to
+     * multiplex on it. Over TLS, ALPN settles that during the handshake. In cleartext curl learns that the
+     * connection is HTTP/1.1 only from the first response's status line, so concurrent transfers to a plain
+     * http:// upstream would queue behind the first request's time to first byte (seconds for a model). */
+    SET(CURLOPT_PIPEWAIT, strncasecmp(req->url, "https:", 6) == 0 ? 1L : 0L);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)x->connect_timeout_ms);
+    SET(CURLOPT_TIMEOUT_MS, (long)x->total_timeout_ms);
+    SET(CURLOPT_HEADERDATA, x);
+    SET(CURLOPT_WRITEDATA, x);
+    SET(CURLOPT_PREREQDATA, x);
     SET(CURLOPT_HTTPHEADER, x->req_headers);
+    SET(CURLOPT_CUSTOMREQUEST, (char *)NULL);
+    SET(CURLOPT_NOBODY, 0L);
     if (x->body) {
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
         SET(CURLOPT_POSTFIELDS, x->body);
         if (strcmp(method, "POST") != 0)
             SET(CURLOPT_CUSTOMREQUEST, method);
-    } else if (strcmp(method, "GET") == 0) {
-        SET(CURLOPT_HTTPGET, 1L);
-    } else if (strcmp(method, "HEAD") == 0) {
-        SET(CURLOPT_NOBODY, 1L);
     } else {
-        SET(CURLOPT_CUSTOMREQUEST, method);
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+        SET(CURLOPT_POSTFIELDS, (char *)NULL);
+        SET(CURLOPT_HTTPGET, 1L);
+        if (strcmp(method, "HEAD") == 0)
+            SET(CURLOPT_NOBODY, 1L);
+        else if (strcmp(method, "GET") != 0)
+            SET(CURLOPT_CUSTOMREQUEST, method);
     }
-#undef SET
     return rc;
 }
+#undef SET
 
 struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const struct leo_upstream_request *req,
                                              const struct leo_upstream_callbacks *cbs, void *ud)

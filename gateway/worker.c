@@ -233,6 +233,13 @@ static void stop_everything(struct leo_worker *w)
     close_if_open((uv_handle_t *)&w->_drain_timer);
     close_if_open((uv_handle_t *)&w->_gauge_timer);
     close_if_open((uv_handle_t *)&w->_drain_check);
+    close_if_open((uv_handle_t *)&w->_log_flush);
+}
+
+static void log_flush(uv_prepare_t *p)
+{
+    (void)p;
+    leo_log_flush();
 }
 
 static void drain_check(uv_check_t *c)
@@ -368,6 +375,12 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_unref((uv_handle_t *)&w._gauge_timer);
     uv_check_init(&loop, &w._drain_check);
     w._drain_check.data = &w;
+    /* runs before the loop waits for I/O: one write for the access-log lines of all the requests that ended in
+     * this iteration */
+    uv_prepare_init(&loop, &w._log_flush);
+    uv_prepare_start(&w._log_flush, log_flush);
+    uv_unref((uv_handle_t *)&w._log_flush);
+    leo_log_batch(true);
     follow_start(&w);
     quota_start(&w);
     w.analytics = leo_analytics_new(&loop, w.redis); /* shares the quota's Redis connection, if any */
@@ -379,6 +392,7 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_run(&loop, UV_RUN_DEFAULT);
     /* every handle has been closed by stop_everything */
     uv_run(&loop, UV_RUN_DEFAULT);
+    leo_log_batch(false);
     leo_config_unref(w.cfg);
     leo_router_free(w.router);
     leo_quota_free(w.quota);

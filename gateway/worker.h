@@ -48,6 +48,7 @@ struct leo_worker {
     uv_timer_t _drain_timer;
     uv_timer_t _gauge_timer;
     uv_check_t _drain_check;
+    uv_prepare_t _log_flush;         /* writes the access-log lines of each loop iteration (common/log.h) */
     struct leo_redis *_cp_redis;     /* the control plane's Redis, or NULL (config control_plane) */
     struct leo_follower *_follower;  /* follows the control plane's snapshot, or NULL */
     char *_snapshot;                 /* the last snapshot applied (re-applied on SIGHUP), or NULL */
