@@ -109,14 +109,16 @@ int leo_buf_add_uint(struct leo_buf *b, unsigned long long v)
     return leo_buf_add(b, p, (size_t)(e - p));
 }
 
-int leo_buf_add_fixed(struct leo_buf *b, double v, unsigned decimals)
+size_t leo_fmt_fixed(char *out, size_t size, double v, unsigned decimals)
 {
     static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
     if (decimals > 9)
         decimals = 9;
     double scaled = (v < 0 ? -v : v) * pow10[decimals];
-    if (!(scaled < 1e15)) /* NaN, infinities, and values whose digits run past a double's precision */
-        return leo_buf_addf(b, "%.*f", (int)decimals, v);
+    if (!(scaled < 1e15)) { /* NaN, infinities, and values whose digits run past a double's precision */
+        int n = snprintf(out, size, "%.*f", (int)decimals, v);
+        return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size ? size - 1 : 0;
+    }
     unsigned long long n = (unsigned long long)(scaled + 0.5);
     char tmp[48];
     char *e = tmp + sizeof(tmp), *p = e;
@@ -132,7 +134,21 @@ int leo_buf_add_fixed(struct leo_buf *b, double v, unsigned decimals)
     } while (n);
     if (signbit(v))
         *--p = '-';
-    return leo_buf_add(b, p, (size_t)(e - p));
+    size_t len = (size_t)(e - p);
+    if (size == 0)
+        return 0;
+    if (len >= size)
+        len = size - 1;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return len;
+}
+
+int leo_buf_add_fixed(struct leo_buf *b, double v, unsigned decimals)
+{
+    char tmp[512];
+    size_t n = leo_fmt_fixed(tmp, sizeof(tmp), v, decimals);
+    return leo_buf_add(b, tmp, n);
 }
 
 int leo_buf_add_json_escaped(struct leo_buf *b, const char *s, size_t n)

@@ -62,6 +62,8 @@ int leo_buf_add_uint(struct leo_buf *b, unsigned long long v);
  *  way in the last digit. Values whose scaled magnitude reaches 1e15, infinities and NaN go through printf.
  *  For the hot path (the access log), where vsnprintf's cost shows. */
 int leo_buf_add_fixed(struct leo_buf *b, double v, unsigned decimals);
+/** The same into out (size bytes, NUL-terminated, truncated if too small); returns the length written. */
+size_t leo_fmt_fixed(char *out, size_t size, double v, unsigned decimals);
 /** Appends s as the body of a JSON string (escaped, without the surrounding quotes). */
 int leo_buf_add_json_escaped(struct leo_buf *b, const char *s, size_t n);
 /** Removes the first n bytes (n > len empties it). */
