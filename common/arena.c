@@ -16,10 +16,11 @@ struct leo_arena_block {
 
 /* Standard blocks freed by destroyed arenas, kept for the next ones (per thread, bounded): most requests need
  * one or two blocks, and taking them from here spares malloc and free on every request. */
-#if defined(__SANITIZE_ADDRESS__)
-#define BLOCK_CACHE_MAX 0 /* AddressSanitizer sees a use after the arena's end only in memory really freed */
-#else
 #define BLOCK_CACHE_MAX 64
+#if defined(__SANITIZE_ADDRESS__)
+#define BLOCK_CACHE 0 /* AddressSanitizer sees a use after the arena's end only in memory really freed */
+#else
+#define BLOCK_CACHE 1
 #endif
 static _Thread_local struct leo_arena_block *block_cache;
 static _Thread_local unsigned block_cache_n;
@@ -38,7 +39,7 @@ void *leo_arena_alloc(struct leo_arena *a, size_t n)
     if (b == NULL || b->size - b->used < n) {
         size_t size = n > ARENA_BLOCK / 2 ? n : ARENA_BLOCK;
         struct leo_arena_block *nb;
-        if (size == ARENA_BLOCK && block_cache) {
+        if (BLOCK_CACHE && size == ARENA_BLOCK && block_cache) {
             nb = block_cache;
             block_cache = nb->next;
             block_cache_n--;
@@ -102,7 +103,7 @@ void leo_arena_destroy(struct leo_arena *a)
     while (a->_blocks) {
         struct leo_arena_block *b = a->_blocks;
         a->_blocks = b->next;
-        if (b->size == ARENA_BLOCK && block_cache_n < BLOCK_CACHE_MAX) {
+        if (BLOCK_CACHE && b->size == ARENA_BLOCK && block_cache_n < BLOCK_CACHE_MAX) {
             b->next = block_cache;
             block_cache = b;
             block_cache_n++;

@@ -39,6 +39,7 @@
 #define TENANT_NAME_MAX_CHARS 200
 #define EMAIL_MAX 254
 #define MODELS_MAX 256
+#define PROVIDERS_MAX 64
 #define MODEL_NAME_MAX 128
 #define KEY_PREFIX "sk-leo-"
 #define KEY_RANDOM_BYTES 30 /* 40 URL-safe base64 characters, as `leo-gateway hash-key --generate` makes */
@@ -61,12 +62,14 @@
 
 #define TENANT_JSON(a)                                                                                                 \
     "json_build_object('id', " a ".id, 'slug', " a ".slug, 'name', " a ".name, 'status', " a ".status,"                \
-    " 'limits', " a ".limits, 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
+    " 'limits', " a ".limits, 'allow_byok', " a ".allow_byok, 'allow_route_override', " a ".allow_route_override,"     \
+    " 'allowed_models', " a ".allowed_models, 'created_at', " a ".created_at, 'updated_at', " a ".updated_at)::text"
 
 #define KEY_JSON(a)                                                                                                    \
     "json_build_object('id', " a ".id, 'tenant_id', " a ".tenant_id, 'name', " a ".name, 'prefix', " a ".prefix,"      \
     " 'last4', " a ".last4, 'status', " a ".status, 'expired', coalesce(" a ".expires_at <= now(), false),"            \
-    " 'expires_at', " a ".expires_at, 'allowed_models', " a ".allowed_models, 'limits', " a ".limits,"                 \
+    " 'expires_at', " a ".expires_at, 'allowed_models', " a ".allowed_models, 'allowed_providers',"                    \
+    " " a ".allowed_providers, 'limits', " a ".limits,"                                                                \
     " 'created_by', " a ".created_by, 'created_at', " a ".created_at, 'updated_at', " a ".updated_at,"                 \
     " 'revoked_at', " a ".revoked_at, 'rotated_from', " a ".rotated_from)::text"
 
@@ -103,6 +106,12 @@
 
 #define MODELS_FROM(p)                                                                                                 \
     "CASE WHEN $" p "::jsonb IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text($" p "::jsonb)) END"
+
+/* $p: a key's allowed_providers (a jsonb array of names, or NULL) → one row holding the 0-based index of the first
+ * name no provider has, none when every name is a provider (or $p is NULL) */
+#define MISSING_PROVIDER(p)                                                                                            \
+    "SELECT min(e.i) - 1 AS i FROM jsonb_array_elements_text($" p "::jsonb) WITH ORDINALITY e(name, i)"                \
+    " WHERE NOT EXISTS (SELECT 1 FROM providers pp WHERE pp.name = e.name) HAVING min(e.i) IS NOT NULL"
 
 /* an admin API token as lists show it: never the secret, only "leo_at_…" and its last four */
 #define TOKEN_JSON(a)                                                                                                  \
@@ -246,23 +255,30 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         " WHERE ($1::jsonb IS NULL OR " IN_ALLOWED("t.id", "1") ")"
         " AND " AFTER("t", "2", "3") " ORDER BY t.created_at, t.id LIMIT $4::int"},
 
-    /* $1 slug, $2 name, $3 status, $4 actor, $5 limits (jsonb) */
+    /* $1 slug, $2 name, $3 status, $4 actor, $5 limits (jsonb), $6 allow_byok, $7 allow_route_override,
+     * $8 allowed models (jsonb array or NULL) */
     [S_TENANT_CREATE] = {"tenant_create",
-        "WITH t AS (INSERT INTO tenants (slug, name, status, limits)"
-        " VALUES ($1::text, $2::text, $3::text, $5::jsonb) RETURNING *),"
+        "WITH t AS (INSERT INTO tenants (slug, name, status, limits, allow_byok, allow_route_override, allowed_models)"
+        " VALUES ($1::text, $2::text, $3::text, $5::jsonb, $6::bool, $7::bool, " MODELS_FROM("8") ") RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $4::text, 'tenant.create', 'tenant:' || t.id,"
-        " jsonb_build_object('slug', t.slug, 'name', t.name, 'status', t.status, 'limits', t.limits) FROM t)"
+        " jsonb_build_object('slug', t.slug, 'name', t.name, 'status', t.status, 'limits', t.limits,"
+        " 'allow_byok', t.allow_byok, 'allow_route_override', t.allow_route_override,"
+        " 'allowed_models', t.allowed_models) FROM t)"
         " SELECT " TENANT_JSON("t") " FROM t"},
 
     /* $1 tenant id */
     [S_TENANT_GET] = {"tenant_get",
         "SELECT " TENANT_JSON("t") " FROM tenants t WHERE t.id = $1::uuid"},
 
-    /* $1 tenant id, $2 name or NULL, $3 status or NULL, $4 actor, $5 the change (jsonb), $6 limits or NULL */
+    /* $1 tenant id, $2 name or NULL, $3 status or NULL, $4 actor, $5 the change (jsonb), $6 limits or NULL,
+     * $7 allow_byok or NULL, $8 allow_route_override or NULL, $9 set models?, $10 models or NULL */
     [S_TENANT_PATCH] = {"tenant_patch",
         "WITH t AS (UPDATE tenants SET name = coalesce($2::text, name), status = coalesce($3::text, status),"
-        " limits = coalesce($6::jsonb, limits), updated_at = now() WHERE id = $1::uuid RETURNING *),"
+        " limits = coalesce($6::jsonb, limits), allow_byok = coalesce($7::bool, allow_byok),"
+        " allow_route_override = coalesce($8::bool, allow_route_override),"
+        " allowed_models = CASE WHEN $9::bool THEN " MODELS_FROM("10") " ELSE allowed_models END,"
+        " updated_at = now() WHERE id = $1::uuid RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $4::text, 'tenant.update', 'tenant:' || t.id, $5::jsonb FROM t)"
         " SELECT " TENANT_JSON("t") " FROM t"},
@@ -301,30 +317,38 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         "SELECT " KEY_JSON("k") " FROM api_keys k WHERE k.id = $2::uuid AND k.tenant_id = $1::uuid"},
 
     /* $1 tenant, $2 name, $3 hash, $4 prefix, $5 last4, $6 expires_at, $7 models (jsonb array or NULL),
-     * $8 limits (jsonb), $9 creator (user id), $10 actor */
+     * $8 limits (jsonb), $9 creator (user id), $10 actor, $11 providers (jsonb array or NULL)
+     * → the key (NULL when not created), the index of the first provider name that does not exist (NULL: none) */
     [S_KEY_CREATE] = {"key_create",
-        "WITH k AS (INSERT INTO api_keys (tenant_id, name, key_hash, prefix, last4, expires_at,"
-        " allowed_models, limits, created_by) VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::text,"
-        " $6::timestamptz, " MODELS_FROM("7") ", $8::jsonb, $9::uuid) RETURNING *),"
+        "WITH miss AS (" MISSING_PROVIDER("11") "),"
+        " k AS (INSERT INTO api_keys (tenant_id, name, key_hash, prefix, last4, expires_at,"
+        " allowed_models, allowed_providers, limits, created_by) SELECT $1::uuid, $2::text, $3::text, $4::text,"
+        " $5::text, $6::timestamptz, " MODELS_FROM("7") ", " MODELS_FROM("11") ", $8::jsonb, $9::uuid"
+        " WHERE NOT EXISTS (SELECT 1 FROM miss) RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $10::text, 'key.create', 'key:' || k.id, jsonb_build_object('tenant_id', k.tenant_id,"
         " 'name', k.name, 'prefix', k.prefix, 'last4', k.last4) FROM k)"
-        " SELECT " KEY_JSON("k") " FROM k"},
+        " SELECT (SELECT " KEY_JSON("k") " FROM k), (SELECT i FROM miss)"},
 
     /* $1 tenant, $2 key, $3 name or NULL, $4 status or NULL, $5 set models?, $6 models or NULL,
-     * $7 limits or NULL, $8 set expiry?, $9 expires_at or NULL, $10 actor, $11 the change (jsonb)
-     * → the key (NULL when not changed), its status before (NULL when it does not exist) */
+     * $7 limits or NULL, $8 set expiry?, $9 expires_at or NULL, $10 actor, $11 the change (jsonb),
+     * $12 set providers?, $13 providers or NULL
+     * → the key (NULL when not changed), its status before (NULL when it does not exist), the index of the first
+     * provider name that does not exist (NULL: none) */
     [S_KEY_PATCH] = {"key_patch",
         "WITH cur AS (SELECT status FROM api_keys WHERE id = $2::uuid AND tenant_id = $1::uuid),"
+        " miss AS (" MISSING_PROVIDER("13") "),"
         " k AS (UPDATE api_keys SET name = coalesce($3::text, name), status = coalesce($4::text, status),"
         " allowed_models = CASE WHEN $5::bool THEN " MODELS_FROM("6") " ELSE allowed_models END,"
+        " allowed_providers = CASE WHEN $12::bool THEN " MODELS_FROM("13") " ELSE allowed_providers END,"
         " limits = coalesce($7::jsonb, limits),"
         " expires_at = CASE WHEN $8::bool THEN $9::timestamptz ELSE expires_at END, updated_at = now()"
-        " WHERE id = $2::uuid AND tenant_id = $1::uuid AND status <> 'revoked' RETURNING *),"
+        " WHERE id = $2::uuid AND tenant_id = $1::uuid AND status <> 'revoked' AND NOT EXISTS (SELECT 1 FROM miss)"
+        " RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $10::text, 'key.update', 'key:' || k.id,"
         " jsonb_build_object('tenant_id', k.tenant_id, 'changes', $11::jsonb) FROM k)"
-        " SELECT (SELECT " KEY_JSON("k") " FROM k), (SELECT status FROM cur)"},
+        " SELECT (SELECT " KEY_JSON("k") " FROM k), (SELECT status FROM cur), (SELECT i FROM miss)"},
 
     /* $1 tenant, $2 key, $3 actor → the key, its status before */
     [S_KEY_REVOKE] = {"key_revoke",
@@ -343,9 +367,9 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         " old AS (UPDATE api_keys SET status = 'revoked', revoked_at = now(), updated_at = now()"
         " WHERE id = $2::uuid AND tenant_id = $1::uuid AND status <> 'revoked' RETURNING *),"
         " k AS (INSERT INTO api_keys (tenant_id, name, key_hash, prefix, last4, status, expires_at,"
-        " allowed_models, limits, created_by, rotated_from) SELECT o.tenant_id, o.name, $3::text,"
-        " $4::text, $5::text, (SELECT status FROM cur), o.expires_at, o.allowed_models, o.limits,"
-        " $6::uuid, o.id FROM old o RETURNING *),"
+        " allowed_models, allowed_providers, limits, created_by, rotated_from) SELECT o.tenant_id, o.name, $3::text,"
+        " $4::text, $5::text, (SELECT status FROM cur), o.expires_at, o.allowed_models, o.allowed_providers,"
+        " o.limits, $6::uuid, o.id FROM old o RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $7::text, 'key.rotate', 'key:' || old.id, jsonb_build_object('tenant_id', old.tenant_id,"
         " 'name', old.name, 'new_key_id', k.id, 'prefix', k.prefix, 'last4', k.last4) FROM old, k)"
@@ -532,21 +556,26 @@ static const struct leo_db_stmt stmts[S_COUNT] = {
         " SELECT $2::text, 'model.delete', 'model:' || m.id, jsonb_build_object('name', m.name) FROM m)"
         " SELECT json_build_object('id', m.id, 'name', m.name)::text FROM m"},
 
-    /* $1 token hash (hex) → id, role, tenant id, expires_at of a live admin API token. Marks it used, at most
-     * once a minute: the condition is on the row itself, so concurrent requests with one token update it once. */
+    /* $1 the token's keyed hash, $2 its unkeyed hash (hex) → id, role, tenant id, expires_at of a live admin API
+     * token. A token stored before hashes were keyed (hash_kind 0) is found by $2 and rewritten to $1 (kind 1)
+     * by this use. Marks it used, at most once a minute: the condition is on the row itself, so concurrent
+     * requests with one token update it once (or, for a legacy token, write the same values twice). */
     [S_AUTH_TOKEN] = {"auth_token",
-        "WITH t AS (SELECT id, role, tenant_id, expires_at FROM admin_tokens"
-        " WHERE token_hash = decode($1::text, 'hex') AND revoked_at IS NULL"
+        "WITH t AS (SELECT id, role, tenant_id, expires_at, hash_kind FROM admin_tokens"
+        " WHERE ((token_hash = decode($1::text, 'hex') AND hash_kind = 1)"
+        " OR (token_hash = decode($2::text, 'hex') AND hash_kind = 0)) AND revoked_at IS NULL"
         " AND (expires_at IS NULL OR expires_at > now())),"
-        " u AS (UPDATE admin_tokens x SET last_used_at = now() FROM t WHERE x.id = t.id"
-        " AND (x.last_used_at IS NULL OR x.last_used_at < now() - interval '1 minute'))"
+        " u AS (UPDATE admin_tokens x SET last_used_at = now(), token_hash = decode($1::text, 'hex'), hash_kind = 1"
+        " FROM t WHERE x.id = t.id"
+        " AND (t.hash_kind = 0 OR x.last_used_at IS NULL OR x.last_used_at < now() - interval '1 minute'))"
         " SELECT t.id, t.role, t.tenant_id, " RFC3339("t.expires_at") " FROM t"},
 
-    /* $1 token hash, $2 name, $3 role, $4 tenant or NULL, $5 prefix, $6 last4, $7 expires_at or NULL, $8 actor */
+    /* $1 token hash (keyed, kind 1), $2 name, $3 role, $4 tenant or NULL, $5 prefix, $6 last4, $7 expires_at or
+     * NULL, $8 actor */
     [S_TOKEN_CREATE] = {"token_create",
-        "WITH t AS (INSERT INTO admin_tokens (token_hash, name, role, tenant_id, prefix, last4, expires_at,"
-        " created_by) VALUES (decode($1::text, 'hex'), $2::text, $3::text, $4::uuid, $5::text, $6::text,"
-        " $7::timestamptz, $8::text) RETURNING *),"
+        "WITH t AS (INSERT INTO admin_tokens (token_hash, hash_kind, name, role, tenant_id, prefix, last4,"
+        " expires_at, created_by) VALUES (decode($1::text, 'hex'), 1, $2::text, $3::text, $4::uuid, $5::text,"
+        " $6::text, $7::timestamptz, $8::text) RETURNING *),"
         " a AS (INSERT INTO audit_log (actor, action, target, details)"
         " SELECT $8::text, 'token.create', 'token:' || t.id, jsonb_build_object('name', t.name, 'role', t.role,"
         " 'tenant_id', t.tenant_id, 'last4', t.last4, 'expires_at', t.expires_at) FROM t)"
@@ -694,6 +723,7 @@ struct leo_api {
     uv_loop_t *loop;
     struct leo_db *db;
     uint8_t key_secret[LEO_KEYHASH_SECRET_BYTES];
+    uint8_t token_key[LEO_TOKEN_KEY_BYTES]; /* hashes admin API tokens (auth.h leo_admin_token_key) */
     unsigned session_ttl_s;
     unsigned busy;
     struct leo_secretbox_ring ring; /* seals provider credentials; nkeys 0: credentials cannot be written */
@@ -1496,11 +1526,16 @@ static void authenticate(struct call *c)
     }
     struct leo_str token = leo_str_trim(leo_str_n(v.p + 7, v.len - 7));
     leo_session_token_hash_hex(token, c->token_hash);
+    if (leo_token_has_prefix(token, LEO_ADMIN_TOKEN_PREFIX)) {
+        /* the keyed hash first; the unkeyed one finds (and upgrades) a token stored before keyed hashes */
+        char keyed[2 * LEO_SESSION_HASH_BYTES + 1];
+        leo_admin_token_hash_hex(c->api->token_key, token, keyed);
+        const char *params[] = {keyed, c->token_hash};
+        run_query(c, S_AUTH_TOKEN, params, 2, token_auth_done);
+        return;
+    }
     const char *params[] = {c->token_hash};
-    if (leo_token_has_prefix(token, LEO_ADMIN_TOKEN_PREFIX))
-        run_query(c, S_AUTH_TOKEN, params, 1, token_auth_done);
-    else
-        run_query(c, S_AUTH, params, 1, auth_done);
+    run_query(c, S_AUTH, params, 1, auth_done);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1749,8 +1784,9 @@ static void tenants_listed(struct call *c, const struct leo_db_result *r)
 struct key_fields {
     const char *name;
     const char *status;
-    bool set_models, set_limits, set_expires;
+    bool set_models, set_limits, set_expires, set_providers;
     char *models; /* JSON array text or NULL (all models); jansson's allocation */
+    char *providers; /* JSON array text or NULL (all providers); jansson's allocation */
     char *limits; /* JSON object text; jansson's allocation */
     const char *expires_at;
 };
@@ -1758,6 +1794,7 @@ struct key_fields {
 static void key_fields_release(struct key_fields *f)
 {
     free(f->models);
+    free(f->providers);
     free(f->limits);
 }
 
@@ -1811,10 +1848,37 @@ static int key_limits(struct call *c, json_t *v, struct key_fields *f)
     return 0;
 }
 
+static int body_bool(struct call *c, const char *field, const char **out);
+static int key_models(struct call *c, json_t *v, struct key_fields *f);
+
+/* Tenant policy (migrations/0010): allow_byok and allow_route_override into *byok and *route ("true", "false",
+ * NULL when absent), allowed_models into f (the checks of a key's allowed_models). It decides what every key of
+ * the tenant may do at the gateway, so it takes tenants.write from a global role (owner, admin): a tenant role
+ * gets 403 for these fields even where it could change the tenant's other fields. */
+static int tenant_policy(struct call *c, const char **byok, const char **route, struct key_fields *f)
+{
+    static const char *const policy[] = {"allow_byok", "allow_route_override", "allowed_models", NULL};
+    *byok = *route = NULL;
+    for (size_t i = 0; policy[i]; i++) {
+        if (json_object_get(c->body, policy[i]) && !leo_principal_can(&c->who, LEO_PERM_TENANTS_WRITE, NULL)) {
+            fail(c, 403, "forbidden", policy[i],
+                 "%s: tenant policy (allow_byok, allow_route_override, allowed_models) is changed only by a global "
+                 "role with tenants.write (owner, admin)",
+                 policy[i]);
+            return -1;
+        }
+    }
+    if (body_bool(c, "allow_byok", byok) != 0 || body_bool(c, "allow_route_override", route) != 0)
+        return -1;
+    json_t *v = json_object_get(c->body, "allowed_models");
+    return v ? key_models(c, v, f) : 0;
+}
+
 static void h_tenant_create(struct call *c)
 {
-    static const char *const fields[] = {"slug", "name", "status", "limits", NULL};
-    const char *slug, *name, *status;
+    static const char *const fields[] = {
+        "slug", "name", "status", "limits", "allow_byok", "allow_route_override", "allowed_models", NULL};
+    const char *slug, *name, *status, *byok, *route;
     if (body_fields(c, fields) != 0 || body_string(c, "slug", true, 1, 64, &slug) != 0)
         return;
     if (!slug_valid(slug)) {
@@ -1828,10 +1892,19 @@ static void h_tenant_create(struct call *c)
     /* tenant-wide quotas: the same members and checks as a key's limits */
     struct key_fields f = {0};
     json_t *jl = json_object_get(c->body, "limits");
-    if (jl && key_limits(c, jl, &f) != 0)
+    if ((jl && key_limits(c, jl, &f) != 0) || tenant_policy(c, &byok, &route, &f) != 0) {
+        key_fields_release(&f);
         return;
-    const char *params[] = {slug, name, status ? status : "active", c->actor, f.limits ? f.limits : "{}"};
-    run_query(c, S_TENANT_CREATE, params, 5, tenant_created);
+    }
+    const char *params[] = {slug,
+                            name,
+                            status ? status : "active",
+                            c->actor,
+                            f.limits ? f.limits : "{}",
+                            byok ? byok : "false",
+                            route ? route : "false",
+                            f.models};
+    run_query(c, S_TENANT_CREATE, params, 8, tenant_created);
     key_fields_release(&f);
 }
 
@@ -1843,8 +1916,9 @@ static void h_tenant_get(struct call *c)
 
 static void h_tenant_patch(struct call *c)
 {
-    static const char *const fields[] = {"name", "status", "limits", NULL};
-    const char *name, *status;
+    static const char *const fields[] = {"name",           "status", "limits", "allow_byok", "allow_route_override",
+                                         "allowed_models", NULL};
+    const char *name, *status, *byok, *route;
     if (json_object_get(c->body, "slug")) {
         fail(c, 400, "immutable_field", "slug", "slug: cannot be changed");
         return;
@@ -1854,15 +1928,19 @@ static void h_tenant_patch(struct call *c)
         return;
     struct key_fields f = {0};
     json_t *jl = json_object_get(c->body, "limits");
-    if (jl && key_limits(c, jl, &f) != 0)
+    if ((jl && key_limits(c, jl, &f) != 0) || tenant_policy(c, &byok, &route, &f) != 0) {
+        key_fields_release(&f);
         return;
-    if (name == NULL && status == NULL && f.limits == NULL) {
-        fail(c, 400, "empty_change", NULL, "the body changes nothing: give name, status or limits");
+    }
+    if (name == NULL && status == NULL && f.limits == NULL && byok == NULL && route == NULL && !f.set_models) {
+        fail(c, 400, "empty_change", NULL,
+             "the body changes nothing: give name, status, limits, allow_byok, allow_route_override or allowed_models");
         return;
     }
     char *change = json_dumps(c->body, DUMP_SORTED);
-    const char *params[] = {c->tenant_id, name, status, c->actor, change, f.limits};
-    run_query(c, S_TENANT_PATCH, params, 6, tenant_patched);
+    const char *params[] = {
+        c->tenant_id, name, status, c->actor, change, f.limits, byok, route, f.set_models ? "true" : "false", f.models};
+    run_query(c, S_TENANT_PATCH, params, 10, tenant_patched);
     free(change);
     key_fields_release(&f);
 }
@@ -2100,6 +2178,57 @@ static int key_models(struct call *c, json_t *v, struct key_fields *f)
     return 0;
 }
 
+static bool provider_name_valid(const char *s);
+
+/* allowed_providers: null (every provider) or provider names, each listed once. Whether each names a provider is
+ * checked by the statement that writes the key (MISSING_PROVIDER), which answers through key_provider_missing. */
+static int key_providers(struct call *c, json_t *v, struct key_fields *f)
+{
+    f->set_providers = true;
+    if (json_is_null(v))
+        return 0;
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > PROVIDERS_MAX) {
+        fail(c, 400, "invalid_value", "allowed_providers",
+             "allowed_providers: expected null or an array of 1 to %d provider names", PROVIDERS_MAX);
+        return -1;
+    }
+    size_t i;
+    json_t *p;
+    json_array_foreach(v, i, p)
+    {
+        char param[48];
+        snprintf(param, sizeof(param), "allowed_providers[%zu]", i);
+        const char *s = json_string_value(p);
+        if (s == NULL || strlen(s) != json_string_length(p) || !provider_name_valid(s)) {
+            fail(c, 400, "invalid_value", param,
+                 "%s: expected a provider name (1 to 64 letters, digits, '.', '_' or '-')", param);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(json_string_value(json_array_get(v, j)), s) == 0) {
+                fail(c, 400, "invalid_value", param, "%s: \"%s\" is listed twice", param, s);
+                return -1;
+            }
+        }
+    }
+    f->providers = json_dumps(v, JSON_COMPACT);
+    return 0;
+}
+
+/* The statements that write a key answer, in column col, the index of the first allowed_providers name that no
+ * provider has (NULL when all exist). Sends the 400 naming it and returns true when there is one. */
+static bool key_provider_missing(struct call *c, const struct leo_db_result *r, int col)
+{
+    if (PQnfields(r->res) <= col || PQgetisnull(r->res, 0, col))
+        return false;
+    size_t i = strtoul(PQgetvalue(r->res, 0, col), NULL, 10);
+    const char *name = json_string_value(json_array_get(json_object_get(c->body, "allowed_providers"), i));
+    char param[48];
+    snprintf(param, sizeof(param), "allowed_providers[%zu]", i);
+    fail(c, 400, "invalid_value", param, "%s: no provider is named \"%s\"", param, name ? name : "?");
+    return true;
+}
+
 static int key_expiry(struct call *c, json_t *v, struct key_fields *f)
 {
     f->set_expires = true;
@@ -2122,8 +2251,10 @@ static int key_expiry(struct call *c, json_t *v, struct key_fields *f)
 
 static int key_body(struct call *c, bool create, struct key_fields *f)
 {
-    static const char *const create_fields[] = {"name", "expires_at", "allowed_models", "limits", NULL};
-    static const char *const patch_fields[] = {"name", "status", "expires_at", "allowed_models", "limits", NULL};
+    static const char *const create_fields[] = {"name", "expires_at", "allowed_models", "allowed_providers", "limits",
+                                                NULL};
+    static const char *const patch_fields[] = {"name",   "status", "expires_at", "allowed_models", "allowed_providers",
+                                               "limits", NULL};
     static const char *const statuses[] = {"active", "disabled", NULL};
     memset(f, 0, sizeof(*f));
     if (body_fields(c, create ? create_fields : patch_fields) != 0 ||
@@ -2133,6 +2264,8 @@ static int key_body(struct call *c, bool create, struct key_fields *f)
         return -1;
     json_t *v;
     if ((v = json_object_get(c->body, "allowed_models")) && key_models(c, v, f) != 0)
+        return -1;
+    if ((v = json_object_get(c->body, "allowed_providers")) && key_providers(c, v, f) != 0)
         return -1;
     if ((v = json_object_get(c->body, "limits")) && key_limits(c, v, f) != 0)
         return -1;
@@ -2150,6 +2283,10 @@ static void key_created(struct call *c, const struct leo_db_result *r)
         fail_db(c, r);
         return;
     }
+    if (key_provider_missing(c, r, 1)) {
+        sodium_memzero(c->secret, sizeof(c->secret));
+        return;
+    }
     respond_key(c, 201, PQgetvalue(r->res, 0, 0), true);
 }
 
@@ -2164,8 +2301,8 @@ static void h_key_create(struct call *c)
     key_new(c, hash, prefix, last4);
     const char *params[] = {c->tenant_id,  f.name,       hash,     prefix,
                             last4,         f.expires_at, f.models, f.limits ? f.limits : "{}",
-                            creator_id(c), c->actor};
-    run_query(c, S_KEY_CREATE, params, 10, key_created);
+                            creator_id(c), c->actor,     f.providers};
+    run_query(c, S_KEY_CREATE, params, 11, key_created);
     key_fields_release(&f);
 }
 
@@ -2229,6 +2366,8 @@ static void key_changed(struct call *c, const struct leo_db_result *r, bool with
         fail(c, 404, "not_found", NULL, "key not found");
         return;
     }
+    if (key_provider_missing(c, r, 2))
+        return;
     if (PQgetisnull(r->res, 0, 0)) {
         fail(c, 409, "key_revoked", NULL, "the key is revoked and cannot be changed");
         return;
@@ -2253,9 +2392,9 @@ static void h_key_patch(struct call *c)
         key_fields_release(&f);
         return;
     }
-    if (!f.name && !f.status && !f.set_models && !f.set_limits && !f.set_expires) {
+    if (!f.name && !f.status && !f.set_models && !f.set_providers && !f.set_limits && !f.set_expires) {
         fail(c, 400, "empty_change", NULL,
-             "the body changes nothing: give name, status, expires_at, allowed_models or limits");
+             "the body changes nothing: give name, status, expires_at, allowed_models, allowed_providers or limits");
         key_fields_release(&f);
         return;
     }
@@ -2270,8 +2409,10 @@ static void h_key_patch(struct call *c)
                             f.set_expires ? "true" : "false",
                             f.expires_at,
                             c->actor,
-                            change};
-    run_query(c, S_KEY_PATCH, params, 11, key_updated);
+                            change,
+                            f.set_providers ? "true" : "false",
+                            f.providers};
+    run_query(c, S_KEY_PATCH, params, 13, key_updated);
     free(change);
     key_fields_release(&f);
 }
@@ -3282,7 +3423,7 @@ static void h_token_create(struct call *c)
         return;
     char hash[2 * LEO_SESSION_HASH_BYTES + 1], last4[5];
     leo_token_new(LEO_ADMIN_TOKEN_PREFIX, c->secret);
-    leo_session_token_hash_hex(leo_str_c(c->secret), hash);
+    leo_admin_token_hash_hex(c->api->token_key, leo_str_c(c->secret), hash);
     memcpy(last4, c->secret + strlen(c->secret) - 4, 5);
     const char *params[] = {hash,  name,         leo_role_name(r), tenant, LEO_ADMIN_TOKEN_PREFIX,
                             last4, f.expires_at, c->actor};
@@ -3922,6 +4063,7 @@ struct leo_api *leo_api_new(const struct leo_api_opts *opts)
     api->loop = opts->loop;
     api->db = opts->db;
     memcpy(api->key_secret, opts->key_hash_secret, sizeof(api->key_secret));
+    leo_admin_token_key(api->key_secret, api->token_key);
     api->session_ttl_s = opts->session_ttl_s ? opts->session_ttl_s : SESSION_TTL_DEFAULT_S;
     struct leo_buf err = LEO_BUF_INIT;
     if (leo_secretbox_ring_from_env(&api->ring, &err) != 0)
@@ -3943,6 +4085,7 @@ void leo_api_free(struct leo_api *api)
     if (api == NULL)
         return;
     sodium_memzero(api->key_secret, sizeof(api->key_secret));
+    sodium_memzero(api->token_key, sizeof(api->token_key));
     leo_secretbox_ring_clear(&api->ring);
     leo_free(api);
 }

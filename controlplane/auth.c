@@ -1,5 +1,6 @@
 /*
- * auth.c — the role table, permission checks, password hashing and session tokens.
+ * auth.c — the role table, permission checks, password hashing, session tokens and the keyed hash of admin API
+ * tokens.
  */
 #include "auth.h"
 
@@ -228,5 +229,24 @@ void leo_session_token_hash_hex(struct leo_str token, char out[2 * LEO_SESSION_H
 {
     unsigned char h[LEO_SESSION_HASH_BYTES];
     crypto_generichash(h, sizeof(h), (const unsigned char *)(token.len ? token.p : ""), token.len, NULL, 0);
+    sodium_bin2hex(out, 2 * LEO_SESSION_HASH_BYTES + 1, h, sizeof(h));
+}
+
+_Static_assert(LEO_KEYHASH_SECRET_BYTES == crypto_kdf_KEYBYTES, "the key hash secret is not a crypto_kdf key");
+_Static_assert(LEO_TOKEN_KEY_BYTES == crypto_generichash_KEYBYTES, "the token key is not a BLAKE2b key");
+
+void leo_admin_token_key(const uint8_t secret[LEO_KEYHASH_SECRET_BYTES], uint8_t out[LEO_TOKEN_KEY_BYTES])
+{
+    /* subkey id 1 of its own context: the secret keeps hashing API keys directly (common/keyhash.c) and this
+     * key is never used for anything but admin API tokens */
+    crypto_kdf_derive_from_key(out, LEO_TOKEN_KEY_BYTES, 1, "leoadmtk", secret);
+}
+
+void leo_admin_token_hash_hex(const uint8_t key[LEO_TOKEN_KEY_BYTES], struct leo_str token,
+                              char out[2 * LEO_SESSION_HASH_BYTES + 1])
+{
+    unsigned char h[LEO_SESSION_HASH_BYTES];
+    crypto_generichash(h, sizeof(h), (const unsigned char *)(token.len ? token.p : ""), token.len, key,
+                       LEO_TOKEN_KEY_BYTES);
     sodium_bin2hex(out, 2 * LEO_SESSION_HASH_BYTES + 1, h, sizeof(h));
 }

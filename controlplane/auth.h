@@ -14,7 +14,9 @@
  *   tokens.write and every permission of that role in the same scope.
  * - Passwords are hashed with libsodium's crypto_pwhash_str (argon2id). Session tokens, admin API tokens and
  *   invitation tokens are 32 random bytes in URL-safe base64 behind a prefix that says what they are
- *   ("leo_sess_", "leo_at_", "leo_inv_"); only their BLAKE2b-256 hash is ever stored.
+ *   ("leo_sess_", "leo_at_", "leo_inv_"); only their BLAKE2b-256 hash is ever stored. Admin API tokens, which
+ *   live until revoked, are hashed with a key derived from the daemon's key hash secret, so a copy of the
+ *   table alone does not let anyone test guesses offline; sessions and invitations expire and stay unkeyed.
  */
 #ifndef LEO_CP_AUTH_H
 #define LEO_CP_AUTH_H
@@ -23,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/keyhash.h"
 #include "../common/str.h"
 
 /** Permissions; an endpoint needs exactly one. */
@@ -122,6 +125,19 @@ void leo_session_token_hash_hex(struct leo_str token, char out[2 * LEO_SESSION_H
 #define LEO_INVITE_TOKEN_PREFIX "leo_inv_"
 /** The longest token leo_token_new makes (the longest prefix + 43 characters). */
 #define LEO_TOKEN_MAX_LEN (8 + 43)
+
+#define LEO_TOKEN_KEY_BYTES 32
+
+/** Derives the key admin API tokens are hashed with from the key hash secret (the secret tenant API keys are
+ *  hashed with, LEO_KEY_HASH_SECRET): libsodium's crypto_kdf subkey 1 of context "leoadmtk". A subkey rather
+ *  than the secret itself, so a token's hash and an API key's hash (crypto_generichash keyed with the secret)
+ *  are different functions even for the same text. Wipe out when done. */
+void leo_admin_token_key(const uint8_t secret[LEO_KEYHASH_SECRET_BYTES], uint8_t out[LEO_TOKEN_KEY_BYTES]);
+/** Hashes a presented admin API token into the form stored in admin_tokens.token_hash with hash_kind 1:
+ *  BLAKE2b-256 keyed with key (from leo_admin_token_key), as 64 lowercase hex digits. Tokens stored before
+ *  (hash_kind 0) carry leo_session_token_hash_hex of the token instead. */
+void leo_admin_token_hash_hex(const uint8_t key[LEO_TOKEN_KEY_BYTES], struct leo_str token,
+                              char out[2 * LEO_SESSION_HASH_BYTES + 1]);
 
 /** Writes prefix followed by 32 random bytes in unpadded URL-safe base64 into out (at most
  *  LEO_TOKEN_MAX_LEN characters and a NUL; prefix at most 8 characters). */

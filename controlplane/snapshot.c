@@ -7,8 +7,15 @@
  * run that read older data than the last publication (another daemon published in between) carries a lower
  * position and the script refuses it instead of overwriting newer data with older.
  *
+ * Keys restricted to some providers (api_keys.allowed_providers) carry as "providers" the names on their list that
+ * the document publishes (enabled providers, the condition of the "providers" array below): a provider disabled or
+ * deleted since drops out, and a key left with none carries [], which the gateway reads as "no provider" (the key
+ * is refused every model), never as "every provider" (gateway/config.c, parse_key_providers).
+ *
  * Keys restricted to some models (api_keys.allowed_models) carry their list as "models"; the gateway narrows
- * the key to those names (gateway/config.h, leo_tenant_key._view).
+ * the key to those names (gateway/config.h, leo_tenant_key._view), within its tenant's "models". A tenant's
+ * policy (migrations/0010: allow_byok, allow_route_override, allowed_models) is published as the gateway's
+ * tenant members of those names; see PUBLISHED_MODELS for when the tenant's list travels on its keys instead.
  */
 #include "snapshot.h"
 
@@ -22,6 +29,22 @@
 #include "../common/redis.h"
 #include "db.h"
 
+/*
+ * The names of the models the document publishes: enabled, with at least one enabled deployment at an enabled
+ * provider (the condition of the "models" array below; keep the two together).
+ *
+ * A tenant's allowed_models is published as its "models" only when every name is one of these. The gateway
+ * rejects a whole document whose tenant names a model it does not know (gateway/config.c), so a typo, or a
+ * model deleted or disabled after it was listed, would otherwise stop every gateway from following. When some
+ * name is not published the tenant goes without "models" and each of its keys carries the list instead,
+ * intersected with the key's own (keys may name unknown models: those grant nothing); a key left with no name
+ * carries [""], a name no model has, so it is refused every model instead of being granted all.
+ */
+#define PUBLISHED_MODELS                                                                                               \
+    "ARRAY(SELECT m.name FROM models m WHERE m.enabled AND EXISTS (SELECT 1 FROM model_deployments md"                 \
+    " JOIN deployments d ON d.id = md.deployment_id JOIN providers p ON p.id = d.provider_id"                          \
+    " WHERE md.model_id = m.id AND d.enabled AND p.enabled))"
+
 /* clang-format off */
 static const struct leo_db_stmt stmts[] = {
     /* → audit position, tenants JSON array, ms until the next key expires or forced cooldown ends (NULL: none),
@@ -31,13 +54,21 @@ static const struct leo_db_stmt stmts[] = {
      * published) */
     {"snapshot_compile",
         "SELECT coalesce((SELECT max(id) FROM audit_log), 0)::text,"
-        " coalesce(json_agg(json_build_object('id', t.slug, 'allow_byok', false, 'quotas', t.limits, 'keys',"
+        " coalesce(json_agg((jsonb_build_object('id', t.slug, 'allow_byok', t.allow_byok, 'allow_route_override',"
+        " t.allow_route_override, 'quotas', t.limits, 'keys',"
         " coalesce((SELECT json_agg(jsonb_build_object('name', k.name, 'hash', k.key_hash)"
         " || CASE WHEN k.limits = '{}'::jsonb THEN '{}'::jsonb ELSE jsonb_build_object('quotas', k.limits) END"
-        " || CASE WHEN k.allowed_models IS NULL THEN '{}'::jsonb"
+        " || CASE WHEN t.allowed_models IS NOT NULL AND NOT tm.published THEN jsonb_build_object('models',"
+        " to_jsonb(coalesce(nullif(ARRAY(SELECT x FROM unnest(coalesce(k.allowed_models, t.allowed_models))"
+        " WITH ORDINALITY u(x, i) WHERE x = ANY(t.allowed_models) ORDER BY i), '{}'::text[]), ARRAY[''])))"
+        " WHEN k.allowed_models IS NULL THEN '{}'::jsonb"
         " ELSE jsonb_build_object('models', to_jsonb(k.allowed_models)) END"
+        " || CASE WHEN k.allowed_providers IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('providers',"
+        " to_jsonb(ARRAY(SELECT x FROM unnest(k.allowed_providers) WITH ORDINALITY u(x, i) WHERE EXISTS (SELECT 1"
+        " FROM providers p WHERE p.name = u.x AND p.enabled) ORDER BY i))) END"
         " ORDER BY k.created_at, k.id) FROM api_keys k WHERE k.tenant_id = t.id AND k.status = 'active'"
         " AND (k.expires_at IS NULL OR k.expires_at > now())), '[]'::json))"
+        " || CASE WHEN tm.published THEN jsonb_build_object('models', to_jsonb(t.allowed_models)) ELSE '{}'::jsonb END)"
         " ORDER BY t.created_at, t.id), '[]'::json)::text,"
         " (SELECT ceil(extract(epoch FROM min(x.at) - now()) * 1000)::bigint FROM (SELECT k.expires_at AS at"
         " FROM api_keys k JOIN tenants t2 ON t2.id = k.tenant_id WHERE t2.status = 'active' AND k.status = 'active'"
@@ -64,7 +95,8 @@ static const struct leo_db_stmt stmts[] = {
         " JOIN deployments d ON d.id = md.deployment_id JOIN providers p ON p.id = d.provider_id"
         " LEFT JOIN routing_overrides o ON o.model_id = md.model_id AND o.deployment_id = md.deployment_id"
         " WHERE md.model_id = m.id AND d.enabled AND p.enabled) ds WHERE m.enabled AND ds.list IS NOT NULL)::text"
-        " FROM tenants t WHERE t.status = 'active'"},
+        " FROM tenants t CROSS JOIN LATERAL (SELECT coalesce(t.allowed_models <@ " PUBLISHED_MODELS ", false)"
+        " AS published) tm WHERE t.status = 'active'"},
 };
 /* clang-format on */
 

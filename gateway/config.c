@@ -1196,6 +1196,53 @@ static int parse_key_models(struct ctx *c, const json_t *k, struct leo_tenant *t
     return rc;
 }
 
+/* A key's own provider list, compiled into the deployments it may use in every model (leo_tenant_key._deployments)
+ * so that a request pays one lookup: a mask of 64 bits per model, the most deployments a route plan considers
+ * (LEO_ROUTE_MAX_DEPLOYMENTS in router.h). In a file, an unknown name and an empty list are errors. In the
+ * control plane's snapshot an unknown name grants nothing (the gateway leaves out a provider whose credentials it
+ * cannot open, and the whole snapshot must not fail for it), and an empty list is how the control plane says that
+ * none of the key's providers is left: the key is then routed nowhere, never everywhere. */
+static int parse_key_providers(struct ctx *c, const json_t *k, struct leo_config *cfg, struct leo_tenant_key *tk)
+{
+    int rc;
+    json_t *arr = get_container(c, k, "providers", JSON_ARRAY, false, &rc);
+    if (arr == NULL)
+        return rc;
+    size_t n = json_array_size(arr);
+    if (n == 0 && !c->key_values)
+        return fail_at(c, "providers", "must not be empty (leave it out to allow every provider)");
+    bool *allowed = leo_calloc(cfg->nproviders + 1, sizeof(*allowed));
+    size_t old = path_key(c, "providers");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t o2 = path_index(c, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v)) {
+            rc = expected(c, "a string");
+        } else {
+            struct leo_str name = leo_str_n(json_string_value(v), json_string_length(v));
+            size_t p = 0;
+            while (p < cfg->nproviders && !leo_str_eqc(name, cfg->providers[p].name))
+                p++;
+            if (p < cfg->nproviders)
+                allowed[p] = true;
+            else if (!c->key_values)
+                rc = fail(c, "unknown provider \"%.*s\"", (int)(name.len > NAME_MAX_LEN ? NAME_MAX_LEN : name.len),
+                          name.p);
+        }
+        path_pop(c, o2);
+    }
+    path_pop(c, old);
+    if (rc == 0) {
+        tk->_deployments = leo_calloc(cfg->nmodels + 1, sizeof(*tk->_deployments));
+        for (size_t m = 0; m < cfg->nmodels; m++)
+            for (size_t d = 0; d < cfg->models[m].ndeployments && d < 64; d++)
+                if (allowed[cfg->models[m].deployments[d].provider - cfg->providers])
+                    tk->_deployments[m] |= 1ull << d;
+    }
+    leo_free(allowed);
+    return rc;
+}
+
 static void key_view_free(struct leo_tenant_key *k)
 {
     if (k->_view == NULL)
@@ -1208,7 +1255,7 @@ static void key_view_free(struct leo_tenant_key *k)
 
 static int parse_tenant_keys(struct ctx *c, const json_t *o, struct leo_config *cfg, struct leo_tenant *t)
 {
-    static const char *const fields[] = {"name", "hash", "quotas", "admin", "models", NULL};
+    static const char *const fields[] = {"name", "hash", "quotas", "admin", "models", "providers", NULL};
     int rc;
     json_t *arr = get_container(c, o, "keys", JSON_ARRAY, false, &rc);
     if (arr == NULL)
@@ -1249,6 +1296,8 @@ static int parse_tenant_keys(struct ctx *c, const json_t *o, struct leo_config *
                 rc = parse_key_models(c, k, t, tk);
                 if (tk->_view)
                     tk->tenant = tk->_view;
+                if (rc == 0)
+                    rc = parse_key_providers(c, k, cfg, tk);
             }
         }
         path_pop(c, o2);
@@ -1394,6 +1443,7 @@ static void config_free(struct leo_config *cfg)
         leo_free(t->models);
         for (size_t k = 0; k < t->nkeys; k++) {
             leo_free(t->keys[k].name);
+            leo_free(t->keys[k]._deployments);
             key_view_free(&t->keys[k]);
         }
         leo_free(t->keys);

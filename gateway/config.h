@@ -123,6 +123,10 @@ struct leo_tenant_key {
     struct leo_tenant *tenant;
     struct leo_quota quota;         /* per-key quotas, on top of the tenant's */
     bool admin;                     /* may call the gateway's operational APIs (/v1/status/...) */
+    /* private: a key with its own provider list ("providers") holds, per model (indexed like cfg->models), the
+     * mask of the deployments at those providers (bit i: deployments[i], the first 64); NULL for a key without
+     * the list, which may use every deployment. Read through leo_key_deployments. */
+    uint64_t *_deployments;
     /* private: a key with its own model list ("models") points `tenant` at this view of its tenant, owned by
      * the key: the same id, flags and quotas, with models narrowed to the key's list (intersected with the
      * tenant's), so every check that reads key->tenant (leo_tenant_allows_model) enforces the key's list */
@@ -227,6 +231,14 @@ const struct leo_model *leo_config_find_model(const struct leo_config *cfg, stru
 const struct leo_tenant_key *leo_config_find_key(const struct leo_config *cfg, struct leo_str presented);
 /** True if the tenant may use the client model name. */
 bool leo_tenant_allows_model(const struct leo_tenant *t, struct leo_str model);
+/** The deployments of model m the key may be routed to, as a mask (bit i: m->deployments[i], the first 64):
+ *  all bits for a key without a "providers" list; otherwise those at its providers, 0 when m has none there (the
+ *  key may not use m). m must belong to cfg, the key's snapshot. O(1). */
+static inline uint64_t leo_key_deployments(const struct leo_tenant_key *k, const struct leo_config *cfg,
+                                           const struct leo_model *m)
+{
+    return k->_deployments ? k->_deployments[m - cfg->models] : UINT64_MAX;
+}
 /** Price for an upstream model: exact match first, then the longest configured name that is a prefix of it
  *  followed by '-' (so "gpt-4o-mini-2024-07-18" prices as "gpt-4o-mini"). NULL if unknown. */
 const struct leo_price *leo_config_price(const struct leo_config *cfg, struct leo_str model);

@@ -170,7 +170,8 @@ void leo_route_models(struct leo_gw_req *g)
     bool first = true;
     for (size_t i = 0; i < g->cfg->nmodels; i++) {
         const char *name = g->cfg->models[i].name;
-        if (!leo_tenant_allows_model(g->key->tenant, leo_str_c(name)))
+        if (!leo_tenant_allows_model(g->key->tenant, leo_str_c(name)) ||
+            leo_key_deployments(g->key, g->cfg, &g->cfg->models[i]) == 0)
             continue;
         if (!first)
             leo_buf_addch(&b, ',');
@@ -188,7 +189,7 @@ void leo_route_model_get(struct leo_gw_req *g)
         return;
     struct leo_str name = leo_str_n(g->req->path.p + strlen("/v1/models/"), g->req->path.len - strlen("/v1/models/"));
     const struct leo_model *m = leo_config_find_model(g->cfg, name);
-    if (m == NULL || !leo_tenant_allows_model(g->key->tenant, name)) {
+    if (m == NULL || !leo_tenant_allows_model(g->key->tenant, name) || leo_key_deployments(g->key, g->cfg, m) == 0) {
         leo_gw_error(g, 404, "model", "model_not_found", "model \"%.*s\" is not configured for this key",
                      (int)(name.len > 200 ? 200 : name.len), name.p);
         return;
@@ -249,7 +250,9 @@ void leo_route_metrics(struct leo_gw_req *g)
 
 static void add_json_str(struct leo_buf *b, const char *key, struct leo_str v)
 {
-    leo_buf_addf(b, ",\"%s\":", key);
+    leo_buf_add(b, ",\"", 2);
+    leo_buf_adds(b, key);
+    leo_buf_add(b, "\":", 2);
     if (v.p == NULL) {
         leo_buf_adds(b, "null");
         return;
@@ -313,15 +316,15 @@ static void finish(struct leo_gw_req *g, bool aborted)
     int status = aborted && g->status == 0 ? 499 : g->status;
     double total_s = (double)(uv_hrtime() - g->req->start_ns) / 1e9;
     const char *model_label = g->model ? g->model->name : "";
-    char status_s[16];
-    snprintf(status_s, sizeof(status_s), "%d", status);
 
     struct leo_buf lbl = LEO_BUF_INIT;
     leo_buf_adds(&lbl, "route=\"");
     leo_metrics_label_value(&lbl, g->route, strlen(g->route));
     leo_buf_adds(&lbl, "\",model=\"");
     leo_metrics_label_value(&lbl, model_label, strlen(model_label));
-    leo_buf_addf(&lbl, "\",status=\"%s\"", status_s);
+    leo_buf_adds(&lbl, "\",status=\"");
+    leo_buf_add_uint(&lbl, (unsigned)status);
+    leo_buf_addch(&lbl, '"');
     leo_metrics_add("leo_requests_total", lbl.p, 1);
     leo_buf_reset(&lbl);
     leo_buf_adds(&lbl, "route=\"");
@@ -348,10 +351,16 @@ static void finish(struct leo_gw_req *g, bool aborted)
     leo_analytics_record_request(g->w->analytics, g, status, total_s * 1000.0);
 
     if (g->cfg == NULL || g->cfg->access_log) {
+        /* formatted by hand: this line is written for every request, and vsnprintf showed in profiles */
         char ts[40];
-        leo_log_timestamp(ts, sizeof(ts));
-        struct leo_buf b = LEO_BUF_INIT;
-        leo_buf_addf(&b, "{\"ts\":\"%s\",\"type\":\"access\",\"request_id\":\"%s\"", ts, g->id);
+        size_t tslen = leo_log_timestamp(ts, sizeof(ts));
+        struct leo_buf b;
+        leo_buf_init(&b, 0, 512);
+        leo_buf_adds(&b, "{\"ts\":\"");
+        leo_buf_add(&b, ts, tslen);
+        leo_buf_adds(&b, "\",\"type\":\"access\",\"request_id\":\"");
+        leo_buf_adds(&b, g->id);
+        leo_buf_addch(&b, '"');
         add_json_str(&b, "method", g->req->method);
         add_json_str(&b, "path", g->req->path);
         add_json_str(&b, "tenant", g->key ? leo_str_c(g->key->tenant->id) : (struct leo_str){NULL, 0});
@@ -360,18 +369,34 @@ static void finish(struct leo_gw_req *g, bool aborted)
         add_json_str(&b, "deployment",
                      g->dep ? leo_str_c(g->dep->provider->name) : (struct leo_str){NULL, 0});
         add_json_str(&b, "upstream_model", g->dep ? leo_str_c(g->dep->model) : (struct leo_str){NULL, 0});
-        leo_buf_addf(&b, ",\"status\":%d,\"stream\":%s,\"byok\":%s", status, g->stream ? "true" : "false",
-                     g->byok.len ? "true" : "false");
-        if (g->estimated_tokens)
-            leo_buf_addf(&b, ",\"estimated_tokens\":%llu", (unsigned long long)g->estimated_tokens);
-        if (g->have_usage)
-            leo_buf_addf(&b, ",\"prompt_tokens\":%llu,\"completion_tokens\":%llu,\"cost_usd\":%.8f",
-                         (unsigned long long)g->prompt_tokens, (unsigned long long)g->completion_tokens,
-                         g->cost_usd);
-        leo_buf_addf(&b, ",\"latency_ms\":%.3f", total_s * 1000.0);
-        if (g->upstream_status || g->upstream_ms > 0)
-            leo_buf_addf(&b, ",\"upstream_status\":%d,\"upstream_ms\":%.3f,\"upstream_ttfb_ms\":%.3f",
-                         g->upstream_status, g->upstream_ms, g->upstream_ttfb_ms);
+        leo_buf_adds(&b, ",\"status\":");
+        leo_buf_add_uint(&b, (unsigned)status);
+        leo_buf_adds(&b, g->stream ? ",\"stream\":true" : ",\"stream\":false");
+        leo_buf_adds(&b, g->byok.len ? ",\"byok\":true" : ",\"byok\":false");
+        if (g->estimated_tokens) {
+            leo_buf_adds(&b, ",\"estimated_tokens\":");
+            leo_buf_add_uint(&b, (unsigned long long)g->estimated_tokens);
+        }
+        if (g->have_usage) {
+            leo_buf_adds(&b, ",\"prompt_tokens\":");
+            leo_buf_add_uint(&b, (unsigned long long)g->prompt_tokens);
+            leo_buf_adds(&b, ",\"completion_tokens\":");
+            leo_buf_add_uint(&b, (unsigned long long)g->completion_tokens);
+            leo_buf_adds(&b, ",\"cost_usd\":");
+            leo_buf_add_fixed(&b, g->cost_usd, 8);
+        }
+        leo_buf_adds(&b, ",\"latency_ms\":");
+        leo_buf_add_fixed(&b, total_s * 1000.0, 3);
+        if (g->upstream_status || g->upstream_ms > 0) {
+            leo_buf_adds(&b, ",\"upstream_status\":");
+            if (g->upstream_status < 0)
+                leo_buf_addch(&b, '-');
+            leo_buf_add_uint(&b, (unsigned)(g->upstream_status < 0 ? -g->upstream_status : g->upstream_status));
+            leo_buf_adds(&b, ",\"upstream_ms\":");
+            leo_buf_add_fixed(&b, g->upstream_ms, 3);
+            leo_buf_adds(&b, ",\"upstream_ttfb_ms\":");
+            leo_buf_add_fixed(&b, g->upstream_ttfb_ms, 3);
+        }
         if (g->attempts_log)
             add_json_str(&b, "failed_attempts", leo_str_c(g->attempts_log));
         if (aborted)

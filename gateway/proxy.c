@@ -286,7 +286,7 @@ static void account(struct proxy *p)
         const struct leo_price *pr = leo_config_price(g->cfg, leo_str_c(g->dep->model));
         g->cost_usd = leo_price_cost(pr, p->usage.input_tokens, p->usage.output_tokens);
     }
-    snprintf(p->cost_s, sizeof(p->cost_s), "%.8f", g->cost_usd);
+    leo_fmt_fixed(p->cost_s, sizeof(p->cost_s), g->cost_usd, 8);
 }
 
 /* ---- the client's response ---- */
@@ -1049,6 +1049,14 @@ static bool check_request(struct leo_gw_req *g, enum proxy_kind kind, json_t *ro
         g->model = NULL;
         return false;
     }
+    if (leo_key_deployments(g->key, g->cfg, g->model) == 0) {
+        leo_gw_error(g, 403, "model", "model_not_allowed",
+                     "model \"%s\" is not allowed for this key (none of its deployments is at a provider the key "
+                     "may use)",
+                     g->model->name);
+        g->model = NULL;
+        return false;
+    }
     return true;
 }
 
@@ -1626,6 +1634,12 @@ static bool route_override(struct leo_gw_req *g, int *pin)
                      (int)(v.len > 200 ? 200 : v.len), v.p, g->model->name);
         return false;
     }
+    if (!(leo_key_deployments(g->key, g->cfg, g->model) & (1ull << i))) {
+        leo_gw_error(g, 403, NULL, "deployment_not_allowed",
+                     "x-leo-route \"%.*s\" names a deployment at provider \"%s\", which this key may not use",
+                     (int)(v.len > 200 ? 200 : v.len), v.p, g->model->deployments[i].provider->name);
+        return false;
+    }
     *pin = i;
     return true;
 }
@@ -1697,6 +1711,7 @@ static void route_first(struct proxy *p)
     struct leo_gw_req *g = p->g;
     leo_route_plan_init(&p->plan, g->cfg, g->model, g->estimated_tokens, uv_now(g->w->loop));
     p->plan.pin = p->pin;
+    p->plan.allowed = leo_key_deployments(g->key, g->cfg, g->model);
     uint64_t retry_in = 0;
     if (!next_attempt(p, &retry_in)) {
         /* every deployment is cooling down, disabled or behind an open breaker */

@@ -332,13 +332,15 @@ void leo_route_plan_init(struct leo_route_plan *plan, const struct leo_config *c
         plan->max_attempts = 1;
     plan->deadline_ms = cfg->routing.deadline_ms ? now_ms + cfg->routing.deadline_ms : 0;
     plan->pin = -1;
+    plan->allowed = UINT64_MAX;
     plan->_last = -1;
 }
 
-/* A deployment this plan may never use: not the pinned one, or refused by its own limits. */
+/* A deployment this plan may never use: not allowed to the key, not the pinned one, or refused by its own limits. */
 static bool excluded(const struct leo_route_plan *plan, size_t i)
 {
-    return (plan->pin >= 0 && (size_t)plan->pin != i) || (plan->_skipped & (1ull << i));
+    return !(plan->allowed & (1ull << i)) || (plan->pin >= 0 && (size_t)plan->pin != i) ||
+           (plan->_skipped & (1ull << i));
 }
 
 int leo_route_find_deployment(const struct leo_model *model, struct leo_str name)

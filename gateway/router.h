@@ -76,6 +76,8 @@ struct leo_route_plan {
     uint64_t deadline_ms;     /* now_ms after which no attempt starts (0 = none), from routing.deadline_ms */
     int pin;                  /* index into model->deployments of the only deployment this plan may use (the
                                  x-leo-route header); -1 (the default) = any */
+    uint64_t allowed;         /* bit i: deployments[i] may be used (the key's providers, leo_key_deployments);
+                                 all bits (the default) = any */
     /* private */
     uint64_t _tried;          /* bit i: deployments[i] was chosen by this plan */
     uint64_t _skipped;        /* bit i: deployments[i] refused this request by its own limits (leo_router_skip) */

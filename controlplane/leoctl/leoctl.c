@@ -758,6 +758,21 @@ static json_t *expires_value(const char *v)
     return json_string(v);
 }
 
+/* "a,b,c" as a JSON array of strings; empty items are left out. */
+static json_t *comma_list(const char *s)
+{
+    json_t *a = json_array();
+    for (;;) {
+        const char *comma = strchr(s, ',');
+        size_t len = comma ? (size_t)(comma - s) : strlen(s);
+        if (len)
+            json_array_append_new(a, json_stringn(s, len));
+        if (!comma)
+            return a;
+        s = comma + 1;
+    }
+}
+
 static int cmd_keys_create(struct ctx *c)
 {
     int rc = need_tenant(c);
@@ -770,20 +785,11 @@ static int cmd_keys_create(struct ctx *c)
     }
     json_t *body = json_pack("{s:s}", "name", name);
     const char *models = opt(c, "models");
-    if (models) {
-        json_t *a = json_array();
-        const char *p = models;
-        for (;;) {
-            const char *comma = strchr(p, ',');
-            size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (len)
-                json_array_append_new(a, json_stringn(p, len));
-            if (!comma)
-                break;
-            p = comma + 1;
-        }
-        json_object_set_new(body, "allowed_models", a);
-    }
+    if (models)
+        json_object_set_new(body, "allowed_models", comma_list(models));
+    const char *providers = opt(c, "providers");
+    if (providers)
+        json_object_set_new(body, "allowed_providers", comma_list(providers));
     const char *expires = opt(c, "expires");
     if (expires) {
         json_t *e = expires_value(expires);
@@ -1575,8 +1581,9 @@ static const struct command commands[] = {
     {"tenants", "create", {"slug="}, 1, cmd_tenants_create, "tenants create NAME [--slug SLUG]",
      "Creates a tenant; the slug defaults to NAME in lower case with other characters turned into '-'."},
     {"tenants", "get", {NULL}, 1, cmd_tenants_get, "tenants get ID", "Shows one tenant."},
-    {"keys", "create", {"tenant=", "name=", "models=", "expires=", "limits="}, 0, cmd_keys_create,
-     "keys create --tenant ID --name NAME [--models a,b] [--expires never|90d|12h|RFC3339] [--limits JSON]",
+    {"keys", "create", {"tenant=", "name=", "models=", "providers=", "expires=", "limits="}, 0, cmd_keys_create,
+     "keys create --tenant ID --name NAME [--models a,b] [--providers p,q] [--expires never|90d|12h|RFC3339] "
+     "[--limits JSON]",
      "Creates an API key and prints its secret, once."},
     {"keys", "list", {"tenant="}, 0, cmd_keys_list, "keys list --tenant ID",
      "Lists a tenant's keys (masked; the secret is never shown again)."},

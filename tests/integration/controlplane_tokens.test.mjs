@@ -9,6 +9,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 
 import { LineLog, bin } from './lib/harness.mjs';
 import { adminRequest } from './lib/controlplane.mjs';
@@ -17,6 +18,7 @@ import { startPostgres } from './lib/postgres.mjs';
 const T = { timeout: 30000 };
 const OWNER = { email: 'owner@tokens.test', password: 'owner-password-0001' };
 const PASSWORD = 'member-password-0001';
+const KEY_HASH_SECRET = 'controlplane-tokens-secret-77a1';
 const INJECTIONS = [
     "x'); DROP TABLE admin_tokens; --",
     "' OR '1'='1",
@@ -35,7 +37,7 @@ const childEnv = (extra) => ({
     ...process.env,
     ASAN_OPTIONS: process.env.ASAN_OPTIONS || 'abort_on_error=0:detect_leaks=1',
     UBSAN_OPTIONS: process.env.UBSAN_OPTIONS || 'print_stacktrace=1',
-    LEO_KEY_HASH_SECRET: 'controlplane-tokens-secret-77a1',
+    LEO_KEY_HASH_SECRET: KEY_HASH_SECRET,
     ...extra,
 });
 
@@ -101,6 +103,72 @@ const A = () => S.tenantA.id;
 const B = () => S.tenantB.id;
 let seq = 0;
 const uniq = (tag) => `${tag}-${++seq}`;
+
+/*
+ * BLAKE2b (RFC 7693) with key, salt and personalisation, as libsodium's crypto_generichash computes it. The
+ * token tests need the unkeyed BLAKE2b-256 admin tokens were stored under before hashes were keyed (to write
+ * such a legacy row) and the keyed hash stored now (to check it); node:crypto has neither (its blake2b512 has a
+ * fixed 64-byte output and takes no key). The first token test checks this code against node:crypto's
+ * blake2b512; a mistake in it makes the legacy token or the stored-hash comparison fail, never pass.
+ */
+const B2_IV = [0x6a09e667f3bcc908n, 0xbb67ae8584caa73bn, 0x3c6ef372fe94f82bn, 0xa54ff53a5f1d36f1n, 0x510e527fade682d1n,
+    0x9b05688c2b3e6c1fn, 0x1f83d9abfb41bd6bn, 0x5be0cd19137e2179n];
+const B2_SIGMA = ['0123456789abcdef', 'ea489fd61c02b753', 'b8c052fdae367194', '7931dcbe265a40f8', '905724afe1bc683d',
+    '2c6a0b834d75fe19', 'c51fed4a0763928b', 'db7ec13950f4862a', '6fe9b308c2d714a5', 'a2847615fb9e3cd0']
+    .map((r) => [...r].map((x) => parseInt(x, 16)));
+function blake2b(data, { outlen = 32, key = Buffer.alloc(0), salt = Buffer.alloc(16), personal = Buffer.alloc(16) } = {}) {
+    const M = (1n << 64n) - 1n;
+    const rotr = (x, n) => ((x >> n) | (x << (64n - n))) & M;
+    const h = B2_IV.slice();
+    h[0] ^= 0x01010000n ^ (BigInt(key.length) << 8n) ^ BigInt(outlen);
+    for (let i = 0; i < 2; i++) {
+        h[4 + i] ^= salt.readBigUInt64LE(8 * i);
+        h[6 + i] ^= personal.readBigUInt64LE(8 * i);
+    }
+    const keyBlock = Buffer.alloc(key.length ? 128 : 0);
+    key.copy(keyBlock);
+    const input = Buffer.concat([keyBlock, Buffer.from(data)]);
+    const blocks = Math.max(1, Math.ceil(input.length / 128));
+    for (let b = 0; b < blocks; b++) {
+        const last = b === blocks - 1;
+        const block = Buffer.alloc(128);
+        input.copy(block, 0, b * 128, Math.min(input.length, (b + 1) * 128));
+        const m = Array.from({ length: 16 }, (_, i) => block.readBigUInt64LE(8 * i));
+        const v = [...h, ...B2_IV];
+        v[12] ^= BigInt(last ? input.length : (b + 1) * 128);
+        if (last) v[14] ^= M;
+        const G = (a, bb, c, d, x, y) => {
+            v[a] = (v[a] + v[bb] + x) & M; v[d] = rotr(v[d] ^ v[a], 32n);
+            v[c] = (v[c] + v[d]) & M; v[bb] = rotr(v[bb] ^ v[c], 24n);
+            v[a] = (v[a] + v[bb] + y) & M; v[d] = rotr(v[d] ^ v[a], 16n);
+            v[c] = (v[c] + v[d]) & M; v[bb] = rotr(v[bb] ^ v[c], 63n);
+        };
+        for (let r = 0; r < 12; r++) {
+            const s = B2_SIGMA[r % 10].map((i) => m[i]);
+            G(0, 4, 8, 12, s[0], s[1]); G(1, 5, 9, 13, s[2], s[3]); G(2, 6, 10, 14, s[4], s[5]); G(3, 7, 11, 15, s[6], s[7]);
+            G(0, 5, 10, 15, s[8], s[9]); G(1, 6, 11, 12, s[10], s[11]); G(2, 7, 8, 13, s[12], s[13]); G(3, 4, 9, 14, s[14], s[15]);
+        }
+        for (let i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+    }
+    const out = Buffer.alloc(64);
+    h.forEach((x, i) => out.writeBigUInt64LE(x, 8 * i));
+    return out.subarray(0, outlen);
+}
+
+/* The unkeyed hash of tokens stored before hashes were keyed (hash_kind 0), as hex. */
+const unkeyedTokenHash = (token) => blake2b(Buffer.from(token)).toString('hex');
+
+/* The keyed hash the daemon stores (hash_kind 1, controlplane/auth.h): the key hash secret from its passphrase
+ * (common/keyhash.c), crypto_kdf subkey 1 of context "leoadmtk" from it, BLAKE2b-256 of the token keyed with that. */
+function keyedTokenHash(token, passphrase = KEY_HASH_SECRET) {
+    const secret = blake2b(Buffer.from(`leo-keyhash-v1:${passphrase}`));
+    const salt = Buffer.alloc(16);
+    salt.writeBigUInt64LE(1n);
+    const personal = Buffer.alloc(16);
+    personal.write('leoadmtk');
+    const subkey = blake2b(Buffer.alloc(0), { key: secret, salt, personal });
+    return blake2b(Buffer.from(token), { key: subkey }).toString('hex');
+}
 
 /* Everything a dry run must leave alone: row counts and the audit log's last id. */
 async function footprint() {
@@ -269,6 +337,53 @@ describe('admin API tokens', () => {
         const listed = (await api('GET', '/admin/v1/tokens?limit=200', { token: S.tokens.owner })).json.data;
         assert.equal(listed.find((x) => x.id === t.id).status, 'expired');
     });
+
+    it('is stored as a hash keyed with the daemon secret; a token stored unkeyed works and is re-hashed on use', T,
+        async () => {
+            /* the BLAKE2b above agrees with OpenSSL's where both apply */
+            for (const s of ['', 'abc', 'x'.repeat(128), 'leo_at_'.repeat(40)])
+                assert.equal(blake2b(Buffer.from(s), { outlen: 64 }).toString('hex'),
+                    crypto.createHash('blake2b512').update(s).digest('hex'), `blake2b512 of ${s.length} bytes`);
+
+            const t = await createToken(S.tokens.owner, { name: 'keyed', role: 'viewer' });
+            S.secrets.push(t.token);
+            assert.equal((await api('GET', '/admin/v1/me', { token: t.token })).status, 200);
+            const [row] = await sql(`SELECT hash_kind, encode(token_hash, 'hex') AS hash FROM admin_tokens
+                WHERE id = ${q(t.id)}`);
+            assert.equal(row.hash_kind, 1);
+            assert.equal(row.hash, keyedTokenHash(t.token), 'keyed with the subkey of LEO_KEY_HASH_SECRET');
+            assert.notEqual(row.hash, unkeyedTokenHash(t.token));
+            assert.notEqual(row.hash, keyedTokenHash(t.token, 'another-secret'));
+
+            /* a token made before this change: a row holding the unkeyed hash, as the daemon used to write it */
+            const legacy = `leo_at_${crypto.randomBytes(32).toString('base64url')}`;
+            S.secrets.push(legacy);
+            const id = crypto.randomUUID();
+            await pg.psql(`INSERT INTO admin_tokens (id, token_hash, hash_kind, name, role, prefix, last4, created_by)
+                VALUES (${q(id)}, decode(${q(unkeyedTokenHash(legacy))}, 'hex'), 0, 'legacy', 'viewer', 'leo_at_',
+                ${q(legacy.slice(-4))}, 'test:legacy');`, { database: 'leo' });
+            const me = await api('GET', '/admin/v1/me', { token: legacy });
+            assert.equal(me.status, 200, me.text);
+            assert.equal(me.json.token.id, id);
+            const [after] = await sql(`SELECT hash_kind, encode(token_hash, 'hex') AS hash, last_used_at
+                FROM admin_tokens WHERE id = ${q(id)}`);
+            assert.equal(after.hash_kind, 1, 're-hashed on its first use');
+            assert.equal(after.hash, keyedTokenHash(legacy));
+            assert.ok(after.last_used_at);
+            /* found by its keyed hash from now on */
+            assert.equal((await api('GET', '/admin/v1/tenants', { token: legacy })).status, 200);
+
+            /* the kinds are not interchangeable: an unkeyed hash marked keyed, or a keyed one marked legacy, is
+             * not found */
+            const mislabelled = [[`leo_at_${crypto.randomBytes(32).toString('base64url')}`, 1, unkeyedTokenHash],
+                [`leo_at_${crypto.randomBytes(32).toString('base64url')}`, 0, keyedTokenHash]];
+            for (const [tok, kind, hash] of mislabelled) {
+                await pg.psql(`INSERT INTO admin_tokens (token_hash, hash_kind, name, role, prefix, last4, created_by)
+                    VALUES (decode(${q(hash(tok))}, 'hex'), ${kind}, 'mislabelled', 'viewer', 'leo_at_',
+                    ${q(tok.slice(-4))}, 'test:legacy');`, { database: 'leo' });
+                assertError(await api('GET', '/admin/v1/me', { token: tok }), 401, { code: 'invalid_session' });
+            }
+        });
 
     it('never carries a role above its creator', T, async () => {
         assertError(await api('POST', '/admin/v1/tokens', { token: S.tokens.admin, body: { name: 'x', role: 'owner' } }),

@@ -444,6 +444,99 @@ TEST(find_model_key_and_tenant_models)
     set_test_env();
 }
 
+/* Providers a, b and c; models: "both" at a (priority 0) and b (priority 1), "only-a" at a, "b-first" listed a
+ * then b but b sorts first by priority, "c-too" at c. KEYS_ is the tenant's keys array. */
+#define KEY_PROVIDERS_DOC(KEYS_)                                                                                       \
+    "{\"auth\": {\"key_hash_secret_env\": \"LEO_TEST_SECRET\"},"                                                       \
+    " \"providers\": [{\"name\": \"a\", \"base_url\": \"http://a\"}, {\"name\": \"b\", \"base_url\": \"http://b\"},"   \
+    " {\"name\": \"c\", \"base_url\": \"http://c\"}],"                                                                 \
+    " \"models\": [{\"name\": \"both\", \"aliases\": [\"both-alias\"], \"deployments\": [{\"provider\": \"a\"},"       \
+    " {\"provider\": \"b\", \"priority\": 1}]}, {\"name\": \"only-a\", \"deployments\": [{\"provider\": \"a\"}]},"     \
+    " {\"name\": \"b-first\", \"deployments\": [{\"provider\": \"a\", \"priority\": 2}, {\"provider\": \"b\"}]},"      \
+    " {\"name\": \"c-too\", \"deployments\": [{\"provider\": \"c\"}]}],"                                               \
+    " \"tenants\": [{\"id\": \"t\", \"keys\": " KEYS_ "}]}"
+
+static uint64_t deployments_of(const struct leo_config *cfg, const char *key, const char *model)
+{
+    const struct leo_tenant_key *k = leo_config_find_key(cfg, leo_str_c(key));
+    const struct leo_model *m = leo_config_find_model(cfg, leo_str_c(model));
+    ASSERT(k != NULL);
+    ASSERT(m != NULL);
+    return leo_key_deployments(k, cfg, m);
+}
+
+TEST(key_providers_narrow_deployments)
+{
+    set_test_env();
+    struct leo_config *cfg = parse_ok(
+        KEY_PROVIDERS_DOC("[{\"name\": \"b\", \"hash\": \"" CI_HASH "\", \"providers\": [\"b\"]},"
+                          " {\"name\": \"all\", \"hash\": \"" PROD_HASH "\"},"
+                          " {\"name\": \"bc\", \"hash\": \"" OTHER_HASH "\", \"providers\": [\"c\", \"b\", \"c\"]}]"));
+    /* "both": a is deployments[0], b deployments[1] */
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "both"), 2);
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "both-alias"), 2);
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "only-a"), 0);
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "b-first"), 1); /* sorted by priority before the masks are made */
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "c-too"), 0);
+    ASSERT_EQ(deployments_of(cfg, PROD_KEY, "only-a"), UINT64_MAX);
+    ASSERT(leo_config_find_key(cfg, LEO_STR_LIT(PROD_KEY))->_deployments == NULL);
+    ASSERT_EQ(deployments_of(cfg, OTHER_KEY, "both"), 2);
+    ASSERT_EQ(deployments_of(cfg, OTHER_KEY, "c-too"), 1);
+    ASSERT_EQ(deployments_of(cfg, OTHER_KEY, "only-a"), 0);
+    leo_config_unref(cfg);
+
+    /* the 64 deployments a plan considers, and no further */
+    struct leo_buf doc = LEO_BUF_INIT;
+    leo_buf_adds(&doc, "{\"auth\": {\"key_hash_secret_env\": \"LEO_TEST_SECRET\"}, \"providers\": [{\"name\": \"x\", "
+                       "\"base_url\": \"http://x\"}, {\"name\": \"y\", "
+                       "\"base_url\": \"http://y\"}], \"models\": [{\"name\": \"wide\", \"deployments\": [");
+    for (int i = 0; i < 70; i++)
+        leo_buf_addf(&doc, "%s{\"provider\": \"%s\", \"model\": \"m%d\"}", i ? "," : "", i % 2 ? "y" : "x", i);
+    leo_buf_adds(&doc, "]}], \"tenants\": [{\"id\": \"t\", \"keys\": [{\"name\": \"y\", \"hash\": \"" CI_HASH
+                       "\", \"providers\": [\"y\"]}]}]}");
+    cfg = parse_ok(doc.p);
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "wide"), 0xaaaaaaaaaaaaaaaaull);
+    leo_config_unref(cfg);
+    leo_buf_release(&doc);
+}
+
+TEST(key_providers_errors)
+{
+    parse_fails(KEY_PROVIDERS_DOC("[{\"name\": \"k\", \"hash\": \"" CI_HASH "\", \"providers\": [\"b\", \"zz\"]}]"),
+                "tenants[0].keys[0].providers[1]: unknown provider \"zz\"");
+    parse_fails(KEY_PROVIDERS_DOC("[{\"name\": \"k\", \"hash\": \"" CI_HASH "\", \"providers\": []}]"),
+                "tenants[0].keys[0].providers: must not be empty (leave it out to allow every provider)");
+    parse_fails(KEY_PROVIDERS_DOC("[{\"name\": \"k\", \"hash\": \"" CI_HASH "\", \"providers\": [\"a\", 3]}]"),
+                "tenants[0].keys[0].providers[1]: expected a string");
+    parse_fails(KEY_PROVIDERS_DOC("[{\"name\": \"k\", \"hash\": \"" CI_HASH "\", \"providers\": \"a\"}]"),
+                "tenants[0].keys[0].providers: expected an array");
+}
+
+/* The control plane's snapshot (leo_config_parse_overlay): an unknown name grants nothing, and an empty list
+ * leaves the key no deployment at all, never every one. */
+TEST(key_providers_in_a_snapshot)
+{
+    set_test_env();
+    static const char doc[] =
+        KEY_PROVIDERS_DOC("[{\"name\": \"gone\", \"hash\": \"" CI_HASH "\", \"providers\": [\"gone\", \"c\"]},"
+                          " {\"name\": \"none\", \"hash\": \"" PROD_HASH "\", \"providers\": []},"
+                          " {\"name\": \"only-gone\", \"hash\": \"" OTHER_HASH "\", \"providers\": [\"gone\"]}]");
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_config *cfg = NULL;
+    int rc = leo_config_parse_overlay(doc, strlen(doc), "snapshot", &cfg, &err);
+    if (rc != 0)
+        TEST_FAIL_("parse failed: %s", err.p);
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "c-too"), 1);
+    ASSERT_EQ(deployments_of(cfg, CI_KEY, "both"), 0);
+    static const char *const models[] = {"both", "only-a", "b-first", "c-too"};
+    for (size_t i = 0; i < 4; i++) {
+        ASSERT_EQ(deployments_of(cfg, PROD_KEY, models[i]), 0);
+        ASSERT_EQ(deployments_of(cfg, OTHER_KEY, models[i]), 0);
+    }
+    leo_config_unref(cfg);
+    leo_buf_release(&err);
+}
+
 TEST(many_models_and_keys_index)
 {
     /* enough entries to exercise probing and growth of the indexes */
@@ -753,7 +846,9 @@ TEST_MAIN(TEST_ENTRY(full_example_lands_everywhere), TEST_ENTRY(empty_document_g
           TEST_ENTRY(listen_forms), TEST_ENTRY(unknown_fields_name_their_path), TEST_ENTRY(wrong_types_name_their_path),
           TEST_ENTRY(values_out_of_range), TEST_ENTRY(references_and_duplicates), TEST_ENTRY(bad_key_hash),
           TEST_ENTRY(missing_env_var_names_it_and_no_secret), TEST_ENTRY(invalid_json_reports_line_and_column),
-          TEST_ENTRY(find_model_key_and_tenant_models), TEST_ENTRY(many_models_and_keys_index),
+          TEST_ENTRY(find_model_key_and_tenant_models), TEST_ENTRY(key_providers_narrow_deployments),
+          TEST_ENTRY(key_providers_errors), TEST_ENTRY(key_providers_in_a_snapshot),
+          TEST_ENTRY(many_models_and_keys_index),
           TEST_ENTRY(price_lookup), TEST_ENTRY(default_price_table_is_sane), TEST_ENTRY(refcount_and_version),
           TEST_ENTRY(failed_parse_frees_partial_snapshot), TEST_ENTRY(load_file_errors), TEST_ENTRY(demo_config_parses),
           TEST_ENTRY(openai_config_parses))
