@@ -1324,15 +1324,19 @@ static int parse_tenant_models(struct ctx *c, const json_t *o, struct leo_config
             rc = expected(c, "a string");
         } else {
             struct leo_str name = leo_str_n(json_string_value(v), json_string_length(v));
-            if (model_find(cfg->_model_index, hash_str(name), name) == NULL)
+            if (model_find(cfg->_model_index, hash_str(name), name) != NULL)
+                t->models[t->nmodels++] = leo_strndup(name.p, name.len);
+            else if (!c->key_values) /* in the control plane's snapshot an unknown name grants nothing */
                 rc =
                     fail(c, "unknown model \"%.*s\"", (int)(name.len > NAME_MAX_LEN ? NAME_MAX_LEN : name.len), name.p);
-            else
-                t->models[t->nmodels++] = leo_strndup(name.p, name.len);
         }
         path_pop(c, o2);
     }
     path_pop(c, old);
+    /* a snapshot's list of models none of which this gateway knows (it left out a model whose credentials it
+     * cannot open) allows none of them, never all: a name no model has */
+    if (rc == 0 && t->nmodels == 0)
+        t->models[t->nmodels++] = leo_strdup("");
     return rc;
 }
 

@@ -537,6 +537,35 @@ TEST(key_providers_in_a_snapshot)
     leo_buf_release(&err);
 }
 
+/* A tenant's model list in the snapshot: unknown names grant nothing (the file source rejects them), and a list
+ * of nothing but unknown names allows no model, never every model. */
+TEST(tenant_models_in_a_snapshot)
+{
+    set_test_env();
+    static const char doc[] =
+        "{\"providers\": [{\"name\": \"a\", \"base_url\": \"http://a\"}],"
+        " \"models\": [{\"name\": \"m\", \"deployments\": [{\"provider\": \"a\"}]},"
+        " {\"name\": \"n\", \"deployments\": [{\"provider\": \"a\"}]}],"
+        " \"tenants\": [{\"id\": \"some\", \"models\": [\"gone\", \"m\"]}, {\"id\": \"none\", \"models\": [\"gone\"]}]}";
+    struct leo_buf err = LEO_BUF_INIT;
+    struct leo_config *cfg = NULL;
+    int rc = leo_config_parse_overlay(doc, strlen(doc), "snapshot", &cfg, &err);
+    if (rc != 0)
+        TEST_FAIL_("parse failed: %s", err.p);
+    ASSERT_EQ(cfg->ntenants, 2);
+    ASSERT(leo_tenant_allows_model(&cfg->tenants[0], leo_str_c("m")));
+    ASSERT(!leo_tenant_allows_model(&cfg->tenants[0], leo_str_c("n")));
+    ASSERT(!leo_tenant_allows_model(&cfg->tenants[0], leo_str_c("gone")));
+    ASSERT(!leo_tenant_allows_model(&cfg->tenants[1], leo_str_c("m")));
+    ASSERT(!leo_tenant_allows_model(&cfg->tenants[1], leo_str_c("n")));
+    leo_config_unref(cfg);
+    /* the file source still says which name is wrong */
+    leo_buf_reset(&err);
+    ASSERT_EQ(leo_config_parse_json(doc, strlen(doc), "test", &cfg, &err), LEO_ECONFIG);
+    ASSERT(strstr(err.p, "unknown model \"gone\"") != NULL);
+    leo_buf_release(&err);
+}
+
 TEST(many_models_and_keys_index)
 {
     /* enough entries to exercise probing and growth of the indexes */
@@ -846,7 +875,7 @@ TEST_MAIN(TEST_ENTRY(full_example_lands_everywhere), TEST_ENTRY(empty_document_g
           TEST_ENTRY(listen_forms), TEST_ENTRY(unknown_fields_name_their_path), TEST_ENTRY(wrong_types_name_their_path),
           TEST_ENTRY(values_out_of_range), TEST_ENTRY(references_and_duplicates), TEST_ENTRY(bad_key_hash),
           TEST_ENTRY(missing_env_var_names_it_and_no_secret), TEST_ENTRY(invalid_json_reports_line_and_column),
-          TEST_ENTRY(find_model_key_and_tenant_models), TEST_ENTRY(key_providers_narrow_deployments),
+          TEST_ENTRY(find_model_key_and_tenant_models), TEST_ENTRY(tenant_models_in_a_snapshot), TEST_ENTRY(key_providers_narrow_deployments),
           TEST_ENTRY(key_providers_errors), TEST_ENTRY(key_providers_in_a_snapshot),
           TEST_ENTRY(many_models_and_keys_index),
           TEST_ENTRY(price_lookup), TEST_ENTRY(default_price_table_is_sane), TEST_ENTRY(refcount_and_version),
