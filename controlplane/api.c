@@ -2143,15 +2143,23 @@ static void key_new(struct call *c, char hash[LEO_KEYHASH_TEXT_LEN + 1], char pr
     last4[4] = '\0';
 }
 
-/* The members a key create or update may carry, checked and serialised for the statement. */
-static int key_models(struct call *c, json_t *v, struct key_fields *f)
+static bool model_name_valid(const char *s)
 {
-    f->set_models = true;
+    return s[0] != '\0' && strlen(s) <= MODEL_NAME_MAX && !has_control(s);
+}
+
+static bool provider_name_valid(const char *s);
+
+/* A list member: null (every one) or an array of 1 to max names, each valid and listed once; 0, or -1 after
+ * answering 400 naming the member or the element at fault. */
+static int name_list(struct call *c, json_t *v, const char *member, size_t max, bool (*valid)(const char *),
+                     const char *what)
+{
     if (json_is_null(v))
-        return 0; /* every model */
-    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > MODELS_MAX) {
-        fail(c, 400, "invalid_value", "allowed_models",
-             "allowed_models: expected null or an array of 1 to %d model names", MODELS_MAX);
+        return 0;
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > max) {
+        fail(c, 400, "invalid_value", member, "%s: expected null or an array of 1 to %zu %s names", member, max,
+             what);
         return -1;
     }
     size_t i;
@@ -2159,12 +2167,15 @@ static int key_models(struct call *c, json_t *v, struct key_fields *f)
     json_array_foreach(v, i, m)
     {
         char param[48];
-        snprintf(param, sizeof(param), "allowed_models[%zu]", i);
+        snprintf(param, sizeof(param), "%s[%zu]", member, i);
         const char *s = json_string_value(m);
-        if (s == NULL || strlen(s) != json_string_length(m) || s[0] == '\0' || strlen(s) > MODEL_NAME_MAX ||
-            has_control(s)) {
-            fail(c, 400, "invalid_value", param, "%s: expected a model name of 1 to %d characters", param,
-                 MODEL_NAME_MAX);
+        if (s == NULL || strlen(s) != json_string_length(m) || !valid(s)) {
+            if (valid == provider_name_valid)
+                fail(c, 400, "invalid_value", param,
+                     "%s: expected a provider name (1 to 64 letters, digits, '.', '_' or '-')", param);
+            else
+                fail(c, 400, "invalid_value", param, "%s: expected a model name of 1 to %d characters", param,
+                     MODEL_NAME_MAX);
             return -1;
         }
         for (size_t j = 0; j < i; j++) {
@@ -2174,44 +2185,29 @@ static int key_models(struct call *c, json_t *v, struct key_fields *f)
             }
         }
     }
-    f->models = json_dumps(v, DUMP_SORTED);
     return 0;
 }
 
-static bool provider_name_valid(const char *s);
+/* The members a key create or update may carry, checked and serialised for the statement. */
+static int key_models(struct call *c, json_t *v, struct key_fields *f)
+{
+    f->set_models = true;
+    if (name_list(c, v, "allowed_models", MODELS_MAX, model_name_valid, "model") != 0)
+        return -1;
+    if (!json_is_null(v))
+        f->models = json_dumps(v, DUMP_SORTED);
+    return 0;
+}
 
 /* allowed_providers: null (every provider) or provider names, each listed once. Whether each names a provider is
  * checked by the statement that writes the key (MISSING_PROVIDER), which answers through key_provider_missing. */
 static int key_providers(struct call *c, json_t *v, struct key_fields *f)
 {
     f->set_providers = true;
-    if (json_is_null(v))
-        return 0;
-    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > PROVIDERS_MAX) {
-        fail(c, 400, "invalid_value", "allowed_providers",
-             "allowed_providers: expected null or an array of 1 to %d provider names", PROVIDERS_MAX);
+    if (name_list(c, v, "allowed_providers", PROVIDERS_MAX, provider_name_valid, "provider") != 0)
         return -1;
-    }
-    size_t i;
-    json_t *p;
-    json_array_foreach(v, i, p)
-    {
-        char param[48];
-        snprintf(param, sizeof(param), "allowed_providers[%zu]", i);
-        const char *s = json_string_value(p);
-        if (s == NULL || strlen(s) != json_string_length(p) || !provider_name_valid(s)) {
-            fail(c, 400, "invalid_value", param,
-                 "%s: expected a provider name (1 to 64 letters, digits, '.', '_' or '-')", param);
-            return -1;
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(json_string_value(json_array_get(v, j)), s) == 0) {
-                fail(c, 400, "invalid_value", param, "%s: \"%s\" is listed twice", param, s);
-                return -1;
-            }
-        }
-    }
-    f->providers = json_dumps(v, JSON_COMPACT);
+    if (!json_is_null(v))
+        f->providers = json_dumps(v, JSON_COMPACT);
     return 0;
 }
 

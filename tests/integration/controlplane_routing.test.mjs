@@ -15,15 +15,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 
-import { ControlPlane } from './lib/controlplane.mjs';
+import { startControlPlaneStack } from './lib/controlplane.mjs';
 import {
-    chat, freePort, hashKey, metricSum, nonce, parseMetrics, recordedHeader, request, startGateway, startMock,
+    chat, hashKey, metricSum, nonce, parseMetrics, recordedHeader, request, startGateway,
 } from './lib/harness.mjs';
-import { startPostgres } from './lib/postgres.mjs';
-import { Redis } from './lib/redis.mjs';
 
 const T = { timeout: 30000 };
 const KEY_HASH_SECRET = 'cp-routing-integration-secret-3d8a';
@@ -95,13 +91,8 @@ async function batch(n = BATCH) {
 }
 
 before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-cp-routing-'));
-    const redisPort = await freePort();
-    [pg, mock] = await Promise.all([startPostgres(), startMock()]);
-    redis = await Redis.start({ port: redisPort, dir });
-    cp = await ControlPlane.start({ pg, redisUrl: redis.url, keyHashSecret: KEY_HASH_SECRET, owner: OWNER,
-        env: { LEO_MASTER_KEY: MASTER_KEY } });
-    token = await cp.login(OWNER.email, OWNER.password);
+    ({ dir, pg, mock, redis, cp, token } = await startControlPlaneStack({ name: 'cp-routing',
+        keyHashSecret: KEY_HASH_SECRET, owner: OWNER, env: { LEO_MASTER_KEY: MASTER_KEY } }));
     gw = await startGateway({
         config: {
             listen: '127.0.0.1:0',

@@ -13,14 +13,10 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
-import { ControlPlane, stopControlPlaneStack } from './lib/controlplane.mjs';
-import { chat, freePort, hashKey, nonce, recordedHeader, request, startGateway, startMock } from './lib/harness.mjs';
-import { startPostgres } from './lib/postgres.mjs';
-import { Redis } from './lib/redis.mjs';
+import { startControlPlaneStack, stopControlPlaneStack } from './lib/controlplane.mjs';
+import { chat, hashKey, nonce, recordedHeader, request, startGateway } from './lib/harness.mjs';
 
 const T = { timeout: 30000 };
 const KEY_HASH_SECRET = 'cp-tenants-integration-secret-51c9';
@@ -121,13 +117,10 @@ async function applied(pred, from, what) {
 }
 
 before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-cp-tenants-'));
-    const redisPort = await freePort();
-    [pg, mock] = await Promise.all([startPostgres(), startMock()]);
-    redis = await Redis.start({ port: redisPort, dir });
-    cp = await ControlPlane.start({ pg, redisUrl: redis.url, keyHashSecret: KEY_HASH_SECRET, owner: OWNER,
-        env: { LEO_MASTER_KEY: MASTER_KEY } });
-    S.tokens.owner = await cp.login(OWNER.email, OWNER.password);
+    let token;
+    ({ dir, pg, mock, redis, cp, token } = await startControlPlaneStack({ name: 'cp-tenants',
+        keyHashSecret: KEY_HASH_SECRET, owner: OWNER, env: { LEO_MASTER_KEY: MASTER_KEY } }));
+    S.tokens.owner = token;
     gw = await startGateway({
         config: {
             listen: '127.0.0.1:0',

@@ -17,16 +17,12 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
-import { ControlPlane, stopControlPlaneStack } from './lib/controlplane.mjs';
+import { startControlPlaneStack, stopControlPlaneStack } from './lib/controlplane.mjs';
 import {
-    Gateway, Mock, bin, chat, freePort, hashKey, nonce, recordedHeader, request, startGateway, startMock,
+    Gateway, Mock, bin, chat, hashKey, nonce, recordedHeader, request, startGateway,
 } from './lib/harness.mjs';
-import { startPostgres } from './lib/postgres.mjs';
-import { Redis } from './lib/redis.mjs';
 
 const T = { timeout: 15000 };
 const TL = { timeout: 30000 };
@@ -314,13 +310,8 @@ describe('allowed_providers through the admin API, on a following gateway', () =
     }
 
     before(async () => {
-        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leo-key-providers-'));
-        const redisPort = await freePort();
-        [pg, mock] = await Promise.all([startPostgres(), startMock()]);
-        redis = await Redis.start({ port: redisPort, dir });
-        cp = await ControlPlane.start({ pg, redisUrl: redis.url, keyHashSecret: KEY_HASH_SECRET, owner: OWNER,
-            env: { LEO_MASTER_KEY: MASTER_KEY } });
-        token = await cp.login(OWNER.email, OWNER.password);
+        ({ dir, pg, mock, redis, cp, token } = await startControlPlaneStack({ name: 'key-providers',
+            keyHashSecret: KEY_HASH_SECRET, owner: OWNER, env: { LEO_MASTER_KEY: MASTER_KEY } }));
         gw = await startGateway({
             config: {
                 listen: '127.0.0.1:0',

@@ -7,6 +7,8 @@
  *   // r: { status, headers, text, json } (json undefined for an empty body, or with raw: true)
  *   await cp.stop();                     // SIGTERM; resolves with { code, signal }
  *   after(() => stopControlPlaneStack({ gateways: [gw], mock, cp, redis, pg, dir }));
+ *   // or the whole stack at once: a private directory, PostgreSQL, the mock, Redis and the daemon, logged in
+ *   ({ dir, pg, mock, redis, cp, token } = await startControlPlaneStack({ name: 'cp-x', keyHashSecret, owner }));
  *
  * The server runs `serve --listen 127.0.0.1:0 --db-pool 2` against a private PostgreSQL (lib/postgres.mjs) and
  * is a Child of lib/harness.mjs: its log lines are kept (cp.stderr) and it is killed when the test process exits
@@ -14,8 +16,12 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
-import { Child, bin, request } from './harness.mjs';
+import { Child, bin, freePort, request, startMock } from './harness.mjs';
+import { startPostgres } from './postgres.mjs';
+import { Redis } from './redis.mjs';
 
 /**
  * One admin API request on a fresh connection to 127.0.0.1:port: body (if given) is sent as JSON, or as is when
@@ -82,6 +88,22 @@ export class ControlPlane extends Child {
     stop(opts = {}) {
         return super.stop({ timeoutMs: 15000, sanitizers: false, ...opts });
     }
+}
+
+/**
+ * The stack most control-plane tests stand on: a private directory (leo-<name>-*), PostgreSQL and the mock
+ * provider (started together), Redis (its files in the directory) and leo-controlplane with the owner bootstrapped
+ * (env: extra environment, e.g. LEO_MASTER_KEY), and the owner's session token. Resolves with
+ * { dir, pg, mock, redis, cp, token }; stop it with stopControlPlaneStack.
+ */
+export async function startControlPlaneStack({ name, keyHashSecret, owner, env = {} }) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `leo-${name}-`));
+    const redisPort = await freePort();
+    const [pg, mock] = await Promise.all([startPostgres(), startMock()]);
+    const redis = await Redis.start({ port: redisPort, dir });
+    const cp = await ControlPlane.start({ pg, redisUrl: redis.url, keyHashSecret, owner, env });
+    const token = await cp.login(owner.email, owner.password);
+    return { dir, pg, mock, redis, cp, token };
 }
 
 /**
