@@ -434,13 +434,20 @@ static int canon_string(struct leo_buf *b, const char *s, size_t n)
 
 /* Numbers: an integral value is written as an integer whatever its spelling (0, 0.0, 0e0, -0.0 → 0; 1e2 →
  * 100); any other value with 17 significant digits, which names one double exactly. */
+static int add_int(struct leo_buf *b, long long n)
+{
+    if (n < 0 && leo_buf_addch(b, '-') != 0)
+        return LEO_ETOOBIG;
+    return leo_buf_add_uint(b, n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n);
+}
+
 static int canon_number(struct leo_buf *b, json_t *v)
 {
     if (json_is_integer(v))
-        return leo_buf_addf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return add_int(b, (long long)json_integer_value(v));
     double d = json_real_value(v);
     if (isfinite(d) && d == floor(d) && fabs(d) < 9.0e18)
-        return leo_buf_addf(b, "%lld", (long long)d);
+        return add_int(b, (long long)d);
     return leo_buf_addf(b, "%.17g", d);
 }
 
@@ -513,7 +520,13 @@ int leo_cache_key(const char *tenant, enum leo_dialect dialect, json_t *req, str
         return LEO_EINVAL;
     struct leo_buf b = LEO_BUF_INIT;
     /* lengths before the variable parts: no two (tenant, dialect, body) triples serialise alike */
-    leo_buf_addf(&b, "leo-cache-v1\n%zu:%s\n%s\n", tlen, tenant, dialect_tag(dialect));
+    leo_buf_adds(&b, "leo-cache-v1\n");
+    leo_buf_add_uint(&b, tlen);
+    leo_buf_addch(&b, ':');
+    leo_buf_add(&b, tenant, tlen);
+    leo_buf_addch(&b, '\n');
+    leo_buf_adds(&b, dialect_tag(dialect));
+    leo_buf_addch(&b, '\n');
     int rc = canon_value(&b, req, true);
     if (rc == 0) {
         unsigned char h[32];
@@ -595,6 +608,8 @@ void leo_cache_entry_unref(struct leo_cache_entry *e)
 {
     if (e == NULL || --e->refs > 0)
         return;
+    leo_free(e->_sse[0]);
+    leo_free(e->_sse[1]);
     leo_free(e->body);
     leo_free(e);
 }
@@ -787,10 +802,42 @@ static void l1_grow(struct leo_cache *c)
     c->mask = n - 1;
 }
 
+int leo_cache_entry_sse(struct leo_cache *c, struct leo_cache_entry *e, bool include_usage, struct leo_buf *out)
+{
+    int u = include_usage ? 1 : 0;
+    if (e->_sse[u])
+        return leo_buf_add(out, e->_sse[u], e->_sse_len[u]);
+    if (!e->replayable)
+        return LEO_EINVAL;
+    json_t *doc = leo_cache_entry_doc(e);
+    if (doc == NULL)
+        return LEO_EINVAL;
+    size_t start = out->len;
+    int rc = leo_cache_replay_sse(e->dialect, doc, NULL, 0, include_usage, out);
+    json_decref(doc);
+    if (rc != 0) {
+        out->len = start;
+        out->p[start] = '\0';
+        return rc;
+    }
+    size_t n = out->len - start;
+    /* kept only where the byte bound counts it: an entry in L1 that still fits with the rendering */
+    if (c && e->_in_l1 && e->_l1_bytes + n <= c->max_bytes) {
+        e->_sse[u] = leo_strndup(out->p + start, n);
+        e->_sse_len[u] = n;
+        e->_l1_bytes += n;
+        c->bytes += n;
+        leo_cache_entry_ref(e); /* the eviction below may take e itself out of L1 */
+        l1_evict_to(c, c->max_bytes);
+        leo_cache_entry_unref(e);
+    }
+    return 0;
+}
+
 /* Puts e (taking a reference) under key; replaces an older entry. False when it cannot fit at all. */
 static bool l1_put(struct leo_cache *c, const struct leo_cache_key *key, struct leo_cache_entry *e)
 {
-    uint64_t size = e->len + key->len + ENTRY_OVERHEAD;
+    uint64_t size = e->len + key->len + ENTRY_OVERHEAD + e->_sse_len[0] + e->_sse_len[1];
     if (size > c->max_bytes || e->_in_l1)
         return false;
     struct leo_cache_entry **pp = l1_slot(c, key->s, key->len);

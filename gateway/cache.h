@@ -189,7 +189,10 @@ struct leo_cache_entry {
     struct leo_cache_entry *_prev, *_next; /* LRU list (most recent first) while in L1 */
     struct leo_cache_entry *_chain;        /* hash chain in L1 */
     bool _in_l1;
-    size_t _l1_bytes;
+    size_t _l1_bytes;       /* counted in L1's byte bound: the body, the key, the overhead and _sse */
+    char *_sse[2];          /* the answer replayed as an event stream, without [0] and with [1] the usage chunk,
+                               rendered on the first replay while the entry is in L1 (leo_cache_entry_sse) */
+    size_t _sse_len[2];
     char _key[LEO_CACHE_KEY_MAX];
 };
 
@@ -335,6 +338,14 @@ bool leo_cache_replayable(enum leo_dialect dialect, json_t *doc);
  */
 int leo_cache_replay_sse(enum leo_dialect dialect, json_t *doc, const char *id, int64_t created, bool include_usage,
                          struct leo_buf *out);
+
+/**
+ * Appends to out the entry replayed as an event stream in its dialect (leo_cache_replay_sse with the entry's own
+ * id and time; include_usage adds the usage chunk). The rendering is kept with the entry while it is in c's L1
+ * (and counted in L1's byte bound, which may evict other entries), so later replays copy it instead of parsing and
+ * rendering again. 0, or LEO_EINVAL when the entry cannot be replayed (then out is unchanged).
+ */
+int leo_cache_entry_sse(struct leo_cache *c, struct leo_cache_entry *e, bool include_usage, struct leo_buf *out);
 
 /** The body of an entry parsed (a new reference; parsed on every call so that L1's byte bound covers all an
  *  entry holds). NULL if it does not parse. */

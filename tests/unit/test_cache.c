@@ -454,6 +454,55 @@ TEST(l1_is_bounded_in_bytes_and_evicts_least_recent)
     leo_buf_release(&b);
 }
 
+/* The event-stream replay of an entry in L1 is rendered once, kept with the entry and counted in the bound. */
+TEST(entry_sse_is_rendered_once_and_counted_in_l1)
+{
+    struct leo_cache_opts o = {.max_bytes = 1 << 20};
+    struct leo_cache *c = leo_cache_new(&o);
+    leo_cache_set_clock(c, fake_clock, NULL);
+    struct leo_cache_entry *e = answer_entry(1, 0);
+    struct leo_cache_key k = numbered_key(1);
+    ASSERT_EQ(leo_cache_store(c, &k, e, 60000), 0);
+    leo_cache_entry_unref(e);
+    struct leo_cache_entry *got = NULL;
+    ASSERT_EQ(leo_cache_lookup(c, &k, &got, NULL, NULL, NULL), LEO_CACHE_HIT);
+    ASSERT(got->replayable);
+    uint64_t bytes0, bytes1, bytes2, entries;
+    leo_cache_l1_usage(c, &bytes0, &entries);
+    /* what rendering it from the body gives */
+    struct leo_buf want = LEO_BUF_INIT, first = LEO_BUF_INIT, again = LEO_BUF_INIT, plain = LEO_BUF_INIT;
+    json_t *doc = leo_cache_entry_doc(got);
+    ASSERT_EQ(leo_cache_replay_sse(got->dialect, doc, NULL, 0, true, &want), 0);
+    json_decref(doc);
+    leo_buf_adds(&first, "prefix:");
+    ASSERT_EQ(leo_cache_entry_sse(c, got, true, &first), 0);
+    ASSERT_STR_EQ(first.p + 7, want.p);
+    leo_cache_l1_usage(c, &bytes1, &entries);
+    ASSERT_EQ(bytes1, bytes0 + want.len);
+    ASSERT_EQ(leo_cache_entry_sse(c, got, true, &again), 0);
+    ASSERT_STR_EQ(again.p, want.p);
+    leo_cache_l1_usage(c, &bytes2, &entries);
+    ASSERT_EQ(bytes2, bytes1); /* kept, not rendered again */
+    /* without the usage chunk: another rendering, counted too */
+    ASSERT_EQ(leo_cache_entry_sse(c, got, false, &plain), 0);
+    ASSERT(plain.len < want.len);
+    leo_cache_l1_usage(c, &bytes2, &entries);
+    ASSERT_EQ(bytes2, bytes1 + plain.len);
+    /* shrinking the bound below the entry with its renderings evicts it; the reference held keeps it usable */
+    leo_cache_set_limits(c, bytes0, 0);
+    leo_cache_l1_usage(c, &bytes2, &entries);
+    ASSERT_EQ(entries, 0);
+    leo_buf_reset(&again);
+    ASSERT_EQ(leo_cache_entry_sse(c, got, true, &again), 0);
+    ASSERT_STR_EQ(again.p, want.p);
+    leo_cache_entry_unref(got);
+    leo_buf_release(&want);
+    leo_buf_release(&first);
+    leo_buf_release(&again);
+    leo_buf_release(&plain);
+    leo_cache_free(c);
+}
+
 TEST(l1_expires_by_ttl_and_entries_in_use_survive_eviction)
 {
     struct leo_buf b = LEO_BUF_INIT;
@@ -1310,7 +1359,7 @@ TEST_MAIN(TEST_ENTRY(setup), TEST_ENTRY(key_format_is_tenant_and_hex),
           TEST_ENTRY(decisions_follow_mode_and_headers), TEST_ENTRY(header_errors_name_the_header),
           TEST_ENTRY(status_names), TEST_ENTRY(config_section_and_overrides),
           TEST_ENTRY(entry_reads_usage_and_round_trips_its_encoding),
-          TEST_ENTRY(l1_is_bounded_in_bytes_and_evicts_least_recent),
+          TEST_ENTRY(l1_is_bounded_in_bytes_and_evicts_least_recent), TEST_ENTRY(entry_sse_is_rendered_once_and_counted_in_l1),
           TEST_ENTRY(l1_expires_by_ttl_and_entries_in_use_survive_eviction),
           TEST_ENTRY(purge_removes_one_tenants_entries_or_all),
           TEST_ENTRY(openai_chunks_assemble_into_the_whole_answer), TEST_ENTRY(openai_replay_round_trips),
