@@ -34,6 +34,7 @@ struct leo_hnsw {
     uint32_t M0; /* link slots on level 0 (2*M) */
     uint32_t ef_construction;
     uint32_t ef_search;
+    uint32_t ef_search_grow_from; /* 0: fixed */
     uint64_t seed;
     uint64_t rng;
     double level_mult; /* 1/ln(M), the paper's mL */
@@ -506,6 +507,7 @@ int leo_hnsw_create(struct leo_hnsw **out, const struct leo_hnsw_params *p)
     if (h->ef_construction < M)
         h->ef_construction = M;
     h->ef_search = p->ef_search ? p->ef_search : LEO_HNSW_DEFAULT_EF_SEARCH;
+    h->ef_search_grow_from = p->ef_search_grow_from;
     h->seed = p->seed;
     h->rng = p->seed;
     h->level_mult = 1.0 / log((double)M);
@@ -573,7 +575,9 @@ int leo_hnsw_search(struct leo_hnsw *h, const float *query, size_t k, struct leo
     float d_ep = dist(h, q, ep);
     for (int lc = h->max_level; lc > 0; lc--)
         greedy(h, q, &ep, &d_ep, lc);
-    size_t ef = h->ef_search > k ? h->ef_search : k;
+    size_t ef = leo_hnsw_search_ef(h);
+    if (ef < k)
+        ef = k;
     search_layer(h, q, ep, ef, 0, h->n_deleted > 0);
     size_t n = take_sorted(h);
     if (n > k)
@@ -611,7 +615,9 @@ int leo_hnsw_get(const struct leo_hnsw *h, uint64_t id, float *out)
 
 void leo_hnsw_compact(struct leo_hnsw *h)
 {
-    struct leo_hnsw_params p = {h->dim, h->M, h->ef_construction, h->ef_search, h->seed};
+    struct leo_hnsw_params p = {.dim = h->dim, .M = h->M, .ef_construction = h->ef_construction,
+                                .ef_search = h->ef_search, .seed = h->seed,
+                                .ef_search_grow_from = h->ef_search_grow_from};
     struct leo_hnsw *fresh;
     if (leo_hnsw_create(&fresh, &p) < 0)
         abort(); /* the parameters were accepted once already */
@@ -636,6 +642,18 @@ void leo_hnsw_set_ef_search(struct leo_hnsw *h, uint32_t ef_search)
 uint32_t leo_hnsw_ef_search(const struct leo_hnsw *h)
 {
     return h->ef_search;
+}
+
+uint32_t leo_hnsw_search_ef(const struct leo_hnsw *h)
+{
+    uint64_t ef = h->ef_search;
+    if (h->ef_search_grow_from == 0)
+        return h->ef_search;
+    uint64_t step = h->ef_search / 4 ? h->ef_search / 4 : 1;
+    /* at most 31 doublings (LEO_HNSW_MAX_NODES), so ef stays below 9 * ef_search: no overflow in 64 bits */
+    for (uint64_t m = h->ef_search_grow_from; m < h->n; m *= 2)
+        ef += step;
+    return ef > UINT32_MAX ? UINT32_MAX : (uint32_t)ef;
 }
 
 uint32_t leo_hnsw_dim(const struct leo_hnsw *h)

@@ -25,11 +25,17 @@
  *   memory aborts the process like every other allocation in the tree.
  * - Not thread-safe: one index belongs to one worker loop. A search writes scratch state in the index.
  *
+ * - The search effort may grow with the graph (ef_search_grow_from): a fixed candidate list finds the true
+ *   nearest neighbours less often as the graph grows (the descent is longer, local minima more frequent; see
+ *   the 1M figures of docs/caching.md), so past a size each doubling of the graph widens the list.
+ *   leo_hnsw_search_ef() says what a search uses.
+ *
  * Complexity (n live + deleted nodes, d the dimension): insert O(ef_construction * M * log n) distance
- * computations of O(d) each, on average; search O(ef_search * M * log n) distance computations plus the walk
- * through tombstones; delete O(1); compact O(n) inserts. These are the usual HNSW bounds for data of low
- * intrinsic dimension; on high-dimensional uniform noise the graph needs a higher ef for the same recall, and
- * recall is never guaranteed: it is measured (tests/unit/test_hnsw.c, tests/bench/hnsw.sh).
+ * computations of O(d) each, on average; search O(ef * M * log n) distance computations (ef as given by
+ * leo_hnsw_search_ef) plus the walk through tombstones; delete O(1); compact O(n) inserts. These are the usual
+ * HNSW bounds for data of low intrinsic dimension; on high-dimensional uniform noise the graph needs a higher ef
+ * for the same recall, and recall is never guaranteed: it is measured (tests/unit/test_hnsw.c,
+ * tests/bench/hnsw.sh).
  *
  * Limits: at most LEO_HNSW_MAX_NODES nodes (live + tombstones), dimension up to LEO_HNSW_MAX_DIM, M up to
  * LEO_HNSW_MAX_M, levels capped at LEO_HNSW_MAX_LEVEL. Memory per node: 4*d (vector) + 4*(2*M+1) (level-0
@@ -61,11 +67,14 @@ struct leo_hnsw;
 
 /** Creation parameters. Zero in M, ef_construction or ef_search selects the default; dim is required. */
 struct leo_hnsw_params {
-    uint32_t dim;             /* vector dimension, 1..LEO_HNSW_MAX_DIM */
-    uint32_t M;               /* links per node per upper level (2*M on level 0), 2..LEO_HNSW_MAX_M */
-    uint32_t ef_construction; /* candidate list size while inserting; raised to M if smaller */
-    uint32_t ef_search;       /* candidate list size while searching (runtime: leo_hnsw_set_ef_search) */
-    uint64_t seed;            /* seed of the level generator: equal seeds build equal graphs */
+    uint32_t dim;                 /* vector dimension, 1..LEO_HNSW_MAX_DIM */
+    uint32_t M;                   /* links per node per upper level (2*M on level 0), 2..LEO_HNSW_MAX_M */
+    uint32_t ef_construction;     /* candidate list size while inserting; raised to M if smaller */
+    uint32_t ef_search;           /* candidate list size while searching (runtime: leo_hnsw_set_ef_search) */
+    uint64_t seed;                /* seed of the level generator: equal seeds build equal graphs */
+    uint32_t ef_search_grow_from; /* 0: ef_search is fixed. Otherwise the number of nodes (live + tombstones)
+                                     up to which ef_search applies; each doubling of the graph past it adds
+                                     ef_search / 4 (at least 1) to the candidate list of a search */
 };
 
 /** One search result. */
@@ -89,7 +98,8 @@ int leo_hnsw_insert(struct leo_hnsw *h, uint64_t id, const float *vec);
 
 /** Finds up to k live entries nearest to query (dim floats, need not be normalised), written to hits[0..k)
  *  in increasing distance, their number in *n_hits (less than k only when fewer entries are reachable).
- *  Explores max(ef_search, k) candidates. 0, or LEO_EINVAL for a zero or non-finite query (*n_hits = 0). */
+ *  Explores max(leo_hnsw_search_ef(h), k) candidates. 0, or LEO_EINVAL for a zero or non-finite query
+ *  (*n_hits = 0). */
 int leo_hnsw_search(struct leo_hnsw *h, const float *query, size_t k, struct leo_hnsw_hit *hits, size_t *n_hits);
 
 /** Marks the entry with this id deleted: 0, or LEO_ENOTFOUND when no live entry has it. */
@@ -106,8 +116,12 @@ void leo_hnsw_compact(struct leo_hnsw *h);
 
 /** Sets the search candidate list size (1 and up; 0 restores the default). Takes effect on the next search. */
 void leo_hnsw_set_ef_search(struct leo_hnsw *h, uint32_t ef_search);
-/** The current ef_search. */
+/** The current ef_search (as set; see leo_hnsw_search_ef for what a search uses). */
 uint32_t leo_hnsw_ef_search(const struct leo_hnsw *h);
+/** The candidate list size a search of the index explores now (before raising it to k): ef_search, plus
+ *  ef_search / 4 (at least 1) per doubling of the nodes (live + tombstones) past ef_search_grow_from when that
+ *  is set. Grows as the index grows and shrinks again when leo_hnsw_compact() drops tombstones. */
+uint32_t leo_hnsw_search_ef(const struct leo_hnsw *h);
 /** The dimension given at creation. */
 uint32_t leo_hnsw_dim(const struct leo_hnsw *h);
 /** Number of live entries. */

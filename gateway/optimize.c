@@ -178,15 +178,29 @@ static void on_switch_written(struct leo_redis *r, int err, redisReply *reply, v
         leo_log(LEO_LOG_WARN, "optimization: a switch could not be written to redis; it holds on this worker only");
 }
 
-static void switch_write(struct leo_optimizer *o, const struct opt_switch *s)
+/* Sets one strategy ("exact", "semantic" or "dedup") in a tenant's field of the hash, keeping the others as
+ * Redis has them. Writing this worker's whole view of the tenant instead lost updates: a worker's view of the
+ * strategies it was not asked to change can be up to a poll old, so a switch posted to worker A and another
+ * strategy's switch posted to worker B within that second left B writing A's strategy back to its old value,
+ * on every worker (tests/integration/cache_switch.test.mjs). The merge runs in Redis as one script, so two
+ * workers writing at once both land. Sent as EVAL on the worker's ordered connection, not EVALSHA: a script
+ * resent after NOSCRIPT would run after a read sent meanwhile, which switch_gen would then not catch. */
+static const char SWITCH_MERGE_LUA[] =
+    "local t = {exact = '-1', semantic = '-1', dedup = '-1'}\n"
+    "for k, x in string.gmatch(redis.call('HGET', KEYS[1], ARGV[1]) or '', '(%a+)=(%-?%d+)') do t[k] = x end\n"
+    "t[ARGV[2]] = ARGV[3]\n"
+    "return redis.call('HSET', KEYS[1], ARGV[1], "
+    "'exact=' .. t.exact .. ';semantic=' .. t.semantic .. ';dedup=' .. t.dedup)";
+
+static void switch_write(struct leo_optimizer *o, const struct opt_switch *s, const char *strategy, int8_t value)
 {
     o->switch_gen++;
     if (o->redis == NULL)
         return;
-    char v[64];
-    snprintf(v, sizeof(v), "exact=%d;semantic=%d;dedup=%d", s->exact, s->semantic, s->dedup);
-    const char *argv[] = {"HSET", SWITCHES_KEY, s->tenant, v};
-    if (leo_redis_command_argv(o->redis, on_switch_written, o, 4, argv, NULL) != 0)
+    char v[8];
+    snprintf(v, sizeof(v), "%d", value);
+    const char *argv[] = {"EVAL", SWITCH_MERGE_LUA, "1", SWITCHES_KEY, s->tenant, strategy, v};
+    if (leo_redis_command_argv(o->redis, on_switch_written, o, 7, argv, NULL) != 0)
         leo_log(LEO_LOG_WARN, "optimization: redis is unreachable; the switch holds on this worker only");
 }
 
@@ -307,7 +321,7 @@ static void account_saved(struct leo_opt_req *r, const struct leo_cache_entry *e
         const struct leo_price *pr = leo_config_price(g->cfg, leo_str_c(g->model->deployments[0].model));
         g->saved_usd = leo_price_cost(pr, e->input_tokens, e->output_tokens);
     }
-    snprintf(r->saved_s, sizeof(r->saved_s), "%.8f", g->saved_usd);
+    leo_fmt_fixed(r->saved_s, sizeof(r->saved_s), g->saved_usd, 8);
 }
 
 /* Answers the request from an entry; false when it cannot be replayed in the form asked (then nothing has been
@@ -317,9 +331,8 @@ static bool serve(struct leo_opt_req *r, struct leo_cache_entry *e, const char *
     struct leo_gw_req *g = r->g;
     struct leo_buf out = LEO_BUF_INIT;
     if (r->stream) {
-        json_t *doc = e->replayable ? leo_cache_entry_doc(e) : NULL;
-        int rc = doc ? leo_cache_replay_sse(g->dialect, doc, NULL, 0, r->include_usage, &out) : LEO_EINVAL;
-        json_decref(doc);
+        int rc = e->dialect == g->dialect ? leo_cache_entry_sse(r->o->cache, e, r->include_usage, &out)
+                                          : LEO_EINVAL;
         if (rc != 0) {
             leo_buf_release(&out);
             return false;
@@ -340,10 +353,10 @@ static bool serve(struct leo_opt_req *r, struct leo_cache_entry *e, const char *
     if (follower)
         h[n++] = (struct leo_http_header){LEO_STR_LIT("x-leo-dedup"), LEO_STR_LIT("follower")};
     if (r->stream) {
+        /* the whole event stream is known: one response with a length, in one write, rather than a chunked
+         * stream of three (headers, events, end) */
         g->status = 200;
-        leo_http_stream_start(g->req, 200, h, n);
-        leo_http_stream_write(g->req, out.p, out.len);
-        leo_http_stream_end(g->req);
+        leo_http_respond(g->req, 200, h, n, out.p, out.len);
     } else {
         leo_gw_respond_json(g, 200, h, n, e->body, e->len);
     }
@@ -854,13 +867,17 @@ void leo_route_opt_enable(struct leo_gw_req *g)
         return;
     }
     int8_t v = json_is_null(je) || je == NULL ? -1 : json_is_true(je) ? 1 : 0;
-    if (strcmp(strategy, "exact_cache") == 0)
+    const char *field = "dedup";
+    if (strcmp(strategy, "exact_cache") == 0) {
         s->exact = v;
-    else if (strcmp(strategy, "semantic_cache") == 0)
+        field = "exact";
+    } else if (strcmp(strategy, "semantic_cache") == 0) {
         s->semantic = v;
-    else
+        field = "semantic";
+    } else {
         s->dedup = v;
-    switch_write(o, s);
+    }
+    switch_write(o, s, field, v);
     json_decref(b);
     respond(g, 200, status_json(o, g->cfg, tenant));
 }

@@ -16,7 +16,8 @@
  * it from g->cache_status); followers of an identical request get hit with x-leo-dedup: follower.
  *
  * Run-time switches: POST /v1/optimization/enable turns a strategy on or off for a tenant over the config;
- * with Redis the switches are shared by every worker (hash leo:optimization, re-read every second).
+ * with Redis the switches are shared by every worker (hash leo:optimization, one field per tenant, re-read
+ * every second; a switch rewrites only its own strategy in the field, merged in Redis by a script).
  *
  * Lifetime: leo_optimizer_new after the worker's Redis client and upstream client, leo_optimizer_free before
  * they close; a switch read still in flight then keeps the struct until its callback (an answer, or

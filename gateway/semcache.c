@@ -36,6 +36,12 @@
 #define READ_BATCH 512
 #define SEARCH_K 8
 #define SEARCH_EF 64
+/* The search effort stays SEARCH_EF whatever the namespace's size (0). Growing it past 16 384 entries (16384
+ * here: 112 at 100 000 entries, 160 at 1 000 000; common/hnsw.h) was measured with tests/bench/semcache.sh: a
+ * lookup that searches the index cost about 1.5 times the CPU at 100 000 entries and 1.9 times at 1 000 000,
+ * and it won back 1 of 5 lost hits at 1 000 000 and none at 100 000; no answer from another prompt came from an
+ * index miss either way (the exact-text check answers repeats). docs/caching.md has the figures. */
+#define SEARCH_EF_GROW_FROM 0
 #define BAD_EVICT 2          /* "bad" feedback this many times evicts an entry */
 #define BAD_MARGIN 0.01      /* a bad hit's entry threshold: the similarity it was served at, plus this */
 #define MAX_RULES 256
@@ -313,6 +319,7 @@ static bool entry_insert(struct leo_semcache *sc, uint64_t id, const char *ns, c
     struct sc_ns *n = ns_get(sc, ns, tenant, model);
     if (n->index == NULL) {
         struct leo_hnsw_params hp = {.dim = dim, .M = 16, .ef_construction = 100, .ef_search = SEARCH_EF,
+                                     .ef_search_grow_from = SEARCH_EF_GROW_FROM,
                                      .seed = 0x5eed};
         if (leo_hnsw_create(&n->index, &hp) != 0)
             return false;

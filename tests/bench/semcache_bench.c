@@ -42,9 +42,18 @@
  * vector and links in the index, the tables), including capacity the index and the tables reserved by
  * doubling.
  *
+ * Answers from another prompt. Every repeat and paraphrase is also scored (untimed) against the stored prompt it
+ * was made from: its similarity, and whether the cache may serve that prompt for it (threshold and guard). A
+ * hit on another stored prompt is then one of two things: an index miss, when the query's own prompt was
+ * acceptable and more similar than the one served (the exhaustive scan would not have served that one), or the
+ * embedding's and the guard's verdict, when the other prompt is at least as similar (or the query's own is
+ * not acceptable): the exhaustive scan would not serve the query's own prompt either. A miss while the query's
+ * own prompt was acceptable is an index miss that cost a hit.
+ *
  * Output: "key value" lines for tests/bench/semcache.sh, and with --raw one CSV row per timed query
- * (kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,text,entry_text: the query, the stored
- * prompt it was made from, the stored prompt of the hit and its text).
+ * (kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,source_similarity,source_ok,text,entry_text,
+ * source_text: the query, the stored prompt it was made from and its similarity to the query, the stored prompt
+ * of the hit, and the texts).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -609,6 +618,8 @@ struct query {
     double sim;
     double init_us, lookup_us; /* wall time */
     double cpu_us;             /* this thread's CPU time for both */
+    double src_sim;            /* similarity to the prompt it came from (repeat, paraphrase) */
+    bool src_ok;               /* that prompt passes the threshold and the guard: the cache may serve it */
 };
 
 /* The exhaustive scan's best candidates for one query, most similar first. */
@@ -779,6 +790,23 @@ int main(int argc, char **argv)
         }
     }
 
+    /* ---- each repeat and paraphrase against the prompt it came from (untimed) ---- */
+    {
+        float *qv = leo_malloc(sizeof(float) * LEO_EMBED_MAX_DIM), *sv = leo_malloc(sizeof(float) * LEO_EMBED_MAX_DIM);
+        for (int k = 0; k < K_UNRELATED; k++)
+            for (uint64_t j = 0; j < n_queries; j++) {
+                struct query *x = &qs[k][j];
+                stored_text(x->source, text);
+                leo_embed_now(emb, leo_str_c(x->text), qv);
+                leo_embed_now(emb, leo_str_c(text), sv);
+                x->src_sim = leo_embed_cosine(qv, sv, dim);
+                x->src_ok = x->src_sim >= thr - 1e-6 &&
+                            leo_semguard_check(leo_str_c(x->text), leo_str_c(text)) == LEO_SEMGUARD_OK;
+            }
+        leo_free(qv);
+        leo_free(sv);
+    }
+
     /* ---- the exhaustive answer for the first n_recall repeats and paraphrases ---- */
     size_t nr = (size_t)n_recall * 2;
     struct top *tops = leo_calloc(nr ? nr : 1, sizeof(struct top));
@@ -874,8 +902,22 @@ int main(int argc, char **argv)
         qsort(cpu, n_queries, sizeof(double), cmp_double);
         printf("%s_queries %" PRIu64 "\n", KIND_NAME[k], n_queries);
         printf("%s_hit_rate %.4f\n", KIND_NAME[k], (double)hits / (double)n_queries);
-        if (k != K_UNRELATED)
+        if (k != K_UNRELATED) {
+            /* answers from another prompt, and the index misses among them; misses that cost a hit */
+            size_t other = 0, other_index = 0, own_missed = 0;
+            for (uint64_t j = 0; j < n_queries; j++) {
+                const struct query *x = &qs[k][j];
+                if (x->hit && x->entry != (int64_t)x->source) {
+                    other++;
+                    other_index += x->src_ok && x->src_sim > x->sim + 1e-5;
+                }
+                own_missed += !x->hit && x->src_ok;
+            }
             printf("%s_source_hit_rate %.4f\n", KIND_NAME[k], (double)self / (double)n_queries);
+            printf("%s_other_hits %zu\n", KIND_NAME[k], other);
+            printf("%s_other_hits_index_miss %zu\n", KIND_NAME[k], other_index);
+            printf("%s_own_missed %zu\n", KIND_NAME[k], own_missed);
+        }
         printf("%s_p50_us %.1f\n", KIND_NAME[k], pct(lat, n_queries, 0.50));
         printf("%s_p99_us %.1f\n", KIND_NAME[k], pct(lat, n_queries, 0.99));
         printf("%s_lookup_p50_us %.1f\n", KIND_NAME[k], pct(lk, n_queries, 0.50));
@@ -901,16 +943,23 @@ int main(int argc, char **argv)
         if (f == NULL) {
             fprintf(stderr, "semcache_bench: cannot write %s: %s\n", raw, strerror(errno));
         } else {
-            fprintf(f, "kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,text,entry_text\n");
+            fprintf(f, "kind,query,hit,entry,similarity,init_us,lookup_us,cpu_us,source,source_similarity,source_ok,"
+                       "text,entry_text,source_text\n");
             for (int k = 0; k < K_N; k++)
                 for (uint64_t j = 0; j < n_queries; j++) {
                     const struct query *x = &qs[k][j];
+                    char src[TEXT_MAX] = "";
                     text[0] = '\0';
                     if (x->entry >= 0)
                         stored_text((uint64_t)x->entry, text);
-                    fprintf(f, "%s,%" PRIu64 ",%d,%" PRId64 ",%.6f,%.2f,%.2f,%.2f,%" PRId64 ",\"%s\",\"%s\"\n",
+                    if (k != K_UNRELATED)
+                        stored_text(x->source, src);
+                    fprintf(f,
+                            "%s,%" PRIu64 ",%d,%" PRId64 ",%.6f,%.2f,%.2f,%.2f,%" PRId64 ",%.6f,%d,\"%s\",\"%s\","
+                            "\"%s\"\n",
                             KIND_NAME[k], j, x->hit, x->entry, x->hit ? x->sim : 0.0, x->init_us, x->lookup_us,
-                            x->cpu_us, k == K_UNRELATED ? (int64_t)-1 : (int64_t)x->source, x->text, text);
+                            x->cpu_us, k == K_UNRELATED ? (int64_t)-1 : (int64_t)x->source,
+                            k == K_UNRELATED ? 0.0 : x->src_sim, k != K_UNRELATED && x->src_ok, x->text, text, src);
                 }
             fclose(f);
         }

@@ -464,6 +464,56 @@ TEST(ef_search_change_takes_effect)
     leo_free(queries);
 }
 
+TEST(ef_search_grows_with_the_graph_when_asked)
+{
+    const size_t n = 5000, dim = 48;
+    float *base = random_vectors(n, dim, 900);
+    float *queries = random_vectors(200, dim, 901);
+    struct leo_hnsw *fixed, *grown;
+    struct leo_hnsw_params p = {.dim = dim, .ef_search = 4, .seed = 31};
+    ASSERT_EQ(leo_hnsw_create(&fixed, &p), 0);
+    p.ef_search_grow_from = 100;
+    ASSERT_EQ(leo_hnsw_create(&grown, &p), 0);
+    ASSERT_EQ(leo_hnsw_search_ef(grown), 4);
+    for (size_t i = 0; i < n; i++) {
+        ASSERT_EQ(leo_hnsw_insert(fixed, ID_OF(i), base + i * dim), 0);
+        ASSERT_EQ(leo_hnsw_insert(grown, ID_OF(i), base + i * dim), 0);
+        /* ef_search / 4 (at least 1) more per doubling past 100 nodes */
+        size_t nodes = i + 1;
+        uint32_t want = nodes <= 100 ? 4 : nodes <= 200 ? 5 : nodes <= 400 ? 6 : nodes <= 800 ? 7 : 0;
+        if (want)
+            ASSERT_EQ(leo_hnsw_search_ef(grown), want);
+    }
+    /* 5000 nodes: past 100, 200, 400, 800, 1600 and 3200 */
+    ASSERT_EQ(leo_hnsw_search_ef(grown), 10);
+    ASSERT_EQ(leo_hnsw_ef_search(grown), 4);
+    ASSERT_EQ(leo_hnsw_search_ef(fixed), 4);
+    /* the same graph (the same seed and inserts): the grown list finds more of the true nearest, and exactly
+     * what the fixed index finds with its list set to the same size */
+    double r_fixed = recall_at(fixed, base, n, dim, NULL, queries, 200, 1);
+    double r_grown = recall_at(grown, base, n, dim, NULL, queries, 200, 1);
+    leo_hnsw_set_ef_search(fixed, 10);
+    double r_fixed10 = recall_at(fixed, base, n, dim, NULL, queries, 200, 1);
+    fprintf(stderr, "  recall@1 with ef 4: %.3f, grown to 10: %.3f, fixed at 10: %.3f\n", r_fixed, r_grown, r_fixed10);
+    ASSERT(r_grown > r_fixed);
+    ASSERT_DBL_EQ(r_grown, r_fixed10);
+    /* a larger ef_search grows by larger steps: 40 + 6 * 10 */
+    leo_hnsw_set_ef_search(grown, 40);
+    ASSERT_EQ(leo_hnsw_search_ef(grown), 100);
+    /* tombstones count (they are walked); compacting them away shrinks the list again */
+    for (size_t i = 0; i < n; i++)
+        if (i % 40 != 0)
+            ASSERT_EQ(leo_hnsw_delete(grown, ID_OF(i)), 0);
+    ASSERT_EQ(leo_hnsw_search_ef(grown), 100);
+    leo_hnsw_compact(grown);
+    ASSERT_EQ(leo_hnsw_count(grown), 125);
+    ASSERT_EQ(leo_hnsw_search_ef(grown), 50);
+    leo_hnsw_free(fixed);
+    leo_hnsw_free(grown);
+    leo_free(base);
+    leo_free(queries);
+}
+
 TEST(compact_drops_tombstones_and_keeps_entries)
 {
     const size_t n = 4000, dim = 32;
@@ -529,5 +579,6 @@ TEST_MAIN(TEST_ENTRY(create_rejects_bad_parameters), TEST_ENTRY(empty_index_find
           TEST_ENTRY(recall_on_random_unit_vectors), TEST_ENTRY(recall_on_clustered_vectors),
           TEST_ENTRY(deleted_entries_are_never_returned), TEST_ENTRY(reinserting_an_id_replaces_its_vector),
           TEST_ENTRY(same_seed_builds_the_same_index), TEST_ENTRY(ef_search_change_takes_effect),
+          TEST_ENTRY(ef_search_grows_with_the_graph_when_asked),
           TEST_ENTRY(compact_drops_tombstones_and_keeps_entries),
           TEST_ENTRY(memory_grows_with_entries_and_reserve_preallocates))
