@@ -146,6 +146,9 @@ static void on_switches(struct leo_redis *r, int err, redisReply *reply, void *u
      * the next read, so it is dropped (the next read sees the change) */
     if (o->read_gen != o->switch_gen)
         return;
+    /* Redis holds the switches of every worker: a tenant missing from the hash (deleted, or Redis flushed or
+     * restarted without its data) is back on its configuration here too, as on a worker started since */
+    bool seen[MAX_SWITCHES] = {false};
     for (size_t i = 0; i + 1 < reply->elements; i += 2) {
         const redisReply *k = reply->element[i], *v = reply->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
@@ -153,9 +156,14 @@ static void on_switches(struct leo_redis *r, int err, redisReply *reply, void *u
         char tenant[129];
         snprintf(tenant, sizeof(tenant), "%.*s", (int)(k->len < 128 ? k->len : 128), k->str);
         struct opt_switch *s = switch_find(o, tenant, true);
-        if (s)
+        if (s) {
             switch_parse(s, v->str, (size_t)v->len);
+            seen[s - o->switches] = true;
+        }
     }
+    for (size_t i = 0; i < o->nswitches; i++)
+        if (!seen[i])
+            o->switches[i].exact = o->switches[i].semantic = o->switches[i].dedup = -1;
 }
 
 static void read_switches(uv_timer_t *t)
@@ -175,7 +183,8 @@ static void on_switch_written(struct leo_redis *r, int err, redisReply *reply, v
     (void)r;
     (void)ud;
     if (err != 0 || reply == NULL || reply->type == REDIS_REPLY_ERROR)
-        leo_log(LEO_LOG_WARN, "optimization: a switch could not be written to redis; it holds on this worker only");
+        leo_log(LEO_LOG_WARN, "optimization: a switch could not be written to redis; it holds on this worker only, "
+                              "until its next read of the switches in redis");
 }
 
 /* Sets one strategy ("exact", "semantic" or "dedup") in a tenant's field of the hash, keeping the others as
@@ -201,7 +210,8 @@ static void switch_write(struct leo_optimizer *o, const struct opt_switch *s, co
     snprintf(v, sizeof(v), "%d", value);
     const char *argv[] = {"EVAL", SWITCH_MERGE_LUA, "1", SWITCHES_KEY, s->tenant, strategy, v};
     if (leo_redis_command_argv(o->redis, on_switch_written, o, 7, argv, NULL) != 0)
-        leo_log(LEO_LOG_WARN, "optimization: redis is unreachable; the switch holds on this worker only");
+        leo_log(LEO_LOG_WARN,
+                "optimization: redis is unreachable; the switch holds on this worker only, until redis is back");
 }
 
 /* The effective policy of a request: the config's, then the tenant's run-time switches. */

@@ -185,4 +185,21 @@ describe('run-time switches across workers', () => {
         await post({ strategy: 'dedup', enabled: null, tenant: 't2' }, keys.t2);
         await awaitShared('t2', 'exact=-1;semantic=-1;dedup=-1');
     });
+
+    it('a tenant missing from the shared hash (Redis flushed) is back on its configuration on every worker', T,
+        async () => {
+            const n = nonce('xfl');
+            const body = det(`flush me ${n}`);
+            const ask = () => chat(gw.port, body, { key: keys.t1 });
+            assert.equal(status((await send(ask)).r), 'miss');
+            await settle(ask, (r) => status(r) === 'hit', 'hits before the switch');
+            await post({ strategy: 'exact_cache', enabled: false });
+            await awaitShared('t1', 'exact=0;semantic=-1;dedup=-1');
+            await settle(ask, (r) => status(r) === 'bypass', 'bypass after switching off');
+            /* what a flush or a restart without data leaves: no switches at all */
+            assert.equal(await redis.command('DEL', 'leo:optimization'), 1);
+            await settle(ask, (r) => status(r) === 'hit', 'hits once the switch is gone from Redis');
+            await settle(getStatus, (r) => r.json().strategies.exact_cache.enabled === true &&
+                r.json().strategies.exact_cache.source === 'config', 'status once the switch is gone', 1);
+        });
 });
