@@ -40,9 +40,9 @@ int leo_log_level_parse(const char *s)
 size_t leo_log_timestamp(char *buf, size_t size)
 {
     /* the date and time to the second are formatted once per second (every request logs a timestamp) */
-    static time_t cached_sec = -1;
-    static char cached[24];
-    static size_t cached_len;
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[24];
+    static _Thread_local size_t cached_len;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     if (tv.tv_sec != cached_sec) {

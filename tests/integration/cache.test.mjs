@@ -7,29 +7,20 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { chat, nonce, openStream, request, startStack } from './lib/harness.mjs';
-import { Redis } from './lib/redis.mjs';
+import { startRedisStack, stopRedisStack } from './lib/redis.mjs';
 
 const T = { timeout: 20000 };
 
 let redis, stack, gw, mock, keys;
 
 before(async () => {
-    redis = await Redis.start();
-    stack = await startStack({
-        workers: 2,
-        mutate: (c) => {
-            c.redis = { url: redis.url };
-            c.cache = { ttl_s: 600 };
-            c.semantic_cache = { enabled: false, tenants: { t1: { enabled: true } } };
-        },
-    });
+    ({ redis, stack } = await startRedisStack({
+        mutate: (c) => { c.semantic_cache = { enabled: false, tenants: { t1: { enabled: true } } }; },
+    }));
     ({ gw, mock, keys } = stack);
 }, { timeout: 30000 });
 
-after(async () => {
-    if (stack) await stack.stop();
-    if (redis) await redis.kill();
-}, { timeout: 30000 });
+after(() => stopRedisStack({ redis, stack }), { timeout: 30000 });
 
 const det = (text, extra = {}) => ({ model: 'gpt-4o-mini', temperature: 0, messages: [{ role: 'user', content: text }], ...extra });
 const status = (r) => r.headers['x-leo-cache-status'];

@@ -11,8 +11,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { chat, nonce, request, startStack } from './lib/harness.mjs';
-import { Redis } from './lib/redis.mjs';
+import { chat, nonce, request } from './lib/harness.mjs';
+import { startRedisStack, stopRedisStack } from './lib/redis.mjs';
 
 const T = { timeout: 30000 };
 /* each worker reads the switches every second; a read in flight or one dropped because it raced a local change
@@ -22,21 +22,11 @@ const SETTLE_MS = 5000;
 let redis, stack, gw, mock, keys;
 
 before(async () => {
-    redis = await Redis.start();
-    stack = await startStack({
-        workers: 2,
-        mutate: (c) => {
-            c.redis = { url: redis.url };
-            c.cache = { ttl_s: 600 };
-        },
-    });
+    ({ redis, stack } = await startRedisStack());
     ({ gw, mock, keys } = stack);
 }, { timeout: 30000 });
 
-after(async () => {
-    if (stack) await stack.stop();
-    if (redis) await redis.kill();
-}, { timeout: 30000 });
+after(() => stopRedisStack({ redis, stack }), { timeout: 30000 });
 
 const det = (text) => ({ model: 'gpt-4o-mini', temperature: 0, messages: [{ role: 'user', content: text }] });
 const status = (r) => r.headers['x-leo-cache-status'];

@@ -11,7 +11,7 @@
  */
 import net from 'node:net';
 
-import { freePort, spawnChild } from './harness.mjs';
+import { freePort, spawnChild, startStack } from './harness.mjs';
 
 const REDIS_BIN = process.env.LEO_REDIS_SERVER || '/usr/bin/redis-server';
 
@@ -149,4 +149,33 @@ export class Redis {
     get url() {
         return `redis://127.0.0.1:${this.port}`;
     }
+}
+
+/**
+ * A private redis-server and a gateway stack (lib/harness.mjs startStack) using it, with the exact cache's TTL at
+ * 600 s: the set-up of the cache tests. mutate(config) may change the rest of the configuration. Resolves with
+ * { redis, stack }; stopRedisStack stops both.
+ */
+export async function startRedisStack({ workers = 2, mutate } = {}) {
+    const redis = await Redis.start();
+    try {
+        const stack = await startStack({
+            workers,
+            mutate: (c) => {
+                c.redis = { url: redis.url };
+                c.cache = { ttl_s: 600 };
+                if (mutate) mutate(c);
+            },
+        });
+        return { redis, stack };
+    } catch (e) {
+        await redis.kill();
+        throw e;
+    }
+}
+
+/** Stops what startRedisStack started (either may be undefined: not started). */
+export async function stopRedisStack({ redis, stack }) {
+    if (stack) await stack.stop();
+    if (redis) await redis.kill();
 }
