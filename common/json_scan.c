@@ -1,7 +1,11 @@
 #include "json_scan.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "error.h"
 
 static size_t skip_ws(const char *p, size_t len, size_t i)
@@ -242,48 +246,13 @@ static int hex4(const unsigned char *p, size_t len, size_t i, unsigned *out)
     return 1;
 }
 
+static size_t decode_string(const unsigned char *p, size_t len, size_t i, struct leo_buf *out, int *rc);
+
 /* i at an opening quote; one past the closing quote of a valid string, or 0 */
 static size_t valid_string(const unsigned char *p, size_t len, size_t i)
 {
-    for (i++;;) {
-        /* the common case, printable ASCII, in a tight loop */
-        while (i < len && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20 && p[i] < 0x80)
-            i++;
-        if (i >= len)
-            return 0;
-        unsigned char c = p[i];
-        if (c == '"')
-            return i + 1;
-        if (c < 0x20)
-            return 0;
-        if (c >= 0x80) {
-            i = utf8_next(p, len, i);
-            if (i == 0)
-                return 0;
-            continue;
-        }
-        /* an escape */
-        if (++i >= len)
-            return 0;
-        switch (p[i]) {
-        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': i++; break;
-        case 'u': {
-            unsigned cp, lo;
-            if (!hex4(p, len, i + 1, &cp) || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
-                return 0;
-            i += 5;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                /* a high surrogate must be followed by an escaped low one */
-                if (len - i < 6 || p[i] != '\\' || p[i + 1] != 'u' || !hex4(p, len, i + 2, &lo) || lo < 0xDC00 ||
-                    lo > 0xDFFF)
-                    return 0;
-                i += 6;
-            }
-            break;
-        }
-        default: return 0;
-        }
-    }
+    int rc;
+    return decode_string(p, len, i, NULL, &rc);
 }
 
 static int is_digit(unsigned char c)
@@ -330,15 +299,14 @@ static size_t valid_scalar(const unsigned char *p, size_t len, size_t i)
 }
 
 /* One pass over the document with an explicit stack (one bit per level: object or array), so hostile nesting
- * costs 256 bytes of stack, not recursion. At depth 1 (the members of the top-level object) keys are compared
- * with `key` and the span of a matching member's value is kept when the value ends. */
-int leo_json_find_member(const char *text, size_t len, const char *key, struct leo_str *value)
+ * costs 256 bytes of stack, not recursion. At depth 1 (the members of the top-level object) each member is
+ * handed to fn when its value ends. */
+int leo_json_scan_members(const char *text, size_t len, void (*fn)(const struct leo_json_member *m, void *ud),
+                          void *ud)
 {
     const unsigned char *p = (const unsigned char *)text;
     unsigned char is_obj[LEO_JSON_MAX_DEPTH / 8];
-    size_t depth = 0, klen = strlen(key), vstart = 0;
-    int match = 0, found = 0;
-    *value = (struct leo_str){text, 0};
+    size_t depth = 0, vstart = 0, kstart = 0, kend = 0;
     size_t i = skip_ws(text, len, 0);
     if (i >= len || p[i] != '{')
         return LEO_EPARSE;
@@ -371,14 +339,11 @@ value: /* i at the first byte of a value */
 
 after_value: /* a value ends at i, inside the container at `depth` (0: the document) */
     if (depth == 0) {
-        if (skip_ws(text, len, i) != len)
-            return LEO_EPARSE;
-        return found ? 0 : LEO_ENOTFOUND;
+        return skip_ws(text, len, i) == len ? 0 : LEO_EPARSE;
     }
-    if (depth == 1 && match) {
-        *value = (struct leo_str){text + vstart, i - vstart};
-        found = 1;
-        match = 0;
+    if (depth == 1) {
+        struct leo_json_member m = {{text + kstart + 1, kend - kstart - 2}, kstart, vstart, i};
+        fn(&m, ud);
     }
     i = skip_ws(text, len, i);
     if (i >= len)
@@ -406,8 +371,10 @@ member: /* i at a member's key, inside an object */
         i = valid_string(p, len, i);
         if (i == 0)
             return LEO_EPARSE;
-        if (depth == 1)
-            match = i - ks - 2 == klen && memcmp(p + ks + 1, key, klen) == 0;
+        if (depth == 1) {
+            kstart = ks;
+            kend = i;
+        }
     }
     i = skip_ws(text, len, i);
     if (i >= len || p[i] != ':')
@@ -416,4 +383,418 @@ member: /* i at a member's key, inside an object */
     if (depth == 1)
         vstart = i;
     goto value;
+}
+
+struct find {
+    const char *text, *key;
+    size_t klen;
+    struct leo_str *value;
+    int found;
+};
+
+static void find_one(const struct leo_json_member *m, void *ud)
+{
+    struct find *f = ud;
+    if (m->key.len == f->klen && memcmp(m->key.p, f->key, f->klen) == 0) {
+        *f->value = (struct leo_str){f->text + m->value_start, m->value_end - m->value_start};
+        f->found = 1;
+    }
+}
+
+int leo_json_find_member(const char *text, size_t len, const char *key, struct leo_str *value)
+{
+    struct find f = {text, key, strlen(key), value, 0};
+    *value = (struct leo_str){text, 0};
+    int rc = leo_json_scan_members(text, len, find_one, &f);
+    if (rc != 0) {
+        *value = (struct leo_str){text, 0};
+        return rc;
+    }
+    return f.found ? 0 : LEO_ENOTFOUND;
+}
+
+/* ---- leo_json_canonical: the canonical text without a tree ---- */
+
+/* Appends the code point cp as UTF-8. */
+static int add_utf8(struct leo_buf *b, unsigned cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | (cp >> 6));
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    return leo_buf_add(b, u, n);
+}
+
+/* i at an opening quote: validates the string (RFC 8259: valid escapes and UTF-8, no control characters,
+ * \u0000 refused as jansson does) and appends its decoded bytes to out (NULL: validation only). One past the
+ * closing quote, or 0 (*rc says why: LEO_EPARSE or LEO_ETOOBIG). */
+static size_t decode_string(const unsigned char *p, size_t len, size_t i, struct leo_buf *out, int *rc)
+{
+    *rc = LEO_EPARSE;
+    size_t run = ++i; /* the start of the bytes not yet copied */
+    for (;;) {
+        while (i < len && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20 && p[i] < 0x80)
+            i++;
+        if (i >= len)
+            return 0;
+        unsigned char c = p[i];
+        if (c >= 0x80) {
+            i = utf8_next(p, len, i);
+            if (i == 0)
+                return 0;
+            continue; /* the run goes on through the multi-byte sequence */
+        }
+        if (out && i > run && leo_buf_add(out, p + run, i - run) != 0) {
+            *rc = LEO_ETOOBIG;
+            return 0;
+        }
+        if (c == '"') {
+            *rc = 0;
+            return i + 1;
+        }
+        if (c < 0x20 || ++i >= len)
+            return 0;
+        unsigned cp;
+        switch (p[i]) {
+        case '"': case '\\': case '/': cp = p[i]; i++; break;
+        case 'b': cp = '\b'; i++; break;
+        case 'f': cp = '\f'; i++; break;
+        case 'n': cp = '\n'; i++; break;
+        case 'r': cp = '\r'; i++; break;
+        case 't': cp = '\t'; i++; break;
+        case 'u': {
+            unsigned lo;
+            if (!hex4(p, len, i + 1, &cp) || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+                return 0;
+            i += 5;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (len - i < 6 || p[i] != '\\' || p[i + 1] != 'u' || !hex4(p, len, i + 2, &lo) || lo < 0xDC00 ||
+                    lo > 0xDFFF)
+                    return 0;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            }
+            break;
+        }
+        default: return 0;
+        }
+        if (out && add_utf8(out, cp) != 0) {
+            *rc = LEO_ETOOBIG;
+            return 0;
+        }
+        run = i;
+    }
+}
+
+int leo_json_is_integer(struct leo_str raw)
+{
+    return raw.len > 0 && (raw.p[0] == '-' || is_digit((unsigned char)raw.p[0])) && memchr(raw.p, '.', raw.len) == NULL &&
+           memchr(raw.p, 'e', raw.len) == NULL && memchr(raw.p, 'E', raw.len) == NULL;
+}
+
+int leo_json_string_decode(struct leo_str raw, struct leo_buf *out)
+{
+    int rc;
+    const unsigned char *p = (const unsigned char *)raw.p;
+    if (raw.len < 2 || p[0] != '"')
+        return LEO_EPARSE;
+    size_t end = decode_string(p, raw.len, 0, out, &rc);
+    return end == raw.len ? 0 : rc ? rc : LEO_EPARSE;
+}
+
+struct canon_member {
+    size_t key, key_len; /* the decoded key in canon.keys */
+    size_t seg, seg_len; /* `"key":value` in the output */
+    size_t order;
+};
+
+struct canon {
+    const unsigned char *p;
+    size_t len;
+    struct leo_buf *out;
+    struct leo_buf keys;    /* the decoded keys of the objects being written */
+    struct leo_buf scratch; /* decoded strings; an object's members while they are put in order */
+    struct canon_member *m; /* the members of the objects being written, innermost last */
+    size_t n, cap;
+    const struct leo_json_canon_opts *opts;
+    int rc;
+};
+
+static void truncate_buf(struct leo_buf *b, size_t n)
+{
+    if (n < b->len) {
+        b->len = n;
+        b->p[n] = '\0';
+    }
+}
+
+static int member_cmp(const struct canon *c, const struct canon_member *x, const struct canon_member *y)
+{
+    size_t n = x->key_len < y->key_len ? x->key_len : y->key_len;
+    int d = memcmp(c->keys.p + x->key, c->keys.p + y->key, n);
+    if (d == 0)
+        d = (x->key_len > y->key_len) - (x->key_len < y->key_len);
+    return d ? d : (x->order > y->order) - (x->order < y->order);
+}
+
+/* Insertion sort by (key, order): objects in requests have a handful of members. */
+static void sort_members(const struct canon *c, struct canon_member *m, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        struct canon_member t = m[i];
+        size_t j = i;
+        while (j > 0 && member_cmp(c, &m[j - 1], &t) > 0) {
+            m[j] = m[j - 1];
+            j--;
+        }
+        m[j] = t;
+    }
+}
+
+/* A number token p[s..e) (validated): an integral value as an integer, any other with %.17g; jansson's
+ * refusals (integers beyond 64 bits, reals that overflow) as LEO_EPARSE. */
+static int canon_number(struct canon *c, size_t s, size_t e)
+{
+    char small[64], *t = small;
+    size_t n = e - s;
+    if (n >= sizeof(small))
+        t = leo_malloc(n + 1);
+    memcpy(t, c->p + s, n);
+    t[n] = '\0';
+    int is_int = strpbrk(t, ".eE") == NULL, rc = 0;
+    errno = 0;
+    if (is_int) {
+        long long v = strtoll(t, NULL, 10);
+        if (errno == ERANGE)
+            rc = LEO_EPARSE;
+        else if (v < 0)
+            rc = leo_buf_addch(c->out, '-') ? LEO_ETOOBIG : leo_buf_add_uint(c->out, 0ULL - (unsigned long long)v);
+        else
+            rc = leo_buf_add_uint(c->out, (unsigned long long)v);
+    } else {
+        double d = strtod(t, NULL);
+        if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+            rc = LEO_EPARSE;
+        else if (isfinite(d) && d == floor(d) && fabs(d) < 9.0e18) {
+            long long v = (long long)d;
+            if (v < 0)
+                rc = leo_buf_addch(c->out, '-') ? LEO_ETOOBIG
+                                                : leo_buf_add_uint(c->out, 0ULL - (unsigned long long)v);
+            else
+                rc = leo_buf_add_uint(c->out, (unsigned long long)v);
+        } else {
+            rc = leo_buf_addf(c->out, "%.17g", d);
+        }
+    }
+    if (t != small)
+        leo_free(t);
+    return rc;
+}
+
+/* A string value: escapes decoded and written again (the raw text when it has none: then it holds no '"', '\\'
+ * or control character, and escaping the decoded bytes gives it back). */
+static size_t canon_string(struct canon *c, size_t i)
+{
+    size_t e = valid_string(c->p, c->len, i);
+    if (e == 0) {
+        c->rc = LEO_EPARSE;
+        return 0;
+    }
+    if (memchr(c->p + i + 1, '\\', e - i - 2) == NULL) {
+        c->rc = leo_buf_add(c->out, c->p + i, e - i);
+        return c->rc ? 0 : e;
+    }
+    truncate_buf(&c->scratch, 0);
+    decode_string(c->p, c->len, i, &c->scratch, &c->rc);
+    if (c->rc == 0)
+        c->rc = leo_buf_addch(c->out, '"');
+    if (c->rc == 0)
+        c->rc = leo_buf_add_json_escaped(c->out, c->scratch.p, c->scratch.len);
+    if (c->rc == 0)
+        c->rc = leo_buf_addch(c->out, '"');
+    return c->rc ? 0 : e;
+}
+
+static size_t canon_value(struct canon *c, size_t i, size_t depth);
+
+/* After a member or element ending at *i: 1 with *i at the next one (a comma passed), 0 with *i at the closing
+ * byte `close`, -1 on anything else. */
+static int next_member(const struct canon *c, size_t *i, char close)
+{
+    size_t j = skip_ws((const char *)c->p, c->len, *i);
+    if (j < c->len && c->p[j] == ',') {
+        *i = skip_ws((const char *)c->p, c->len, j + 1);
+        return 1;
+    }
+    *i = j;
+    return j < c->len && c->p[j] == (unsigned char)close ? 0 : -1;
+}
+
+/* i at '{'. Members are written as they come, then put in key order (the last of a repeated key kept). */
+static size_t canon_object(struct canon *c, size_t i, size_t depth)
+{
+    const unsigned char *p = c->p;
+    size_t base = c->n, keys_base = c->keys.len;
+    int top = depth == 1;
+    if ((c->rc = leo_buf_addch(c->out, '{')) != 0)
+        return 0;
+    size_t body = c->out->len;
+    i = skip_ws((const char *)p, c->len, i + 1);
+    if (i < c->len && p[i] == '}')
+        goto close;
+    for (size_t order = 0;; order++) {
+        if (i >= c->len || p[i] != '"')
+            goto bad;
+        size_t key = c->keys.len;
+        i = decode_string(p, c->len, i, &c->keys, &c->rc);
+        if (i == 0)
+            return 0;
+        size_t key_len = c->keys.len - key;
+        i = skip_ws((const char *)p, c->len, i);
+        if (i >= c->len || p[i] != ':')
+            goto bad;
+        i = skip_ws((const char *)p, c->len, i + 1);
+        size_t seg = c->out->len + (c->n > base);
+        int skip = top && c->opts && c->opts->skip && c->opts->skip(c->keys.p + key, key_len, c->opts->ud);
+        if (c->n > base && (c->rc = leo_buf_addch(c->out, ',')) != 0)
+            return 0;
+        if ((c->rc = leo_buf_addch(c->out, '"')) != 0 ||
+            (c->rc = leo_buf_add_json_escaped(c->out, c->keys.p + key, key_len)) != 0 ||
+            (c->rc = leo_buf_add(c->out, "\":", 2)) != 0)
+            return 0;
+        i = canon_value(c, i, depth);
+        if (i == 0)
+            return 0;
+        if (skip) {
+            truncate_buf(c->out, seg - (c->n > base));
+            truncate_buf(&c->keys, key);
+        } else {
+            if (c->n == c->cap) {
+                c->cap = c->cap ? 2 * c->cap : 16;
+                c->m = leo_realloc(c->m, c->cap * sizeof(*c->m));
+            }
+            c->m[c->n++] = (struct canon_member){key, key_len, seg, c->out->len - seg, order};
+        }
+        int more = next_member(c, &i, '}');
+        if (more < 0)
+            goto bad;
+        if (!more)
+            break;
+    }
+    {
+        struct canon_member *m = c->m + base;
+        size_t n = c->n - base, kept = 0;
+        int in_order = 1;
+        for (size_t k = 1; k < n && in_order; k++)
+            in_order = member_cmp(c, &m[k - 1], &m[k]) < 0 &&
+                       !(m[k - 1].key_len == m[k].key_len &&
+                         memcmp(c->keys.p + m[k - 1].key, c->keys.p + m[k].key, m[k].key_len) == 0);
+        if (!in_order) {
+            sort_members(c, m, n);
+            truncate_buf(&c->scratch, 0);
+            if ((c->rc = leo_buf_add(&c->scratch, c->out->p + body, c->out->len - body)) != 0)
+                return 0;
+            truncate_buf(c->out, body);
+            for (size_t k = 0; k < n; k++) {
+                if (k + 1 < n && m[k + 1].key_len == m[k].key_len &&
+                    memcmp(c->keys.p + m[k + 1].key, c->keys.p + m[k].key, m[k].key_len) == 0)
+                    continue; /* a later value of the same key wins */
+                if ((kept++ && (c->rc = leo_buf_addch(c->out, ',')) != 0) ||
+                    (c->rc = leo_buf_add(c->out, c->scratch.p + (m[k].seg - body), m[k].seg_len)) != 0)
+                    return 0;
+            }
+        }
+    }
+close:
+    c->n = base;
+    truncate_buf(&c->keys, keys_base);
+    c->rc = leo_buf_addch(c->out, '}');
+    return c->rc ? 0 : i + 1;
+bad:
+    c->rc = LEO_EPARSE;
+    return 0;
+}
+
+/* i at the first byte of a value inside `depth` containers; one past its end, or 0 with c->rc set */
+static size_t canon_value(struct canon *c, size_t i, size_t depth)
+{
+    const unsigned char *p = c->p;
+    if (i >= c->len)
+        goto bad;
+    if (p[i] == '{' || p[i] == '[') {
+        /* jansson counts every value, scalars included, against its limit */
+        if (depth + 1 >= LEO_JSON_MAX_DEPTH)
+            goto bad;
+        if (p[i] == '{')
+            return canon_object(c, i, depth + 1);
+        if ((c->rc = leo_buf_addch(c->out, '[')) != 0)
+            return 0;
+        i = skip_ws((const char *)p, c->len, i + 1);
+        if (i < c->len && p[i] == ']')
+            goto close_array;
+        for (int first = 1;; first = 0) {
+            if (!first && (c->rc = leo_buf_addch(c->out, ',')) != 0)
+                return 0;
+            i = canon_value(c, i, depth + 1);
+            if (i == 0)
+                return 0;
+            int more = next_member(c, &i, ']');
+            if (more < 0)
+                goto bad;
+            if (!more)
+                break;
+        }
+    close_array:
+        c->rc = leo_buf_addch(c->out, ']');
+        return c->rc ? 0 : i + 1;
+    }
+    if (p[i] == '"')
+        return canon_string(c, i);
+    size_t e = valid_scalar(p, c->len, i);
+    if (e == 0)
+        goto bad;
+    if (p[i] == 't' || p[i] == 'f' || p[i] == 'n')
+        c->rc = leo_buf_add(c->out, p + i, e - i);
+    else
+        c->rc = canon_number(c, i, e);
+    return c->rc ? 0 : e;
+bad:
+    c->rc = LEO_EPARSE;
+    return 0;
+}
+
+int leo_json_canonical(const char *p, size_t len, const struct leo_json_canon_opts *opts, struct leo_buf *out)
+{
+    struct canon c = {(const unsigned char *)p, len, out, LEO_BUF_INIT, LEO_BUF_INIT, NULL, 0, 0, opts, 0};
+    size_t start = out->len, i = skip_ws(p, len, 0);
+    if (i < len && p[i] == '{') {
+        i = canon_object(&c, i, 1);
+        if (i != 0 && skip_ws(p, len, i) != len)
+            c.rc = LEO_EPARSE;
+    } else {
+        c.rc = LEO_EPARSE;
+    }
+    leo_buf_release(&c.keys);
+    leo_buf_release(&c.scratch);
+    leo_free(c.m);
+    if (c.rc != 0)
+        truncate_buf(out, start);
+    return c.rc;
 }

@@ -39,8 +39,39 @@ int leo_json_scan_object(const char *p, size_t len,
  *  Returns 0 (found), LEO_ENOTFOUND (well-formed, no such member; *value is empty) or LEO_EPARSE. */
 int leo_json_find_member(const char *p, size_t len, const char *key, struct leo_str *value);
 
+/** The validating scan of leo_json_find_member, handing every top-level member (raw spans, document order,
+ *  repeated keys each time) to fn as its value ends. 0 only when the whole document is well formed (then,
+ *  number magnitudes aside, jansson accepts it); LEO_EPARSE otherwise, possibly after some calls of fn. */
+int leo_json_scan_members(const char *text, size_t len, void (*fn)(const struct leo_json_member *m, void *ud),
+                          void *ud);
+
 /** How deep leo_json_find_member follows nested arrays and objects (jansson's limit). */
 #define LEO_JSON_MAX_DEPTH 2048
+
+/** What leo_json_canonical does with the members of the top-level object. */
+struct leo_json_canon_opts {
+    /* true: leave this member out of the canonical text (key decoded); NULL keeps every member */
+    int (*skip)(const char *key, size_t key_len, void *ud);
+    void *ud;
+};
+
+/** Writes the canonical text of the JSON object in p[0..len) to out, validating it on the way as
+ *  leo_json_find_member does (0 means jansson accepts the document, integers beyond 64 bits and real numbers
+ *  that overflow included). Canonical: no whitespace; object members sorted by their decoded keys (bytewise,
+ *  a shorter key first), a repeated key keeping its last value as jansson does; strings decoded and written
+ *  again escaping only '"', '\\' and control characters; a number with an integral value written as an integer
+ *  whatever its spelling (0.0, -0, 1e2), any other with %.17g. This is, byte for byte, what gateway/cache.c
+ *  writes for the same document parsed by jansson (the exact cache's key), without building a tree.
+ *  Returns 0, LEO_EPARSE (not a JSON object jansson would accept) or LEO_ETOOBIG (out). */
+int leo_json_canonical(const char *p, size_t len, const struct leo_json_canon_opts *opts, struct leo_buf *out);
+
+/** True when raw (a validated JSON value) is a number written without fraction or exponent: what jansson
+ *  makes an integer. */
+int leo_json_is_integer(struct leo_str raw);
+
+/** Decodes the JSON string literal raw (its quotes included, already validated) into out. 0 or LEO_EPARSE /
+ *  LEO_ETOOBIG. */
+int leo_json_string_decode(struct leo_str raw, struct leo_buf *out);
 
 /** One replacement for leo_json_splice: the value of top-level member `key` becomes `value` (raw JSON text);
  *  when the member does not exist it is appended at the end of the object. value NULL removes the member. */

@@ -26,6 +26,7 @@
 
 #include "../common/alloc.h"
 #include "../common/error.h"
+#include "../common/json_scan.h"
 #include "../common/log.h"
 #include "../common/metrics.h"
 #include "../common/redis.h"
@@ -363,15 +364,20 @@ int leo_cache_ctl_parse(struct leo_str cache_hdr, struct leo_str ttl_hdr, struct
     return 0;
 }
 
-bool leo_cache_request_deterministic(json_t *req)
+bool leo_cache_deterministic(struct leo_str t, struct leo_str seed)
 {
-    json_t *t = json_object_get(req, "temperature");
-    if (json_is_number(t) && json_number_value(t) == 0)
-        return true;
-    return json_is_integer(json_object_get(req, "seed"));
+    if (t.len > 0 && (t.p[0] == '-' || (t.p[0] >= '0' && t.p[0] <= '9'))) {
+        /* a number is zero when every digit before its exponent is */
+        size_t i = t.p[0] == '-';
+        while (i < t.len && (t.p[i] == '0' || t.p[i] == '.'))
+            i++;
+        if (i == t.len || t.p[i] == 'e' || t.p[i] == 'E')
+            return true;
+    }
+    return leo_json_is_integer(seed);
 }
 
-void leo_cache_decide(const struct leo_cache_policy *pol, json_t *req, const struct leo_cache_ctl *ctl,
+void leo_cache_decide(const struct leo_cache_policy *pol, bool deterministic, const struct leo_cache_ctl *ctl,
                       struct leo_cache_decision *out)
 {
     memset(out, 0, sizeof(*out));
@@ -383,7 +389,7 @@ void leo_cache_decide(const struct leo_cache_policy *pol, json_t *req, const str
         out->reason = "mode never";
         return;
     }
-    if (pol->mode == LEO_CACHE_MODE_DETERMINISTIC && !leo_cache_request_deterministic(req)) {
+    if (pol->mode == LEO_CACHE_MODE_DETERMINISTIC && !deterministic) {
         out->reason = "not deterministic";
         return;
     }
@@ -513,29 +519,55 @@ int leo_cache_canonical(enum leo_dialect dialect, json_t *req, struct leo_buf *o
     return canon_value(out, req, true);
 }
 
-int leo_cache_key(const char *tenant, enum leo_dialect dialect, json_t *req, struct leo_cache_key *out)
+static int skip_excluded(const char *key, size_t len, void *ud)
 {
-    size_t tlen = tenant ? strlen(tenant) : 0;
-    if (tlen == 0 || tlen > TENANT_MAX || !json_is_object(req))
+    (void)ud;
+    return excluded(key, len);
+}
+
+int leo_cache_canonical_raw(const char *body, size_t len, struct leo_buf *out)
+{
+    struct leo_json_canon_opts opts = {skip_excluded, NULL};
+    return leo_json_canonical(body, len, &opts, out);
+}
+
+/* tenant: 1 to TENANT_MAX bytes */
+static void key_of_canonical(const char *tenant, enum leo_dialect dialect, struct leo_str canonical,
+                             struct leo_cache_key *out)
+{
+    size_t tlen = strlen(tenant);
+    /* lengths before the variable parts: no two (tenant, dialect, body) triples serialise alike */
+    char head[TENANT_MAX + 64];
+    const char *tag = dialect_tag(dialect);
+    size_t tag_len = strlen(tag);
+    int n = snprintf(head, sizeof(head), "leo-cache-v1\n%zu:", tlen);
+    memcpy(head + n, tenant, tlen);
+    n += (int)tlen;
+    head[n++] = '\n';
+    memcpy(head + n, tag, tag_len);
+    n += (int)tag_len;
+    head[n++] = '\n';
+    crypto_generichash_state st;
+    unsigned char d[32];
+    crypto_generichash_init(&st, NULL, 0, sizeof(d));
+    crypto_generichash_update(&st, (const unsigned char *)head, (size_t)n);
+    crypto_generichash_update(&st, (const unsigned char *)canonical.p, canonical.len);
+    crypto_generichash_final(&st, d, sizeof(d));
+    memcpy(out->s, tenant, tlen);
+    out->s[tlen] = ':';
+    sodium_bin2hex(out->s + tlen + 1, LEO_CACHE_HASH_HEX + 1, d, sizeof(d));
+    out->len = tlen + 1 + LEO_CACHE_HASH_HEX;
+}
+
+int leo_cache_key(const char *tenant, enum leo_dialect dialect, const char *body, size_t len,
+                  struct leo_cache_key *out)
+{
+    if (tenant == NULL || tenant[0] == '\0' || strlen(tenant) > TENANT_MAX)
         return LEO_EINVAL;
     struct leo_buf b = LEO_BUF_INIT;
-    /* lengths before the variable parts: no two (tenant, dialect, body) triples serialise alike */
-    leo_buf_adds(&b, "leo-cache-v1\n");
-    leo_buf_add_uint(&b, tlen);
-    leo_buf_addch(&b, ':');
-    leo_buf_add(&b, tenant, tlen);
-    leo_buf_addch(&b, '\n');
-    leo_buf_adds(&b, dialect_tag(dialect));
-    leo_buf_addch(&b, '\n');
-    int rc = canon_value(&b, req, true);
-    if (rc == 0) {
-        unsigned char h[32];
-        crypto_generichash(h, sizeof(h), (const unsigned char *)b.p, b.len, NULL, 0);
-        memcpy(out->s, tenant, tlen);
-        out->s[tlen] = ':';
-        sodium_bin2hex(out->s + tlen + 1, LEO_CACHE_HASH_HEX + 1, h, sizeof(h));
-        out->len = tlen + 1 + LEO_CACHE_HASH_HEX;
-    }
+    int rc = leo_cache_canonical_raw(body, len, &b);
+    if (rc == 0)
+        key_of_canonical(tenant, dialect, (struct leo_str){b.p, b.len}, out);
     leo_buf_release(&b);
     return rc;
 }

@@ -128,13 +128,14 @@ struct leo_cache_decision {
                            "not deterministic", "no-cache, no-store"; NULL otherwise; static storage */
 };
 
-/** True when req (the client's request object, either dialect) asks for a deterministic answer: temperature
- *  0 (any number form), or an integer seed. */
-bool leo_cache_request_deterministic(json_t *req);
+/** True when a request (either dialect) asks for a deterministic answer: temperature 0 (any number form), or an
+ *  integer seed. temperature and seed are the raw JSON values of those top-level members ({NULL, 0} when
+ *  absent), as leo_json_scan_members gives them. */
+bool leo_cache_deterministic(struct leo_str temperature, struct leo_str seed);
 
-/** Decides from the policy, the request and its controls. Deduplication follows lookup (a request that asks
- *  for a fresh answer with no-cache or refresh does not share someone else's). */
-void leo_cache_decide(const struct leo_cache_policy *pol, json_t *req, const struct leo_cache_ctl *ctl,
+/** Decides from the policy, whether the request is deterministic (leo_cache_deterministic) and its controls. Deduplication follows lookup (a request that asks for a
+ *  fresh answer with no-cache or refresh does not share someone else's). */
+void leo_cache_decide(const struct leo_cache_policy *pol, bool deterministic, const struct leo_cache_ctl *ctl,
                       struct leo_cache_decision *out);
 
 /** What the client is told in x-leo-cache-status. */
@@ -161,15 +162,23 @@ struct leo_cache_key {
 };
 
 /**
- * Computes the key of a request: BLAKE2b-256 over a version tag, the tenant id, the client's dialect and
- * the canonical serialisation of req without the members that cannot change the answer (top level only:
- * user, stream, stream_options, metadata, store, service_tier). Everything else counts, unknown members too.
- * Returns 0, or LEO_EINVAL when req is not an object or tenant is NULL, empty or longer than 128 bytes.
+ * Computes the key of a request from its body as received (body[0..len), a JSON object), without building a
+ * tree: BLAKE2b-256 over a version tag, the tenant id, the client's dialect and the canonical serialisation
+ * (common/json_scan.h leo_json_canonical) of the object without the members that cannot change the answer
+ * (top level only: user, stream, stream_options, metadata, store, service_tier). Everything else counts,
+ * unknown members too.
+ * Returns 0, LEO_EPARSE when body is not a JSON object jansson accepts, or LEO_EINVAL when tenant is NULL,
+ * empty or longer than 128 bytes.
  */
-int leo_cache_key(const char *tenant, enum leo_dialect dialect, json_t *req, struct leo_cache_key *out);
+int leo_cache_key(const char *tenant, enum leo_dialect dialect, const char *body, size_t len,
+                  struct leo_cache_key *out);
 
-/** Appends the canonical serialisation the key is computed over (for tests and debugging). */
+/** Appends the canonical serialisation of a parsed request, the same bytes leo_cache_key hashes for its text
+ *  (the semantic cache's namespaces use it on trees). */
 int leo_cache_canonical(enum leo_dialect dialect, json_t *req, struct leo_buf *out);
+
+/** The same from the body's bytes (what leo_cache_key hashes). 0, LEO_EPARSE or LEO_ETOOBIG. */
+int leo_cache_canonical_raw(const char *body, size_t len, struct leo_buf *out);
 
 /* ---- entries ------------------------------------------------------------------------------------------- */
 

@@ -64,8 +64,10 @@ struct leo_optimizer {
 struct leo_opt_req {
     struct leo_optimizer *o;
     struct leo_gw_req *g;
-    json_t *root;
+    json_t *(*tree)(void *ud); /* the request for the semantic cache, parsed on demand (leo_opt_input) */
+    void *tree_ud;
     bool stream, include_usage;
+    bool want_semantic;               /* the semantic cache is on for this request: q is set up after an exact miss */
     struct leo_cache_decision dec;
     struct leo_cache_key key;
     bool semantic;                    /* the semantic cache applies (q is initialised) */
@@ -537,8 +539,8 @@ static const struct leo_dedup_callbacks follower_whole_cbs = {NULL, follower_don
 
 /* ---- the request path ---- */
 
-bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, json_t *root, json_t *canon, bool stream,
-                   bool include_usage, leo_opt_continue_cb cont, void *ud, struct leo_opt_req **out)
+bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, const struct leo_opt_input *in,
+                   leo_opt_continue_cb cont, void *ud, struct leo_opt_req **out)
 {
     *out = NULL;
     const char *tenant = g->key->tenant->id;
@@ -561,27 +563,25 @@ bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, json_t *root, 
     struct leo_opt_req *r = leo_arena_zalloc(&g->req->arena, sizeof(*r));
     r->o = o;
     r->g = g;
-    r->root = root;
-    r->stream = stream;
-    r->include_usage = include_usage;
+    r->tree = in->tree;
+    r->tree_ud = in->tree_ud;
+    r->stream = in->stream;
+    r->include_usage = in->include_usage;
     r->cont = cont;
     r->ud = ud;
     *out = r;
-    leo_cache_decide(&pol, root, &ctl, &r->dec);
+    leo_cache_decide(&pol, in->deterministic, &ctl, &r->dec);
     if (!r->dec.lookup && !r->dec.store) {
         g->cache_status = "bypass";
         count("exact_cache", "bypass");
         return false;
     }
-    if (leo_cache_key(tenant, g->dialect, root, &r->key) != 0) {
+    if (leo_cache_key(tenant, g->dialect, in->body.p, in->body.len, &r->key) != 0) {
         r->dec.lookup = r->dec.store = r->dec.dedup = false;
         g->cache_status = "bypass";
         return false;
     }
-    if (semantic) {
-        r->have_q = true;
-        r->semantic = leo_semcache_query_init(o->sem, tenant, g->dialect, g->model->name, canon ? canon : root, &r->q);
-    }
+    r->want_semantic = semantic;
 
     /* 1. the exact cache (a hit in this worker's memory costs no more than this) */
     if (r->dec.lookup) {
@@ -607,6 +607,13 @@ bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, json_t *root, 
  * Returns true when the request was taken over (a follower, a semantic hit or lookup); false: go on. */
 static bool after_exact_miss(struct leo_opt_req *r)
 {
+    if (r->want_semantic && !r->have_q) {
+        /* the semantic cache's query needs the request as a tree: built only now that the exact cache missed */
+        json_t *tree = r->tree(r->tree_ud);
+        r->have_q = true;
+        r->semantic = tree != NULL && leo_semcache_query_init(r->o->sem, r->g->key->tenant->id, r->g->dialect,
+                                                              r->g->model->name, tree, &r->q);
+    }
     if (r->dec.lookup)
         count("exact_cache", "miss");
     if (r->dec.dedup) {

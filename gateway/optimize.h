@@ -56,15 +56,26 @@ void leo_optimizer_free(struct leo_optimizer *o);
 /** Called when the request must go on to the upstream after leo_opt_begin returned true. */
 typedef void (*leo_opt_continue_cb)(void *ud);
 
+/** What leo_opt_begin needs of a validated chat request, read from its bytes without building a tree. */
+struct leo_opt_input {
+    struct leo_str body;      /* the request's bytes (the exact cache's key is computed over their canonical form) */
+    bool deterministic;       /* temperature 0 or an integer seed (leo_cache_request_deterministic) */
+    bool stream, include_usage;
+    /* the request as a tree in the OpenAI form (for Anthropic clients their request translated), which the
+     * semantic cache needs: asked for only after the exact cache missed, owned by the caller and alive until
+     * leo_opt_close; NULL when it cannot be built (the semantic cache is then skipped) */
+    json_t *(*tree)(void *ud);
+    void *tree_ud;
+};
+
 /**
- * Consults the caches for a validated chat request (root: the client's body, owned by the caller and kept
- * alive until leo_opt_close; canon: its OpenAI form for Anthropic clients, or NULL when root is already in it).
+ * Consults the caches for a validated chat request.
  * Returns false when the request goes on now (*out may be set: call the recording functions); true when the
  * optimiser took it over: it has been answered (a hit, a header error) or will be answered, or cont(ud) will be
  * called exactly once to let it go on. Sets g->cache_status. *out is allocated in the request's arena.
  */
-bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, json_t *root, json_t *canon, bool stream,
-                   bool include_usage, leo_opt_continue_cb cont, void *ud, struct leo_opt_req **out);
+bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, const struct leo_opt_input *in,
+                   leo_opt_continue_cb cont, void *ud, struct leo_opt_req **out);
 
 /** Stream bytes written to the client (r may be NULL: nothing to do). */
 void leo_opt_stream_write(struct leo_opt_req *r, const char *bytes, size_t len);

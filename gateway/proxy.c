@@ -22,6 +22,7 @@
 #include <jansson.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -996,48 +997,102 @@ static int splice_body(struct proxy *p, json_t *root, struct leo_buf *body)
     return rc;
 }
 
-/* Validates the common members; sends the error and returns false when the request cannot go on. */
-static bool check_request(struct leo_gw_req *g, enum proxy_kind kind, json_t *root)
+/* The top-level members a request is checked and routed by, read from its bytes without building a tree (raw
+ * spans into the body; the last of a repeated key, as jansson keeps; {NULL, 0} when absent). */
+struct req_view {
+    const char *body;
+    struct leo_str model, messages, max_tokens, input, prompt, stream, stream_options, temperature, seed;
+};
+
+static void view_member(const struct leo_json_member *m, void *ud)
 {
-    json_t *jmodel = json_object_get(root, "model");
-    if (jmodel == NULL) {
+    static const struct {
+        const char *name;
+        size_t off;
+    } members[] = {
+        {"model", offsetof(struct req_view, model)},
+        {"messages", offsetof(struct req_view, messages)},
+        {"max_tokens", offsetof(struct req_view, max_tokens)},
+        {"input", offsetof(struct req_view, input)},
+        {"prompt", offsetof(struct req_view, prompt)},
+        {"stream", offsetof(struct req_view, stream)},
+        {"stream_options", offsetof(struct req_view, stream_options)},
+        {"temperature", offsetof(struct req_view, temperature)},
+        {"seed", offsetof(struct req_view, seed)},
+    };
+    struct req_view *v = ud;
+    struct leo_str key = m->key;
+    struct leo_buf dec = LEO_BUF_INIT;
+    if (memchr(key.p, '\\', key.len) != NULL) {
+        /* a key written with escapes names the member its decoded text names */
+        if (leo_json_string_decode((struct leo_str){key.p - 1, key.len + 2}, &dec) != 0)
+            return;
+        key = (struct leo_str){dec.p, dec.len};
+    }
+    for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++)
+        if (leo_str_eqc(key, members[i].name)) {
+            *(struct leo_str *)((char *)v + members[i].off) =
+                (struct leo_str){v->body + m->value_start, m->value_end - m->value_start};
+            break;
+        }
+    leo_buf_release(&dec);
+}
+
+static bool span_is(struct leo_str v, const char *lit)
+{
+    return v.p != NULL && leo_str_eqc(v, lit);
+}
+
+/* Validates the common members from the view; sends the error and returns false when the request cannot go
+ * on. Sets g->model. */
+static bool check_request(struct leo_gw_req *g, enum proxy_kind kind, const struct req_view *v)
+{
+    if (v->model.p == NULL) {
         leo_gw_error(g, 400, "model", "missing_required_parameter", "missing required field \"model\"");
         return false;
     }
-    if (!json_is_string(jmodel)) {
+    if (v->model.p[0] != '"') {
         leo_gw_error(g, 400, "model", "invalid_type", "field \"model\" must be a string");
         return false;
     }
     if (kind == KIND_CHAT || kind == KIND_MESSAGES || kind == KIND_COUNT_TOKENS) {
-        json_t *jmsgs = json_object_get(root, "messages");
-        if (jmsgs == NULL) {
+        if (v->messages.p == NULL) {
             leo_gw_error(g, 400, "messages", "missing_required_parameter", "missing required field \"messages\"");
             return false;
         }
-        if (!json_is_array(jmsgs) || json_array_size(jmsgs) == 0) {
+        size_t i = 1;
+        while (i < v->messages.len && (v->messages.p[i] == ' ' || v->messages.p[i] == '\t' ||
+                                       v->messages.p[i] == '\n' || v->messages.p[i] == '\r'))
+            i++;
+        if (v->messages.p[0] != '[' || v->messages.p[i] == ']') {
             leo_gw_error(g, 400, "messages", "invalid_type", "field \"messages\" must be a non-empty array");
             return false;
         }
     }
-    if (kind == KIND_MESSAGES && !json_is_integer(json_object_get(root, "max_tokens"))) {
+    if (kind == KIND_MESSAGES && !leo_json_is_integer(v->max_tokens)) {
         leo_gw_error(g, 400, "max_tokens", "missing_required_parameter",
                      "field \"max_tokens\" is required and must be an integer");
         return false;
     }
-    if (kind == KIND_EMBEDDINGS && json_object_get(root, "input") == NULL) {
+    if (kind == KIND_EMBEDDINGS && v->input.p == NULL) {
         leo_gw_error(g, 400, "input", "missing_required_parameter", "missing required field \"input\"");
         return false;
     }
-    if (kind == KIND_COMPLETIONS && json_object_get(root, "prompt") == NULL) {
+    if (kind == KIND_COMPLETIONS && v->prompt.p == NULL) {
         leo_gw_error(g, 400, "prompt", "missing_required_parameter", "missing required field \"prompt\"");
         return false;
     }
-    json_t *jstream = json_object_get(root, "stream");
-    if (jstream && !json_is_boolean(jstream) && !json_is_null(jstream)) {
+    if (v->stream.p && !span_is(v->stream, "true") && !span_is(v->stream, "false") && !span_is(v->stream, "null")) {
         leo_gw_error(g, 400, "stream", "invalid_type", "field \"stream\" must be a boolean");
         return false;
     }
-    struct leo_str name = {json_string_value(jmodel), json_string_length(jmodel)};
+    struct leo_str name = {v->model.p + 1, v->model.len - 2};
+    if (memchr(name.p, '\\', name.len) != NULL) {
+        struct leo_buf dec = LEO_BUF_INIT;
+        if (leo_json_string_decode(v->model, &dec) == 0)
+            name = (struct leo_str){leo_arena_strndup(&g->req->arena, dec.p, dec.len), dec.len};
+        leo_buf_release(&dec);
+    }
     g->model = leo_config_find_model(g->cfg, name);
     if (g->model == NULL) {
         leo_gw_error(g, 404, "model", "model_not_found", "model \"%.*s\" is not configured",
@@ -1058,6 +1113,34 @@ static bool check_request(struct leo_gw_req *g, enum proxy_kind kind, json_t *ro
         return false;
     }
     return true;
+}
+
+/* The client's request as a tree, parsed when first needed: a request the exact cache answers never is. NULL
+ * when jansson refuses what the view's scan accepted (an integer beyond 64 bits, a real that overflows); *jerr
+ * says why. */
+static json_t *request_tree(struct proxy *p, json_error_t *jerr)
+{
+    if (p->root == NULL) {
+        struct leo_http_request *req = p->g->req;
+        p->root = json_loadb(req->body.p, req->body.len, 0, jerr);
+    }
+    return p->root;
+}
+
+/* leo_opt_input.tree: what the semantic cache embeds (Anthropic clients: their request in the OpenAI form) */
+static json_t *semantic_tree(void *ud)
+{
+    struct proxy *p = ud;
+    json_error_t jerr;
+    json_t *root = request_tree(p, &jerr);
+    if (root == NULL || p->kind != KIND_MESSAGES)
+        return root;
+    if (p->canon == NULL) {
+        struct leo_buf err = LEO_BUF_INIT;
+        p->canon = leo_messages_to_canonical(root, &err);
+        leo_buf_release(&err);
+    }
+    return p->canon;
 }
 
 /* count_tokens without an Anthropic upstream: the gateway's own estimate. */
@@ -1579,6 +1662,18 @@ static void admit_attempt(struct proxy *p)
 static void admit(struct proxy *p)
 {
     struct leo_gw_req *g = p->g;
+    json_error_t jerr;
+    if (request_tree(p, &jerr) == NULL) {
+        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
+                     jerr.text);
+        return;
+    }
+    /* Anthropic clients: the canonical form, kept for the translation and the estimate */
+    if (p->kind == KIND_MESSAGES && p->canon == NULL) {
+        struct leo_buf err = LEO_BUF_INIT;
+        p->canon = leo_messages_to_canonical(p->root, &err);
+        leo_buf_release(&err);
+    }
     /* the estimate every request sent upstream gets (quotas admit on it; providers' counts replace it); a
      * request answered by a cache never needs it */
     if (p->kind == KIND_CHAT)
@@ -1649,37 +1744,42 @@ static void on_opt_continue(void *ud)
     admit(ud);
 }
 
+/* The body is not a JSON object jansson accepts: the error, in jansson's words where it has some. */
+static void reject_body(struct leo_gw_req *g)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(g->req->body.p, g->req->body.len, 0, &jerr);
+    if (root == NULL)
+        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
+                     jerr.text);
+    else if (!json_is_object(root))
+        leo_gw_error(g, 400, NULL, "invalid_request", "request body must be a JSON object");
+    else
+        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body");
+    json_decref(root);
+}
+
 static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
 {
     g->dialect = kind == KIND_MESSAGES || kind == KIND_COUNT_TOKENS ? LEO_DIALECT_ANTHROPIC : LEO_DIALECT_OPENAI;
     if (!leo_gw_authenticate(g))
         return;
     struct leo_http_request *req = g->req;
-    json_error_t jerr;
-    json_t *root = json_loadb(req->body.p, req->body.len, 0, &jerr);
-    if (root == NULL) {
-        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
-                     jerr.text);
-        return;
-    }
-    if (!json_is_object(root)) {
-        leo_gw_error(g, 400, NULL, "invalid_request", "request body must be a JSON object");
-        json_decref(root);
+    /* one validating pass over the bytes; the tree is built later, when something needs it (request_tree) */
+    struct req_view v = {.body = req->body.p};
+    if (leo_json_scan_members(req->body.p, req->body.len, view_member, &v) != 0) {
+        reject_body(g);
         return;
     }
     int pin;
-    if (!check_request(g, kind, root) || !route_override(g, &pin)) {
-        json_decref(root);
+    if (!check_request(g, kind, &v) || !route_override(g, &pin))
         return;
-    }
-    g->stream = json_is_true(json_object_get(root, "stream")) && kind != KIND_EMBEDDINGS &&
-                kind != KIND_COUNT_TOKENS;
+    g->stream = span_is(v.stream, "true") && kind != KIND_EMBEDDINGS && kind != KIND_COUNT_TOKENS;
 
     struct proxy *p = leo_arena_zalloc(&req->arena, sizeof(*p));
     p->g = g;
     p->kind = kind;
     p->pin = pin;
-    p->root = root; /* owned by p from here on, released in proxy_close */
     p->body = (struct leo_buf)LEO_BUF_INIT;
     p->out = (struct leo_buf)LEO_BUF_INIT;
     g->data = p;
@@ -1689,19 +1789,24 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     snprintf(p->resp_id, sizeof(p->resp_id), "%s%s", g->dialect == LEO_DIALECT_ANTHROPIC ? "msg_" : "chatcmpl-",
              g->id + 4);
     p->created = (int64_t)time(NULL);
-    p->client_wants_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
+    struct leo_str usage;
+    p->client_wants_usage = v.stream_options.len > 0 && v.stream_options.p[0] == '{' &&
+                            leo_json_find_member(v.stream_options.p, v.stream_options.len, "include_usage", &usage) == 0 &&
+                            leo_str_eqc(usage, "true");
 
-    /* Anthropic clients: the canonical form, kept for the translation, the caches and the estimate */
-    if (kind == KIND_MESSAGES) {
-        struct leo_buf err = LEO_BUF_INIT;
-        p->canon = leo_messages_to_canonical(root, &err);
-        leo_buf_release(&err);
-    }
     /* the caches: an answer now, an answer later, or go on (now, or later through on_opt_continue) */
-    if ((kind == KIND_CHAT || kind == KIND_MESSAGES) && g->w->optimizer &&
-        leo_opt_begin(g->w->optimizer, g, root, kind == KIND_MESSAGES ? p->canon : NULL, g->stream,
-                      p->client_wants_usage, on_opt_continue, p, &p->opt))
-        return;
+    if ((kind == KIND_CHAT || kind == KIND_MESSAGES) && g->w->optimizer) {
+        struct leo_opt_input in = {
+            .body = {req->body.p, req->body.len},
+            .deterministic = leo_cache_deterministic(v.temperature, v.seed),
+            .stream = g->stream,
+            .include_usage = p->client_wants_usage,
+            .tree = semantic_tree,
+            .tree_ud = p,
+        };
+        if (leo_opt_begin(g->w->optimizer, g, &in, on_opt_continue, p, &p->opt))
+            return;
+    }
     admit(p);
 }
 

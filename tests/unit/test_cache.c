@@ -14,6 +14,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/error.h"
+#include "common/json_scan.h"
 #include "common/metrics.h"
 #include "common/redis.h"
 #include "gateway/cache.h"
@@ -34,9 +35,18 @@ static json_t *J(const char *text)
 
 static void key_of(const char *tenant, enum leo_dialect d, const char *req, struct leo_cache_key *k)
 {
-    json_t *r = J(req);
-    ASSERT_EQ(leo_cache_key(tenant, d, r, k), 0);
-    json_decref(r);
+    ASSERT_EQ(leo_cache_key(tenant, d, req, strlen(req), k), 0);
+}
+
+/* leo_cache_deterministic over a request's top-level temperature and seed */
+static bool deterministic(const char *req)
+{
+    struct leo_str t, seed;
+    if (leo_json_find_member(req, strlen(req), "temperature", &t) != 0)
+        t = (struct leo_str){NULL, 0};
+    if (leo_json_find_member(req, strlen(req), "seed", &seed) != 0)
+        seed = (struct leo_str){NULL, 0};
+    return leo_cache_deterministic(t, seed);
 }
 
 static bool same_key(const char *a, const char *b)
@@ -68,13 +78,10 @@ TEST(key_format_is_tenant_and_hex)
     ASSERT(strncmp(k.s, "acme:", 5) == 0);
     for (size_t i = 5; i < k.len; i++)
         ASSERT((k.s[i] >= '0' && k.s[i] <= '9') || (k.s[i] >= 'a' && k.s[i] <= 'f'));
-    json_t *r = J("[1]");
-    ASSERT_EQ(leo_cache_key("acme", LEO_DIALECT_OPENAI, r, &k), LEO_EINVAL);
-    json_decref(r);
-    r = J(BASE "}");
-    ASSERT_EQ(leo_cache_key("", LEO_DIALECT_OPENAI, r, &k), LEO_EINVAL);
-    ASSERT_EQ(leo_cache_key(NULL, LEO_DIALECT_OPENAI, r, &k), LEO_EINVAL);
-    json_decref(r);
+    ASSERT_EQ(leo_cache_key("acme", LEO_DIALECT_OPENAI, "[1]", 3, &k), LEO_EPARSE);
+    ASSERT_EQ(leo_cache_key("acme", LEO_DIALECT_OPENAI, "{\"a\":1", 6, &k), LEO_EPARSE);
+    ASSERT_EQ(leo_cache_key("", LEO_DIALECT_OPENAI, BASE "}", strlen(BASE "}"), &k), LEO_EINVAL);
+    ASSERT_EQ(leo_cache_key(NULL, LEO_DIALECT_OPENAI, BASE "}", strlen(BASE "}"), &k), LEO_EINVAL);
 }
 
 TEST(key_ignores_order_whitespace_and_number_forms)
@@ -94,6 +101,162 @@ TEST(key_ignores_order_whitespace_and_number_forms)
     ASSERT_STR_EQ(b.p, "{\"a\":[0,0,100,0.5,-3],\"b\":1,\"c\":{\"y\":\"q\\\"\",\"z\":null}}");
     json_decref(r);
     leo_buf_release(&b);
+}
+
+/* ---- the key's canonical text from the bytes, against the same text from jansson's tree ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static unsigned rnd(unsigned n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state % n);
+}
+
+static void ws(struct leo_buf *b)
+{
+    static const char *const spaces[] = {"", "", "", " ", "\n", "\t ", "\r\n  "};
+    leo_buf_adds(b, spaces[rnd(7)]);
+}
+
+static void gen_value(struct leo_buf *b, int depth)
+{
+    static const char *const keys[] = {
+        "\"a\"", "\"b\"", "\"A\"", "\"\"", "\"model\"", "\"stream\"", "\"user\"", "\"us\\u0065r\"", "\"metadata\"",
+        "\"k\\u0041\"", "\"kA\"", "\"\\u00e9\"", "\"\xc3\xa9\"", "\"a\\\"b\"", "\"a\\\\b\"", "\"temperature\"",
+        "\"\\ud83d\\ude00\"", "\"messages\"", "\"z\\/\"", "\"ab\""};
+    static const char *const strings[] = {
+        "\"plain text\"", "\"tab\\there\"", "\"\\u00e9t\\u00E9\"", "\"\xc3\xa9t\xc3\xa9\"", "\"\\ud83d\\ude00\"",
+        "\"\xf0\x9f\x98\x80\"", "\"\\/\\\\\"", "\"x\\\"y\"", "\"\\u001f\\u007f\"", "\"\\b\\f\\n\\r\\t\"", "\"\"",
+        "\"\\u0041BC\"", "\"what is 2+3?\"", "\"\x7f\"", "\"\\uFFFF\"", "\"\xef\xbf\xbf\""};
+    static const char *const numbers[] = {
+        "0", "-0", "0.0", "-0.0", "1e2", "1E+2", "100", "1.5", "-1.25e-3", "123456789012345678", "9223372036854775807",
+        "-9223372036854775808", "9223372036854775808", "-9223372036854775809", "1e400", "-1e400", "1e-400", "0.1",
+        "3.141592653589793238462643", "12345678901234567890123", "-1e18", "9.5e18", "1e19", "0e0", "2.50", "7"};
+    static const char *const literals[] = {"true", "false", "null"};
+    unsigned kind = depth >= 4 ? 2 + rnd(4) : rnd(6);
+    switch (kind) {
+    case 0:
+    case 1: {
+        int obj = kind == 0;
+        unsigned n = rnd(5);
+        leo_buf_addch(b, obj ? '{' : '[');
+        for (unsigned i = 0; i < n; i++) {
+            if (i)
+                leo_buf_addch(b, ',');
+            ws(b);
+            if (obj) {
+                leo_buf_adds(b, keys[rnd(sizeof(keys) / sizeof(keys[0]))]);
+                ws(b);
+                leo_buf_addch(b, ':');
+                ws(b);
+            }
+            gen_value(b, depth + 1);
+            ws(b);
+        }
+        leo_buf_addch(b, obj ? '}' : ']');
+        break;
+    }
+    case 2: leo_buf_adds(b, strings[rnd(sizeof(strings) / sizeof(strings[0]))]); break;
+    case 3:
+    case 4: leo_buf_adds(b, numbers[rnd(sizeof(numbers) / sizeof(numbers[0]))]); break;
+    default: leo_buf_adds(b, literals[rnd(3)]); break;
+    }
+}
+
+static unsigned agreed_accepts, agreed_refusals;
+
+/* jansson and the byte scan agree on whether doc is a request object, and on its canonical text */
+static void agree(const char *doc, size_t len)
+{
+    json_t *r = json_loadb(doc, len, 0, NULL);
+    struct leo_buf tree = LEO_BUF_INIT, raw = LEO_BUF_INIT;
+    int rc = leo_cache_canonical_raw(doc, len, &raw);
+    if (r == NULL || !json_is_object(r)) {
+        if (rc != LEO_EPARSE)
+            TEST_FAIL_("jansson refuses (or not an object) but the scan gives %d: %.*s", rc, (int)len, doc);
+        ASSERT_EQ(raw.len, 0);
+        agreed_refusals++;
+    } else {
+        agreed_accepts++;
+        if (rc != 0)
+            TEST_FAIL_("jansson accepts but the scan gives %d: %.*s", rc, (int)len, doc);
+        ASSERT_EQ(leo_cache_canonical(LEO_DIALECT_OPENAI, r, &tree), 0);
+        if (tree.len != raw.len || memcmp(tree.p, raw.p, raw.len) != 0)
+            TEST_FAIL_("canonical texts differ for %.*s\n  tree: %s\n  raw:  %s", (int)len, doc, tree.p, raw.p);
+    }
+    json_decref(r);
+    leo_buf_release(&tree);
+    leo_buf_release(&raw);
+}
+
+TEST(canonical_text_from_bytes_matches_the_tree)
+{
+    static const char mutations[] = "{}[],:\"\\ 0a-e.+\x80\xc3\x01";
+    for (int n = 0; n < 8000; n++) {
+        struct leo_buf b = LEO_BUF_INIT;
+        ws(&b);
+        /* a request object with a few members, then the same with its bytes damaged */
+        leo_buf_addch(&b, '{');
+        unsigned members = 1 + rnd(6);
+        for (unsigned i = 0; i < members; i++) {
+            struct leo_buf v = LEO_BUF_INIT;
+            gen_value(&v, 1);
+            if (i)
+                leo_buf_addch(&b, ',');
+            leo_buf_adds(&b, i == 0 ? "\"model\"" : i == 1 ? "\"stream\"" : "\"x\"");
+            if (rnd(3) == 0) {
+                b.len -= strlen(i == 0 ? "\"model\"" : i == 1 ? "\"stream\"" : "\"x\"");
+                struct leo_buf k = LEO_BUF_INIT;
+                gen_value(&k, 4); /* a string key, or not a key at all (then jansson refuses) */
+                leo_buf_add(&b, k.p, k.len);
+                leo_buf_release(&k);
+            }
+            ws(&b);
+            leo_buf_addch(&b, ':');
+            leo_buf_add(&b, v.p, v.len);
+            leo_buf_release(&v);
+        }
+        leo_buf_addch(&b, '}');
+        ws(&b);
+        agree(b.p, b.len);
+        for (int m = 0; m < 3; m++) {
+            struct leo_buf c = LEO_BUF_INIT;
+            size_t at = rnd((unsigned)b.len);
+            leo_buf_add(&c, b.p, at);
+            unsigned op = rnd(3);
+            if (op != 1)
+                leo_buf_addch(&c, mutations[rnd(sizeof(mutations) - 1)]);
+            size_t from = op == 2 ? at : at + 1;
+            if (from < b.len)
+                leo_buf_add(&c, b.p + from, b.len - from);
+            agree(c.p, c.len);
+            leo_buf_release(&c);
+        }
+        leo_buf_release(&b);
+    }
+    /* both sides were exercised: documents compared, and damaged ones refused */
+    ASSERT(agreed_accepts > 3000 && agreed_refusals > 8000);
+    /* nesting around jansson's limit: the scan may refuse a level jansson takes, never the reverse */
+    for (int depth = 2040; depth <= 2050; depth++) {
+        struct leo_buf b = LEO_BUF_INIT;
+        leo_buf_adds(&b, "{\"x\":");
+        for (int i = 0; i < depth; i++)
+            leo_buf_addch(&b, '[');
+        leo_buf_addch(&b, '1');
+        for (int i = 0; i < depth; i++)
+            leo_buf_addch(&b, ']');
+        leo_buf_addch(&b, '}');
+        json_t *r = json_loadb(b.p, b.len, 0, NULL);
+        struct leo_buf raw = LEO_BUF_INIT;
+        if (leo_cache_canonical_raw(b.p, b.len, &raw) == 0)
+            ASSERT(r != NULL);
+        json_decref(r);
+        leo_buf_release(&raw);
+        leo_buf_release(&b);
+    }
 }
 
 TEST(key_changes_with_every_output_member)
@@ -175,12 +338,16 @@ TEST(deterministic_requests)
         {"{\"seed\":\"1\"}", false},
         {"{\"temperature\":1,\"seed\":3}", true},
         {"{\"temperature\":\"0\"}", false},
+        {"{\"temperature\":-0.0e3}", true},
+        {"{\"temperature\":0.000001}", false},
+        {"{\"temperature\":1e-3}", false},
+        {"{\"temperature\":null}", false},
+        {"{\"seed\":1.0}", false},
+        {"{\"seed\":-42}", true},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        json_t *r = J(cases[i].req);
-        if (leo_cache_request_deterministic(r) != cases[i].det)
+        if (deterministic(cases[i].req) != cases[i].det)
             TEST_FAIL_("%s: expected %d", cases[i].req, cases[i].det);
-        json_decref(r);
     }
 }
 
@@ -189,10 +356,8 @@ static struct leo_cache_decision decide(const struct leo_cache_policy *p, const 
 {
     struct leo_cache_ctl ctl;
     ASSERT_EQ(leo_cache_ctl_parse(leo_str_c(hdr), leo_str_c(ttl), &ctl, NULL), 0);
-    json_t *r = J(req);
     struct leo_cache_decision d;
-    leo_cache_decide(p, r, &ctl, &d);
-    json_decref(r);
+    leo_cache_decide(p, deterministic(req), &ctl, &d);
     return d;
 }
 
@@ -1354,6 +1519,7 @@ TEST(setup)
 
 TEST_MAIN(TEST_ENTRY(setup), TEST_ENTRY(key_format_is_tenant_and_hex),
           TEST_ENTRY(key_ignores_order_whitespace_and_number_forms), TEST_ENTRY(key_changes_with_every_output_member),
+          TEST_ENTRY(canonical_text_from_bytes_matches_the_tree),
           TEST_ENTRY(key_ignores_members_that_cannot_change_the_answer),
           TEST_ENTRY(key_differs_between_tenants_and_dialects), TEST_ENTRY(deterministic_requests),
           TEST_ENTRY(decisions_follow_mode_and_headers), TEST_ENTRY(header_errors_name_the_header),

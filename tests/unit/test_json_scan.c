@@ -1,4 +1,5 @@
 #include <jansson.h>
+#include <stdio.h>
 
 #include "common/buf.h"
 #include "common/error.h"
@@ -220,9 +221,76 @@ TEST(find_member_depth_limit)
     leo_buf_release(&b);
 }
 
+struct members_seen {
+    char log[256];
+};
+
+static void log_member(const struct leo_json_member *m, void *ud)
+{
+    struct members_seen *s = ud;
+    size_t n = strlen(s->log);
+    snprintf(s->log + n, sizeof(s->log) - n, "%.*s=%.*s;", (int)m->key.len, m->key.p,
+             (int)(m->value_end - m->value_start), m->key.p - 1 - m->start + m->value_start);
+}
+
+TEST(scan_members_reports_every_top_level_member)
+{
+    struct members_seen s = {""};
+    const char *doc = " {\"a\" : [1, {\"x\":2}], \"b\\u0041\":\"s\\\"\" ,\"a\":null}\n";
+    ASSERT_EQ(leo_json_scan_members(doc, strlen(doc), log_member, &s), 0);
+    /* raw keys, raw values, repeated keys each time, nested members not reported */
+    ASSERT_STR_EQ(s.log, "a=[1, {\"x\":2}];b\\u0041=\"s\\\"\";a=null;");
+    struct members_seen t = {""};
+    ASSERT_EQ(leo_json_scan_members("{\"a\":1,}", 8, log_member, &t), LEO_EPARSE);
+    ASSERT_EQ(leo_json_scan_members("[1]", 3, log_member, &t), LEO_EPARSE);
+    ASSERT_EQ(leo_json_scan_members("{\"a\":1} x", 9, log_member, &t), LEO_EPARSE);
+}
+
+TEST(string_decode_and_integers)
+{
+    struct leo_buf b = LEO_BUF_INIT;
+    ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"a\\u00e9\\n\\ud83d\\ude00\\/\xc3\xa9\""), &b), 0);
+    ASSERT_STR_EQ(b.p, "a\xc3\xa9\n\xf0\x9f\x98\x80/\xc3\xa9");
+    leo_buf_release(&b);
+    ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"\\u0000\""), &b), LEO_EPARSE);
+    ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"\\ud83d\""), &b), LEO_EPARSE);
+    ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"\xc3\""), &b), LEO_EPARSE);
+    ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"a\" "), &b), LEO_EPARSE);
+    leo_buf_release(&b);
+    ASSERT(leo_json_is_integer(LEO_STR_LIT("-12")));
+    ASSERT(leo_json_is_integer(LEO_STR_LIT("0")));
+    ASSERT(!leo_json_is_integer(LEO_STR_LIT("1.0")));
+    ASSERT(!leo_json_is_integer(LEO_STR_LIT("1e3")));
+    ASSERT(!leo_json_is_integer(LEO_STR_LIT("\"1\"")));
+    ASSERT(!leo_json_is_integer((struct leo_str){NULL, 0}));
+}
+
+static int skip_b(const char *key, size_t len, void *ud)
+{
+    (void)ud;
+    return len == 1 && key[0] == 'b';
+}
+
+TEST(canonical_text)
+{
+    struct leo_buf b = LEO_BUF_INIT;
+    struct leo_json_canon_opts opts = {skip_b, NULL};
+    const char *doc = "{ \"c\": {\"y\":1.50, \"x\":[1e2, -0.0, \"\\u0041\\t\"]}, \"b\":1, \"\\u0062\":2, \"a\":true, \"a\":0e1 }";
+    ASSERT_EQ(leo_json_canonical(doc, strlen(doc), &opts, &b), 0);
+    /* sorted, the last "a" kept, "b" skipped in both spellings at the top only, numbers and strings rewritten */
+    ASSERT_STR_EQ(b.p, "{\"a\":0,\"c\":{\"x\":[100,0,\"A\\t\"],\"y\":1.5}}");
+    leo_buf_release(&b);
+    ASSERT_EQ(leo_json_canonical("{\"a\":99999999999999999999}", 26, NULL, &b), LEO_EPARSE);
+    ASSERT_EQ(leo_json_canonical("{\"a\":1e999}", 11, NULL, &b), LEO_EPARSE);
+    ASSERT_EQ(b.len, 0);
+    leo_buf_release(&b);
+}
+
 TEST_MAIN(TEST_ENTRY(replaces_value_keeping_other_bytes), TEST_ENTRY(appends_missing_member),
           TEST_ENTRY(removes_members), TEST_ENTRY(escaped_strings_do_not_confuse_nesting),
           TEST_ENTRY(rejects_non_objects), TEST_ENTRY(find_member_usage_at_the_end_of_an_answer),
           TEST_ENTRY(find_member_value_kinds), TEST_ENTRY(find_member_duplicate_keys_last_wins),
           TEST_ENTRY(find_member_keys_compared_raw), TEST_ENTRY(find_member_rejects_what_jansson_rejects),
-          TEST_ENTRY(find_member_agrees_with_jansson_on_truncations), TEST_ENTRY(find_member_depth_limit))
+          TEST_ENTRY(find_member_agrees_with_jansson_on_truncations), TEST_ENTRY(find_member_depth_limit),
+          TEST_ENTRY(scan_members_reports_every_top_level_member), TEST_ENTRY(string_decode_and_integers),
+          TEST_ENTRY(canonical_text))
