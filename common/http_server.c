@@ -95,6 +95,7 @@ struct leo_http_server {
     struct leo_http_conn *conns;
     struct leo_http_conn *defer_head, *defer_tail;
     unsigned nconns, inflight;
+    uint64_t io_events; /* reads, write completions and accepts, ever (leo_http_server_io_events) */
     int port;
     enum listener_state listener_state;
     bool draining, closing, idle_closing;
@@ -270,6 +271,7 @@ static void on_write(uv_write_t *w, int status)
     c->nwrites--;
     c->pending_write -= wr->len;
     leo_free(wr);
+    c->srv->io_events++;
     if (status < 0) {
         conn_close(c);
     } else if (c->want_drain && c->pending_write <= c->limits.max_pending_write / 2) {
@@ -983,6 +985,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct leo_http_conn *c = s->data;
     if (nread == 0)
         return;
+    c->srv->io_events++;
     if (nread < 0) {
         /* EOF or error: the client is gone; an outstanding request is aborted */
         conn_close(c);
@@ -1023,6 +1026,7 @@ static void on_reject_closed(uv_handle_t *h)
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct leo_http_server *srv = listener->data;
+    srv->io_events++;
     if (status < 0)
         return; /* EMFILE and friends: the pending connection stays in the backlog and is retried */
     struct leo_http_conn *c = leo_new(struct leo_http_conn);
@@ -1229,6 +1233,11 @@ unsigned leo_http_server_connections(const struct leo_http_server *srv)
 unsigned leo_http_server_inflight(const struct leo_http_server *srv)
 {
     return srv->inflight;
+}
+
+uint64_t leo_http_server_io_events(const struct leo_http_server *srv)
+{
+    return srv->io_events;
 }
 
 static void on_idle_closed(uv_handle_t *h)

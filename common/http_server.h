@@ -113,6 +113,9 @@ void leo_http_server_drain(struct leo_http_server *srv);
 /** Number of open connections and of requests whose response is not finished. */
 unsigned leo_http_server_connections(const struct leo_http_server *srv);
 unsigned leo_http_server_inflight(const struct leo_http_server *srv);
+/** I/O callbacks the server has run since it was created (reads, write completions, accepts): a counter that
+ *  only grows, for a caller that wants to know whether the loop saw client traffic (gateway/worker.c). */
+uint64_t leo_http_server_io_events(const struct leo_http_server *srv);
 /** Closes everything (aborting in-flight requests, whose on_close fires with aborted=true) and frees the
  *  server when all handles are closed, then calls cb (may be NULL). */
 void leo_http_server_close(struct leo_http_server *srv, void (*cb)(void *ud), void *ud);

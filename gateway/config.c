@@ -1474,7 +1474,7 @@ static void config_free(struct leo_config *cfg)
     leo_free(cfg);
 }
 
-/* workers, drain_timeout_ms, log_level, access_log */
+/* workers, drain_timeout_ms, busy_poll_us, log_level, access_log */
 static int parse_process(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     uint64_t workers = 0;
@@ -1483,6 +1483,9 @@ static int parse_process(struct ctx *c, const json_t *root, struct leo_config *c
         return rc;
     cfg->workers = (unsigned)workers;
     rc = get_uint(c, root, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms);
+    if (rc)
+        return rc;
+    rc = get_uint(c, root, "busy_poll_us", 0, 100000, &cfg->busy_poll_us);
     if (rc)
         return rc;
     const char *level = NULL;
@@ -1530,6 +1533,7 @@ static int (*const sections[])(struct ctx *, const json_t *, struct leo_config *
 static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     static const char *const fields[] = {"listen",   "workers",   "drain_timeout_ms", "log_level", "access_log",
+                                         "busy_poll_us",
                                          "limits",   "auth",      "defaults",         "routing",   "redis",
                                          "control_plane", "alerts",   "providers", "models",           "prices",    "tenants",
                                          "cache", "semantic_cache", NULL};

@@ -153,6 +153,8 @@ struct leo_config {
     int listen_port;                /* default 8080 */
     unsigned workers;               /* 0 = number of cores */
     uint64_t drain_timeout_ms;      /* default 30000 */
+    uint64_t busy_poll_us;          /* after the last I/O event a worker polls without blocking this long;
+                                       0 = off (default), at most 100000 (gateway/worker.h) */
     struct leo_http_limits limits;
     int log_level;                  /* enum leo_log_level */
     bool access_log;                /* default true */

@@ -72,6 +72,7 @@ void leo_gw_metrics_describe(void)
     leo_follower_metrics_describe();
     leo_analytics_metrics_describe();
     leo_opt_metrics_describe();
+    leo_worker_metrics_describe();
 }
 
 /* ---- responses ---- */

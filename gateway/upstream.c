@@ -90,6 +90,7 @@ struct leo_upstream {
     unsigned defer;
     unsigned busy;
     unsigned xfers_gen; /* bumped whenever a transfer leaves up->xfers */
+    uint64_t io_events; /* socket and timer callbacks, ever (leo_upstream_io_events) */
     bool data_end_pending; /* some transfer got on_data calls whose on_data_end is due */
     bool pending_adds;
     bool no_proxy_env; /* no *_proxy variable in the environment: transfers say "no proxy" outright */
@@ -613,6 +614,7 @@ static void deliver_data_end(struct leo_upstream *up)
 static void run_action(struct leo_upstream *up, curl_socket_t fd, int ev)
 {
     int running = 0;
+    up->io_events++;
     up->defer++;
     CURLMcode mc = curl_multi_socket_action(up->multi, fd, ev, &running);
     up->defer--;
@@ -897,6 +899,11 @@ void leo_upstream_close(struct leo_upstream *up)
 unsigned leo_upstream_active(const struct leo_upstream *up)
 {
     return up->active;
+}
+
+uint64_t leo_upstream_io_events(const struct leo_upstream *up)
+{
+    return up->io_events;
 }
 
 static bool valid_token(const char *s)

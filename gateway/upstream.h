@@ -65,6 +65,9 @@ struct leo_upstream *leo_upstream_new(uv_loop_t *loop);
 void leo_upstream_close(struct leo_upstream *up);
 /** Number of transfers in progress. */
 unsigned leo_upstream_active(const struct leo_upstream *up);
+/** Socket and timer callbacks that drove libcurl since the client was created: a counter that only grows, for
+ *  a caller that wants to know whether the loop saw upstream traffic (gateway/worker.c). */
+uint64_t leo_upstream_io_events(const struct leo_upstream *up);
 
 /** Starts a transfer. Returns NULL (and fires nothing) if the request cannot be started. */
 struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const struct leo_upstream_request *req,

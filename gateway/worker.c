@@ -83,6 +83,9 @@ void leo_worker_set_config(struct leo_worker *w, struct leo_config *cfg)
     char lbl[32];
     snprintf(lbl, sizeof(lbl), "worker=\"%u\"", w->opts.index);
     leo_metrics_gauge_set("leo_config_version", lbl, (double)cfg->version);
+    if (cfg->busy_poll_us != (old ? old->busy_poll_us : 0))
+        leo_info("busy polling %s (busy_poll_us %llu)", cfg->busy_poll_us ? "on" : "off",
+                 (unsigned long long)cfg->busy_poll_us);
     if (old && (strcmp(old->listen_host, cfg->listen_host) != 0 || old->listen_port != cfg->listen_port) &&
         w->opts.listen == NULL)
         leo_warn("config %s: a new listen address takes effect only after a restart", cfg->source);
@@ -204,6 +207,73 @@ static void usage_start(struct leo_worker *w)
     usage_emitter = leo_usage_new(w->loop, r, NULL);
 }
 
+/* ---- busy polling (see worker.h) ----
+ *
+ * libuv runs an iteration as: timers, idle, prepare, poll for I/O, check. While an idle handle is active the
+ * poll's timeout is 0 (uv_backend_timeout), so the loop spins instead of blocking; both handles are unref'd, so
+ * neither keeps the loop alive and the drain ends the loop as before. The check handle is always started and
+ * costs one comparison per iteration; the clock is read only in iterations that saw I/O and while a window is
+ * open. What counts as I/O is the server's reads, write completions and accepts and the upstream client's socket
+ * and timer callbacks: a Redis reply or a timer of another module neither opens nor extends a window. */
+
+void leo_worker_metrics_describe(void)
+{
+    leo_metrics_describe("leo_busy_poll_windows_total", LEO_METRIC_COUNTER,
+                         "Busy-poll windows opened (busy_poll_us): each begins with I/O after the worker blocked.");
+    leo_metrics_describe("leo_busy_poll_seconds_total", LEO_METRIC_COUNTER,
+                         "Time workers spent in busy-poll windows, polling for I/O without blocking.");
+}
+
+static uint64_t io_events(const struct leo_worker *w)
+{
+    return (w->http ? leo_http_server_io_events(w->http) : 0) + (w->up ? leo_upstream_io_events(w->up) : 0);
+}
+
+/* Publishes the open window's time up to now; the gauge tick calls it too, so a long window shows as it runs. */
+static void busy_window_publish(struct leo_worker *w, uint64_t now)
+{
+    if (now > w->_busy_published_ns)
+        leo_metrics_add("leo_busy_poll_seconds_total", "", (double)(now - w->_busy_published_ns) / 1e9);
+    w->_busy_published_ns = now;
+}
+
+static void busy_window_end(struct leo_worker *w, uint64_t now)
+{
+    if (!uv_is_active((uv_handle_t *)&w->_busy_idle))
+        return;
+    uv_idle_stop(&w->_busy_idle);
+    busy_window_publish(w, now);
+}
+
+/* Runs first in every iteration of an open window: closes it once busy_poll_us have passed without I/O (at once
+ * when a reload set busy_poll_us to 0). */
+static void busy_idle(uv_idle_t *h)
+{
+    struct leo_worker *w = h->data;
+    uint64_t now = uv_hrtime();
+    if (now - w->_busy_last_ns > w->cfg->busy_poll_us * 1000)
+        busy_window_end(w, now);
+}
+
+/* Runs after every poll: the iteration saw I/O when the counters moved. */
+static void busy_check(uv_check_t *h)
+{
+    struct leo_worker *w = h->data;
+    uint64_t n = io_events(w);
+    if (n == w->_busy_events)
+        return;
+    w->_busy_events = n;
+    if (w->cfg->busy_poll_us == 0)
+        return;
+    uint64_t now = uv_hrtime();
+    w->_busy_last_ns = now;
+    if (!uv_is_active((uv_handle_t *)&w->_busy_idle)) {
+        w->_busy_published_ns = now;
+        leo_metrics_add("leo_busy_poll_windows_total", "", 1);
+        uv_idle_start(&w->_busy_idle, busy_idle);
+    }
+}
+
 static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
@@ -249,6 +319,9 @@ static void stop_everything(struct leo_worker *w)
     close_if_open((uv_handle_t *)&w->_gauge_timer);
     close_if_open((uv_handle_t *)&w->_drain_check);
     close_if_open((uv_handle_t *)&w->_log_flush);
+    busy_window_end(w, uv_hrtime());
+    close_if_open((uv_handle_t *)&w->_busy_check);
+    close_if_open((uv_handle_t *)&w->_busy_idle);
 }
 
 static void log_flush(uv_prepare_t *p)
@@ -287,6 +360,8 @@ static void gauge_tick(uv_timer_t *t)
     struct leo_worker *w = t->data;
     if (w->http)
         leo_metrics_gauge_set("leo_active_connections", "", (double)leo_http_server_connections(w->http));
+    if (uv_is_active((uv_handle_t *)&w->_busy_idle))
+        busy_window_publish(w, uv_hrtime());
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -395,6 +470,16 @@ int leo_worker_run(const struct leo_worker_opts *opts)
     uv_prepare_init(&loop, &w._log_flush);
     uv_prepare_start(&w._log_flush, log_flush);
     uv_unref((uv_handle_t *)&w._log_flush);
+    uv_idle_init(&loop, &w._busy_idle);
+    w._busy_idle.data = &w;
+    uv_unref((uv_handle_t *)&w._busy_idle);
+    uv_check_init(&loop, &w._busy_check);
+    w._busy_check.data = &w;
+    uv_check_start(&w._busy_check, busy_check);
+    uv_unref((uv_handle_t *)&w._busy_check);
+    /* the series exist from the start (0 while busy polling is off) */
+    leo_metrics_add("leo_busy_poll_windows_total", "", 0);
+    leo_metrics_add("leo_busy_poll_seconds_total", "", 0);
     leo_log_batch(true);
     follow_start(&w);
     quota_start(&w);

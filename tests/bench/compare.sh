@@ -2,11 +2,13 @@
 # compare.sh — LEO Optima side by side with the Portkey gateway and the bare upstream, on one machine, in one run.
 #
 #   tests/bench/compare.sh [--rounds N] [--seconds S] [--stream] [--port P] [--no-access-log]
-#                          [--no-hop] [--perf] [--out DIR] [--build-dir DIR] [--no-build]
+#                          [--busy-poll US] [--no-hop] [--perf] [--out DIR] [--build-dir DIR] [--no-build]
 #
 #   --rounds N, --seconds S, --stream   passed to the shared kit's compare.sh (defaults 3, 10, off)
 #   --port P          where the gateway listens (default 8080)
 #   --no-access-log   run the gateway with "access_log": false (default: on, as shipped)
+#   --busy-poll US    run the gateway with "busy_poll_us": US (the worker polls without blocking for US
+#                     microseconds after I/O; see docs/configuration.md); default: left out, i.e. off
 #   --no-hop          skip the latency decomposition at one connection (same-core and cross-core round trips
 #                     to the upstream, bare GET /health and chat through the gateway)
 #   --perf            also profile the worker under 32 connections (perf record -g, perf stat on system calls,
@@ -30,7 +32,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-ROUNDS=3 SECS=10 STREAM="" PORT=8080 ACCESS_LOG=true HOP=1 PERF=0 OUT="" BUILD_DIR="$root/build" BUILD=1
+ROUNDS=3 SECS=10 STREAM="" PORT=8080 ACCESS_LOG=true BUSY_POLL="" HOP=1 PERF=0 OUT="" BUILD_DIR="$root/build" BUILD=1
 while [ $# -gt 0 ]; do
     case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -38,16 +40,19 @@ while [ $# -gt 0 ]; do
     --stream) STREAM=1; shift ;;
     --port) PORT=$2; shift 2 ;;
     --no-access-log) ACCESS_LOG=false; shift ;;
+    --busy-poll) BUSY_POLL=$2; shift 2 ;;
     --no-hop) HOP=0; shift ;;
     --perf) PERF=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --build-dir) BUILD_DIR=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument \"$1\"" >&2; exit 2 ;;
     esac
 done
-case $ROUNDS$SECS$PORT in *[!0-9]*) echo "compare.sh: --rounds, --seconds and --port take numbers" >&2; exit 2 ;; esac
+case $ROUNDS$SECS$PORT$BUSY_POLL in
+*[!0-9]*) echo "compare.sh: --rounds, --seconds, --port and --busy-poll take numbers" >&2; exit 2 ;;
+esac
 
 if [ -n "${SHARED_DIR:-}" ]; then
     if [ -f "$SHARED_DIR/compare.sh" ]; then kit=$SHARED_DIR; else kit=$SHARED_DIR/bench; fi
@@ -108,13 +113,15 @@ trap cleanup EXIT
 export LEO_KEY_HASH_SECRET=leo-bench-secret
 KEY=sk-leo-bench-00000000000000000000
 hash=$("$gw" hash-key "$KEY")
+busy_poll_line=""
+[ -z "$BUSY_POLL" ] || busy_poll_line=$'\n  "busy_poll_us": '"$BUSY_POLL,"
 cat > "$work/gateway.bench.json" <<JSON
 {
   "listen": "127.0.0.1:$PORT",
   "workers": 1,
   "drain_timeout_ms": 2000,
   "log_level": "info",
-  "access_log": $ACCESS_LOG,
+  "access_log": $ACCESS_LOG,$busy_poll_line
   "providers": [ { "name": "bench-upstream", "type": "openai", "base_url": "http://127.0.0.1:9100/v1" } ],
   "models": [ { "name": "gpt-4o-mini", "deployments": [ { "provider": "bench-upstream" } ] } ],
   "tenants": [ { "id": "bench", "keys": [ { "name": "bench", "hash": "$hash" } ] } ]
@@ -238,7 +245,7 @@ sup=""
 echo "== LEO Optima side-by-side benchmark"
 echo "tree:     $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)')"
 echo "machine:  $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | sed -n '1,1p'), Linux $(uname -r)"
-echo "gateway:  $gw, 1 worker on CPU 1, access_log $ACCESS_LOG (stderr to a file)"
+echo "gateway:  $gw, 1 worker on CPU 1, access_log $ACCESS_LOG, busy_poll_us ${BUSY_POLL:-0 (off)} (stderr to a file)"
 echo "load avg: before $load_before, after $load_after"
 echo
 cat "$work/compare.out"

@@ -201,6 +201,7 @@ TEST(empty_document_gets_every_default)
     ASSERT_EQ(cfg->listen_port, 8080);
     ASSERT_EQ(cfg->workers, 0);
     ASSERT_EQ(cfg->drain_timeout_ms, 30000);
+    ASSERT_EQ(cfg->busy_poll_us, 0);
     ASSERT_EQ(cfg->log_level, LEO_LOG_INFO);
     ASSERT_EQ(cfg->access_log, true);
     ASSERT_EQ(cfg->default_max_tokens, 4096);
@@ -305,6 +306,24 @@ TEST(values_out_of_range)
                 "providers[0].type: unknown provider type \"anthropicx\" (known: openai, azure, anthropic, gemini)");
     parse_fails("{\"auth\": {\"key_hash_secret_env\": \"1BAD\"}}",
                 "auth.key_hash_secret_env: must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
+}
+
+TEST(busy_poll_us)
+{
+    struct leo_config *cfg = parse_ok("{\"busy_poll_us\": 50}");
+    ASSERT_EQ(cfg->busy_poll_us, 50);
+    leo_config_unref(cfg);
+    cfg = parse_ok("{\"busy_poll_us\": 100000}");
+    ASSERT_EQ(cfg->busy_poll_us, 100000);
+    leo_config_unref(cfg);
+    cfg = parse_ok("{\"busy_poll_us\": 0}");
+    ASSERT_EQ(cfg->busy_poll_us, 0);
+    leo_config_unref(cfg);
+    parse_fails("{\"busy_poll_us\": -1}", "busy_poll_us: must be between 0 and 100000");
+    parse_fails("{\"busy_poll_us\": 100001}", "busy_poll_us: must be between 0 and 100000");
+    parse_fails("{\"busy_poll_us\": 12.5}", "busy_poll_us: expected an integer");
+    parse_fails("{\"busy_poll_us\": \"50\"}", "busy_poll_us: expected an integer");
+    parse_fails("{\"busy_poll_us\": true}", "busy_poll_us: expected an integer");
 }
 
 TEST(references_and_duplicates)
@@ -873,7 +892,7 @@ TEST(openai_config_parses)
 
 TEST_MAIN(TEST_ENTRY(full_example_lands_everywhere), TEST_ENTRY(empty_document_gets_every_default),
           TEST_ENTRY(listen_forms), TEST_ENTRY(unknown_fields_name_their_path), TEST_ENTRY(wrong_types_name_their_path),
-          TEST_ENTRY(values_out_of_range), TEST_ENTRY(references_and_duplicates), TEST_ENTRY(bad_key_hash),
+          TEST_ENTRY(values_out_of_range), TEST_ENTRY(busy_poll_us), TEST_ENTRY(references_and_duplicates), TEST_ENTRY(bad_key_hash),
           TEST_ENTRY(missing_env_var_names_it_and_no_secret), TEST_ENTRY(invalid_json_reports_line_and_column),
           TEST_ENTRY(find_model_key_and_tenant_models), TEST_ENTRY(tenant_models_in_a_snapshot), TEST_ENTRY(key_providers_narrow_deployments),
           TEST_ENTRY(key_providers_errors), TEST_ENTRY(key_providers_in_a_snapshot),
