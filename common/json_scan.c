@@ -108,6 +108,29 @@ int leo_json_scan_object(const char *p, size_t len, int (*fn)(const struct leo_j
     }
 }
 
+int leo_json_scan_array(const char *p, size_t len, int (*fn)(struct leo_str elem, void *ud), void *ud)
+{
+    size_t i = skip_ws(p, len, 0);
+    if (i >= len || p[i] != '[')
+        return LEO_EPARSE;
+    i = skip_ws(p, len, i + 1);
+    if (i < len && p[i] == ']')
+        return 0;
+    for (;;) {
+        size_t end = skip_value(p, len, i);
+        if (end == 0)
+            return LEO_EPARSE;
+        if (fn(((struct leo_str){p + i, end - i}), ud))
+            return 0;
+        i = skip_ws(p, len, end);
+        if (i < len && p[i] == ',') {
+            i = skip_ws(p, len, i + 1);
+            continue;
+        }
+        return i < len && p[i] == ']' ? 0 : LEO_EPARSE;
+    }
+}
+
 struct splice_state {
     const char *p;
     struct leo_json_edit *edits;

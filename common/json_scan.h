@@ -27,6 +27,10 @@ struct leo_json_member {
 int leo_json_scan_object(const char *p, size_t len,
                          int (*fn)(const struct leo_json_member *m, void *ud), void *ud, size_t *close_brace);
 
+/** Calls fn for each element of the array in p[0..len) (raw spans, in order); fn returns non-zero to stop. Like
+ *  leo_json_scan_object it expects a document already accepted. 0 or LEO_EPARSE. */
+int leo_json_scan_array(const char *p, size_t len, int (*fn)(struct leo_str elem, void *ud), void *ud);
+
 /** Finds the value of the top-level member `key` (compared raw, escapes not decoded) of the object in
  *  p[0..len) without building a tree: the cheap way to read one member, such as "usage" near the end of a
  *  whole chat.completion, out of an answer that is otherwise relayed untouched.

@@ -79,6 +79,14 @@ struct hedge {
     uint64_t t_start;
 };
 
+/* The top-level members a request is checked, cached and routed by, read from its bytes without building a tree
+ * (raw spans into the body; the last of a repeated key, as jansson keeps; {NULL, 0} when absent). */
+struct req_view {
+    const char *body;
+    struct leo_str model, messages, max_tokens, max_completion_tokens, input, prompt, stream, stream_options,
+        temperature, seed, tools;
+};
+
 struct proxy {
     struct leo_gw_req *g;
     enum proxy_kind kind;
@@ -99,7 +107,8 @@ struct proxy {
     struct leo_messages_stream *ms;    /* Anthropic clients: canonical chunks → Anthropic events */
     json_t *chunks;
     json_t *req_json;                  /* the client's request, where the answer's translation needs it */
-    json_t *root;                      /* the client's parsed request, kept for further attempts */
+    struct req_view view;              /* the client's request as its bytes say (validated) */
+    json_t *root;                      /* the client's request as a tree, parsed when first needed (request_tree) */
     json_t *canon;                     /* its canonical form, built once when a translation needs it */
     struct leo_opt_req *opt;           /* the caches' view of this request (gateway/optimize.h), or NULL */
     int64_t created;
@@ -953,8 +962,10 @@ static const char *kind_path(enum proxy_kind kind)
     }
 }
 
+static json_t *request_tree(struct proxy *p, json_error_t *jerr);
+
 /* The upstream body by passthrough: the client's bytes with "model" (and stream_options) spliced. */
-static int splice_body(struct proxy *p, json_t *root, struct leo_buf *body)
+static int splice_body(struct proxy *p, struct leo_buf *body)
 {
     struct leo_gw_req *g = p->g;
     struct leo_http_request *req = g->req;
@@ -965,29 +976,34 @@ static int splice_body(struct proxy *p, json_t *root, struct leo_buf *body)
     struct leo_json_edit edits[2] = {{"model", leo_buf_str(&mval), 0, 0}};
     size_t nedits = 1;
     bool add_usage = g->dialect == LEO_DIALECT_OPENAI && g->stream && !p->client_wants_usage;
+    int rc = 0;
     if (add_usage) {
-        json_t *jso = json_object_get(root, "stream_options");
-        json_t *so = json_is_object(jso) ? json_deep_copy(jso) : json_object();
-        json_object_set_new(so, "include_usage", json_true());
-        char *s = json_dumps(so, JSON_COMPACT);
-        leo_buf_adds(&soval, s);
-        free(s);
-        json_decref(so);
+        /* the client's stream_options with include_usage set (their other members kept as written) */
+        struct leo_str so = p->view.stream_options;
+        struct leo_json_edit iu = {"include_usage", LEO_STR_LIT("true"), 0, 0};
+        if (so.len == 0 || so.p[0] != '{' || leo_json_splice(so.p, so.len, &iu, 1, &soval) != 0) {
+            leo_buf_reset(&soval);
+            leo_buf_adds(&soval, "{\"include_usage\":true}");
+        }
         edits[nedits++] = (struct leo_json_edit){"stream_options", leo_buf_str(&soval), 0, 0};
     }
-    int rc = leo_json_splice(req->body.p, req->body.len, edits, nedits, body);
+    rc = leo_json_splice(req->body.p, req->body.len, edits, nedits, body);
     if (rc != 0) {
-        /* keys written with escape sequences defeat the raw scan: fall back to re-serialising */
+        /* keys written with escape sequences defeat the raw scan: fall back to re-serialising the tree */
         leo_buf_reset(body);
-        json_t *copy = json_copy(root);
-        json_object_set_new(copy, "model", json_string(g->dep->model));
-        if (add_usage) {
-            json_t *so = json_object_get(copy, "stream_options");
-            so = json_is_object(so) ? json_copy(so) : json_object();
-            json_object_set_new(so, "include_usage", json_true());
-            json_object_set_new(copy, "stream_options", so);
+        json_error_t jerr;
+        json_t *root = request_tree(p, &jerr);
+        json_t *copy = root ? json_copy(root) : NULL;
+        if (copy) {
+            json_object_set_new(copy, "model", json_string(g->dep->model));
+            if (add_usage) {
+                json_t *so = json_object_get(copy, "stream_options");
+                so = json_is_object(so) ? json_copy(so) : json_object();
+                json_object_set_new(so, "include_usage", json_true());
+                json_object_set_new(copy, "stream_options", so);
+            }
         }
-        char *s = json_dumps(copy, JSON_COMPACT);
+        char *s = copy ? json_dumps(copy, JSON_COMPACT) : NULL;
         json_decref(copy);
         rc = s ? leo_buf_adds(body, s) : LEO_EINVAL;
         free(s);
@@ -997,12 +1013,6 @@ static int splice_body(struct proxy *p, json_t *root, struct leo_buf *body)
     return rc;
 }
 
-/* The top-level members a request is checked and routed by, read from its bytes without building a tree (raw
- * spans into the body; the last of a repeated key, as jansson keeps; {NULL, 0} when absent). */
-struct req_view {
-    const char *body;
-    struct leo_str model, messages, max_tokens, input, prompt, stream, stream_options, temperature, seed;
-};
 
 static void view_member(const struct leo_json_member *m, void *ud)
 {
@@ -1013,6 +1023,8 @@ static void view_member(const struct leo_json_member *m, void *ud)
         {"model", offsetof(struct req_view, model)},
         {"messages", offsetof(struct req_view, messages)},
         {"max_tokens", offsetof(struct req_view, max_tokens)},
+        {"max_completion_tokens", offsetof(struct req_view, max_completion_tokens)},
+        {"tools", offsetof(struct req_view, tools)},
         {"input", offsetof(struct req_view, input)},
         {"prompt", offsetof(struct req_view, prompt)},
         {"stream", offsetof(struct req_view, stream)},
@@ -1203,10 +1215,21 @@ static int send_upstream(struct proxy *p, const struct leo_route_attempt *att, c
 {
     struct leo_gw_req *g = p->g;
     struct leo_http_request *req = g->req;
-    json_t *root = p->root;
     const struct leo_provider *prov = g->dep->provider;
     struct leo_buf body = LEO_BUF_INIT, url = LEO_BUF_INIT, err = LEO_BUF_INIT;
     int rc = -1;
+    /* a chat request passed through is spliced from its bytes; everything else works on the tree */
+    json_t *root = NULL;
+    if (!(p->passthrough && p->kind == KIND_CHAT)) {
+        json_error_t jerr;
+        root = request_tree(p, &jerr);
+        if (root == NULL) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "invalid JSON in request body at byte %d: %s", jerr.position, jerr.text);
+            build_failed(f, 400, NULL, "invalid_json", msg);
+            goto out;
+        }
+    }
 
     /* the upstream URL and body */
     const char *sub = kind_path(p->kind);
@@ -1243,7 +1266,7 @@ static int send_upstream(struct proxy *p, const struct leo_route_attempt *att, c
         p->ad->chat_url(prov, g->dep->model, g->stream, &url);
     }
     if (p->passthrough) {
-        if (splice_body(p, root, &body) != 0) {
+        if (splice_body(p, &body) != 0) {
             build_failed(f, 400, NULL, "invalid_request", "request body could not be rewritten");
             goto out;
         }
@@ -1662,11 +1685,15 @@ static void admit_attempt(struct proxy *p)
 static void admit(struct proxy *p)
 {
     struct leo_gw_req *g = p->g;
-    json_error_t jerr;
-    if (request_tree(p, &jerr) == NULL) {
-        leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
-                     jerr.text);
-        return;
+    /* chat requests go on from their bytes (a tree only if a translation needs one, in send_upstream); the other
+     * routes build theirs now */
+    if (p->kind != KIND_CHAT) {
+        json_error_t jerr;
+        if (request_tree(p, &jerr) == NULL) {
+            leo_gw_error(g, 400, NULL, "invalid_json", "invalid JSON in request body at byte %d: %s", jerr.position,
+                         jerr.text);
+            return;
+        }
     }
     /* Anthropic clients: the canonical form, kept for the translation and the estimate */
     if (p->kind == KIND_MESSAGES && p->canon == NULL) {
@@ -1677,14 +1704,14 @@ static void admit(struct proxy *p)
     /* the estimate every request sent upstream gets (quotas admit on it; providers' counts replace it); a
      * request answered by a cache never needs it */
     if (p->kind == KIND_CHAT)
-        g->estimated_tokens = leo_estimate_tokens(p->root);
+        g->estimated_tokens = leo_estimate_tokens_raw(p->view.messages, p->view.tools);
     else if (p->kind == KIND_MESSAGES && p->canon)
         g->estimated_tokens = leo_estimate_tokens(p->canon);
-    json_t *mt = json_object_get(p->root, "max_completion_tokens");
-    if (!json_is_integer(mt))
-        mt = json_object_get(p->root, "max_tokens");
-    uint64_t out = json_is_integer(mt) && json_integer_value(mt) > 0 ? (uint64_t)json_integer_value(mt)
-                                                                     : LEO_ROUTE_OUTPUT_GUESS;
+    struct leo_str mt = p->view.max_completion_tokens;
+    if (!leo_json_is_integer(mt))
+        mt = p->view.max_tokens;
+    long long max = leo_json_is_integer(mt) ? strtoll(mt.p, NULL, 10) : 0;
+    uint64_t out = max > 0 ? (uint64_t)max : LEO_ROUTE_OUTPUT_GUESS;
     p->est_tokens = g->estimated_tokens + out;
     if (leo_quota_empty(&g->key->quota) && leo_quota_empty(&g->key->tenant->quota)) {
         route_first(p);
@@ -1780,6 +1807,7 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     p->g = g;
     p->kind = kind;
     p->pin = pin;
+    p->view = v;
     p->body = (struct leo_buf)LEO_BUF_INIT;
     p->out = (struct leo_buf)LEO_BUF_INIT;
     g->data = p;

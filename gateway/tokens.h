@@ -14,7 +14,14 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "../common/str.h"
+
 /** Estimated input tokens of a canonical (OpenAI) chat request. */
 uint64_t leo_estimate_tokens(json_t *canon);
+
+/** The same estimate from the bytes of an OpenAI chat request, without building a tree: messages and tools are
+ *  the raw values of its top-level members ({NULL, 0} when absent) in a body leo_json_scan_members accepted.
+ *  Equal to leo_estimate_tokens of the parsed request (a unit test holds the two together). */
+uint64_t leo_estimate_tokens_raw(struct leo_str messages, struct leo_str tools);
 
 #endif
