@@ -116,12 +116,13 @@ describe('busy polling', () => {
             const grew = await idleCpuGrowth(worker);
             assert.ok(grew < 100, `the idle worker (pid ${worker}) used ${grew} ms of CPU in one second`);
 
-            /* the windows stopped: two scrapes a second apart differ by the first scrape's own window (its request
-             * is answered before the window opens; its connection's close may come after the window closed) */
+            /* the windows stopped: two scrapes a second apart differ by the first scrape's own windows only (its
+             * accept, read, write and close each open one when the worker takes longer than busy_poll_us between
+             * them, as a sanitizer build can), and by well under a second of polling */
             const a = await busyMetrics(gw);
             await sleep(1000);
             const b = await busyMetrics(gw);
-            assert.ok(b.windows - a.windows <= 2, `${b.windows - a.windows} windows opened by one idle scrape`);
+            assert.ok(b.windows - a.windows <= 6, `${b.windows - a.windows} windows opened by one idle scrape`);
             assert.ok(b.seconds - a.seconds < 0.1, `${b.seconds - a.seconds} s of busy polling in an idle second`);
         } finally {
             await stack.stop();

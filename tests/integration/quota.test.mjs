@@ -364,11 +364,11 @@ describe('quotas on redis', () => {
         const [closed, open] = await Promise.all([
             Gateway.start({
                 config: config(mock.port, [{ id: 'tx', keys: [key('x1', { rpm: 3 })] }],
-                    { url, timeout_ms: 50, on_failure: 'closed' }),
+                    { url, timeout_ms: 500, on_failure: 'closed' }),
             }),
             Gateway.start({
                 config: config(mock.port, [{ id: 'ty', keys: [key('y1', { rpm: 3 })] }],
-                    { url, timeout_ms: 50, on_failure: 'open' }),
+                    { url, timeout_ms: 500, on_failure: 'open' }),
             }),
         ]);
         try {
