@@ -755,8 +755,12 @@ static bool search(struct leo_semcache *sc, struct leo_semcache_query *q, struct
         double thr = e->threshold > base ? e->threshold : base;
         if (sim < thr)
             continue;
-        if (leo_semguard_check(leo_buf_str(&q->in.text), leo_str_n(e->text, e->text_len)) != LEO_SEMGUARD_OK) {
+        enum leo_semguard_rule g = leo_semguard_check(leo_buf_str(&q->in.text), leo_str_n(e->text, e->text_len));
+        if (g != LEO_SEMGUARD_OK) {
             refused = true;
+            if (g == LEO_SEMGUARD_DROPPED_WORD)
+                break; /* the prompt lacks (or adds) the word that tells near prompts apart: no answer fits it,
+                        * and a less similar candidate would differ by more than the guard sees */
             continue;
         }
         m->entry_id = e->id;

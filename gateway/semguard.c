@@ -3,20 +3,25 @@
  *
  * The guard reads each prompt once into a signature: for each rule a list of 64-bit hashes of the items that
  * rule compares (a number's canonical form, a quantity "5|km", a month, a quoted string...), the count of
- * negations, the hashes of all words (for the entity rule) and a language guess. Two signatures are then
- * compared rule by rule, by the comparison the rule table names. Words are classified by one table
- * (word → class, canonical value) looked up through a hash index, not by if-chains.
+ * negations, the hashes of all words but fillers (for the entity and dropped-word rules) and of the content
+ * words among them, and a language guess. Two signatures are then compared rule by rule, by the comparison the
+ * rule table names. Words are classified by tables (word → class, canonical value; function and filler words)
+ * looked up through a hash index, not by if-chains.
  *
  * Known limits: the guard is lexical. It does not see that "the larger of 3 and 5" and "the smaller of 3 and
  * 5" differ (that is the embedder's job, and a lexical embedder is weak at it); number words are English
  * only; entities are recognised only by their capital letter, so "paris" typed in lower case is a plain word;
  * the language guess knows English, Spanish, French, German, Italian and Portuguese by their function words,
- * and other scripts by their Unicode block.
+ * and other scripts by their Unicode block. The dropped-word rule compares two prompts only: it cannot know
+ * whether the word one of them lacks told stored prompts apart, so it also refuses a prompt whose dropped word
+ * did not ("a good idea" → "a idea"); and it leaves a prompt that drops a word and adds another to the
+ * embedding.
  */
 #include "semguard.h"
 
 #include <sodium.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +44,7 @@ static const char *const rule_names[LEO_SEMGUARD_NRULES] = {
     [LEO_SEMGUARD_OK] = "ok",           [LEO_SEMGUARD_CODE] = "code",         [LEO_SEMGUARD_QUOTE] = "quote",
     [LEO_SEMGUARD_NUMBER] = "number",   [LEO_SEMGUARD_UNIT] = "unit",         [LEO_SEMGUARD_DATE] = "date",
     [LEO_SEMGUARD_NEGATION] = "negation", [LEO_SEMGUARD_ENTITY] = "entity", [LEO_SEMGUARD_LANGUAGE] = "language",
-    [LEO_SEMGUARD_TOO_COMPLEX] = "too_complex",
+    [LEO_SEMGUARD_DROPPED_WORD] = "dropped_word", [LEO_SEMGUARD_TOO_COMPLEX] = "too_complex",
 };
 
 const char *leo_semguard_reason_name(enum leo_semguard_reason r)
@@ -358,14 +363,57 @@ static const struct {
     {"da", L(PT) | L(IT)}, {"no", L(PT) | L(ES)}, {"la", L(ES) | L(FR) | L(IT)}, {"e", L(IT) | L(PT)},
 };
 #undef L
+
+/* Words that carry no content of their own, for the dropped-word rule: a prompt that lacks one of these
+ * (and adds nothing) asks the same question, and a prompt that adds one of them rewords (it has a word of its
+ * own). English articles and determiners, pronouns, question words, auxiliaries, prepositions and
+ * conjunctions, and what an apostrophe leaves ("what's" is read as "what" and "s"); the articles, prepositions,
+ * pronouns and auxiliaries of the other languages the guard recognises, leaving out those that are English
+ * content words ("die", "son", "os"). Number words, negations, dates and units are not listed: their own rules
+ * compare them, and they never count as content here. Particles stay content: "log out" is not "log". */
+static const char *const function_words[] = {
+    /* English: articles and determiners, pronouns, question words */
+    "a", "an", "the", "this", "that", "these", "those", "some", "any", "each", "every", "all", "another", "other",
+    "such", "i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself", "he", "him", "his", "she",
+    "her", "hers", "it", "its", "itself", "we", "us", "our", "ours", "they", "them", "their", "theirs", "one",
+    "someone", "something", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "there",
+    "here",
+    /* auxiliaries and modals */
+    "am", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "doing", "have", "has", "had",
+    "having", "can", "could", "will", "would", "shall", "should", "may", "might", "must", "let", "lets",
+    /* prepositions and conjunctions */
+    "of", "in", "on", "at", "to", "for", "from", "by", "with", "about", "as", "into", "onto", "via", "per",
+    "and", "or", "but", "if", "so", "then", "than", "whether",
+    /* request framings: "Explain what a race condition is" asks "What is a race condition?" */
+    "explain", "describe", "tell",
+    /* what apostrophes leave */
+    "s", "t", "m", "re", "ve", "ll", "d",
+    /* Spanish, French, German, Italian, Portuguese */
+    "el", "los", "las", "la", "lo", "le", "les", "un", "una", "uno", "une", "unos", "unas", "del", "de", "des",
+    "du", "al", "au", "aux", "der", "das", "dem", "ein", "eine", "einen", "einem", "il", "gli", "di",
+    "della", "dello", "nel", "nella", "o", "um", "uma", "da", "dos", "y", "e", "et", "und",
+    "en", "em", "para", "por", "pour", "avec", "con", "mit", "dans", "que", "qu", "c", "l", "ce", "es", "est",
+    "ist", "\xc3\xa8", "\xc3\xa9", "yo", "je", "ich", "io", "eu", "mi", "mon", "ma", "mein", "meine", "mio",
+    "meu", "c\xc3\xb3mo", "como", "comment", "wie", "puedo", "posso", "kann", "peux", "hacer", "faire", "fare",
+    "fazer",
+};
+
+/* Filler words: politeness and discourse markers. They say nothing about the question, so the dropped-word rule
+ * ignores them on both sides: "Please, how do I a diff in Spark?" is as ambiguous as "How do I a diff in
+ * Spark?". They are not names either (a capitalised "Please" mid-sentence is no entity). */
+static const char *const filler_words[] = {
+    "please", "pls", "plz", "kindly", "just", "hey", "hi", "hello", "thanks", "thank", "thx", "really",
+    "actually", "exactly", "basically", "simply", "quickly", "also", "ok", "okay", "bitte",
+};
 /* clang-format on */
 
-/* The hash index over both tables: open addressing on the word's hash, built on first use. */
+/* The hash index over the tables: open addressing on the word's hash, built on first use. */
 #define INDEX_SIZE 1024
 static struct {
     bool built;
     int16_t word[INDEX_SIZE]; /* index into word_table + 1, 0 empty */
     int16_t lang[INDEX_SIZE]; /* index into lang_words + 1, 0 empty */
+    int16_t func[INDEX_SIZE]; /* index into function_words + 1, or -(index into filler_words + 1); 0 empty */
 } idx;
 
 static uint64_t hash_bytes(const void *p, size_t n)
@@ -399,6 +447,20 @@ static void index_build(void)
             s = (s + 1) & (INDEX_SIZE - 1);
         idx.lang[s] = (int16_t)(i + 1);
     }
+    for (size_t i = 0; i < sizeof(function_words) / sizeof(function_words[0]); i++) {
+        uint64_t h = hash_bytes(function_words[i], strlen(function_words[i]));
+        size_t s = h & (INDEX_SIZE - 1);
+        while (idx.func[s])
+            s = (s + 1) & (INDEX_SIZE - 1);
+        idx.func[s] = (int16_t)(i + 1);
+    }
+    for (size_t i = 0; i < sizeof(filler_words) / sizeof(filler_words[0]); i++) {
+        uint64_t h = hash_bytes(filler_words[i], strlen(filler_words[i]));
+        size_t s = h & (INDEX_SIZE - 1);
+        while (idx.func[s])
+            s = (s + 1) & (INDEX_SIZE - 1);
+        idx.func[s] = (int16_t)(-(int)(i + 1));
+    }
     idx.built = true;
 }
 
@@ -422,6 +484,20 @@ static unsigned lang_find(const char *w, size_t n, uint64_t h)
     return 0;
 }
 
+/* What a word is to the dropped-word rule. */
+enum wweight { WW_CONTENT, WW_FUNCTION, WW_FILLER };
+
+static enum wweight weight_find(const char *w, size_t n, uint64_t h)
+{
+    for (size_t s = h & (INDEX_SIZE - 1); idx.func[s]; s = (s + 1) & (INDEX_SIZE - 1)) {
+        int v = idx.func[s];
+        const char *x = v > 0 ? function_words[v - 1] : filler_words[-v - 1];
+        if (strlen(x) == n && memcmp(x, w, n) == 0)
+            return v > 0 ? WW_FUNCTION : WW_FILLER;
+    }
+    return WW_CONTENT;
+}
+
 /* ---- signatures ---- */
 
 #define MAX_ITEMS 64
@@ -430,14 +506,18 @@ static unsigned lang_find(const char *w, size_t n, uint64_t h)
 /* the lists a signature keeps, one per compared rule */
 enum list { LIST_CODE, LIST_QUOTE, LIST_NUMBER, LIST_UNIT, LIST_DATE, LIST_ENTITY, NLISTS };
 
+/* The counters come first: sig_build zeroes them and leaves the arrays, which are read only up to them. */
 struct sig {
-    uint64_t items[NLISTS][MAX_ITEMS];
     unsigned n[NLISTS];
-    uint64_t words[MAX_WORDS]; /* every word, lower case, sorted after the scan */
     unsigned nwords;
+    unsigned ncontent;
     unsigned negations;
     unsigned lang_score[NLANGS];
     bool overflow;
+    uint64_t items[NLISTS][MAX_ITEMS];
+    uint64_t words[MAX_WORDS];   /* every word but the fillers, lower case, sorted after the scan */
+    uint64_t content[MAX_WORDS]; /* the content words among them: no function word, nothing another rule
+                                  * compares (a number word, a negation, a date, a unit); sorted */
 };
 
 static void sig_add(struct sig *s, enum list l, uint64_t h)
@@ -615,10 +695,13 @@ static void on_word(struct scan *sc, const char *raw, size_t n, bool upper)
     }
     w[k] = '\0';
     uint64_t h = hash_bytes(w, k);
-    if (s->nwords < MAX_WORDS)
-        s->words[s->nwords++] = h;
-    else
-        s->overflow = true;
+    enum wweight weight = weight_find(w, k, h);
+    if (weight != WW_FILLER) { /* a filler is not a word of the prompt's own: see filler_words */
+        if (s->nwords < MAX_WORDS)
+            s->words[s->nwords++] = h;
+        else
+            s->overflow = true;
+    }
 
     unsigned langs = lang_find(w, k, h);
     for (unsigned l = 0; langs; l++, langs >>= 1)
@@ -630,6 +713,7 @@ static void on_word(struct scan *sc, const char *raw, size_t n, bool upper)
     /* "n't" endings: isn't, don’t (the apostrophe was kept for this) */
     if (cls == W_NONE && k > 3 && strcmp(w + k - 3, "n't") == 0)
         cls = W_NEGATION;
+    bool compared = true; /* another rule compares this word: it is not content for the dropped-word rule */
     switch (cls) {
     case W_NUMBER:
         add_number(sc, x->value, strlen(x->value));
@@ -641,26 +725,34 @@ static void on_word(struct scan *sc, const char *raw, size_t n, bool upper)
         sig_add(s, LIST_DATE, hash_tagged("d", x->value, strlen(x->value)));
         break;
     case W_DATE_AMBIG:
-        if ((upper && !sc->sentence_start) || after_number)
+        compared = (upper && !sc->sentence_start) || after_number;
+        if (compared)
             sig_add(s, LIST_DATE, hash_tagged("d", x->value, strlen(x->value)));
         break;
     case W_TIME_AFTER:
-        if (after_number)
+        compared = after_number;
+        if (compared)
             sig_add(s, LIST_DATE, hash_tagged("d", x->value, strlen(x->value)));
         break;
     case W_UNIT:
         add_unit(sc, x->value);
         break;
     case W_UNIT_AFTER:
-        if (after_number)
+        compared = after_number;
+        if (compared)
             add_unit(sc, x->value);
         break;
     case W_ORDINAL:
+        break;
     case W_NONE:
+        compared = false;
         break;
     }
+    if (!compared && weight == WW_CONTENT && s->ncontent < MAX_WORDS)
+        s->content[s->ncontent++] = h;
     /* a capitalised word not at a sentence start names something; "I" and its contractions do not */
-    if (cls == W_NONE && upper && !sc->sentence_start && !(raw[0] == 'I' && (n == 1 || raw[1] == '\'')))
+    if (cls == W_NONE && weight != WW_FILLER && upper && !sc->sentence_start &&
+        !(raw[0] == 'I' && (n == 1 || raw[1] == '\'')))
         sig_add(s, LIST_ENTITY, h);
     sc->last_number_len = 0;
 }
@@ -716,7 +808,7 @@ static void sig_build(struct sig *s, struct leo_str text)
 {
     if (!idx.built)
         index_build();
-    memset(s, 0, sizeof(*s));
+    memset(s, 0, offsetof(struct sig, items));
     /* the working copy: code spans and quoted strings are recorded, then blanked so their words are not read
      * as prose (identical code compares equal as a whole already) */
     char *p = leo_malloc(text.len + 1);
@@ -885,6 +977,7 @@ static void sig_build(struct sig *s, struct leo_str text)
     }
     leo_free(p);
     qsort(s->words, s->nwords, sizeof(uint64_t), u64_cmp);
+    qsort(s->content, s->ncontent, sizeof(uint64_t), u64_cmp);
 }
 
 static enum lang sig_lang(const struct sig *s)
@@ -1004,6 +1097,39 @@ static bool ok_language(const struct sig *a, const struct sig *b)
     return false;
 }
 
+/* Every word of a is among b's words (a adds no word of its own). */
+static bool words_within(const struct sig *a, const struct sig *b)
+{
+    for (unsigned i = 0; i < a->nwords; i++) {
+        if (!has_word(b, a->words[i]))
+            return false;
+    }
+    return true;
+}
+
+/* b has a content word that a lacks. */
+static bool content_beyond(const struct sig *a, const struct sig *b)
+{
+    for (unsigned i = 0; i < b->ncontent; i++) {
+        if (!has_word(a, b->content[i]))
+            return true;
+    }
+    return false;
+}
+
+/* One prompt is the other with a content word dropped: "How do I a diff in Spark?" against "How do I merge a
+ * diff in Spark?". The shorter prompt is ambiguous (it is as close to "How do I retry a diff in Spark?"), so
+ * no answer stored for a longer one is right for it; and an answer to the shorter one does not answer the
+ * longer, more specific question ("reverse a list" is not "reverse a linked list"). So the rule refuses both
+ * ways, and stays symmetric like every other. A prompt that rewords (adds a word of its own) is left to the
+ * embedding; one that lacks only function or filler words ("please", "the") asks the same question. */
+static bool ok_dropped_word(const struct sig *a, const struct sig *b)
+{
+    if (words_within(a, b) && content_beyond(a, b))
+        return false;
+    return !(words_within(b, a) && content_beyond(b, a));
+}
+
 static const struct {
     enum leo_semguard_rule rule;
     bool (*ok)(const struct sig *a, const struct sig *b);
@@ -1011,6 +1137,7 @@ static const struct {
     {LEO_SEMGUARD_CODE, ok_code},         {LEO_SEMGUARD_QUOTE, ok_quote},   {LEO_SEMGUARD_NUMBER, ok_number},
     {LEO_SEMGUARD_UNIT, ok_unit},         {LEO_SEMGUARD_DATE, ok_date},     {LEO_SEMGUARD_NEGATION, ok_negation},
     {LEO_SEMGUARD_ENTITY, ok_entity},     {LEO_SEMGUARD_LANGUAGE, ok_language},
+    {LEO_SEMGUARD_DROPPED_WORD, ok_dropped_word},
 };
 
 enum leo_semguard_rule leo_semguard_check(struct leo_str a, struct leo_str b)

@@ -8,7 +8,9 @@
  *   never shared between two conversations that differ anywhere but in the last user message.
  * - The false-hit guard: given the new prompt and a cached prompt whose embeddings are close, refuses the hit
  *   when a detail that decides the answer differs: numbers, dates and times, negation, quoted strings, code,
- *   units, named entities, or the language. The embedding says "about the same thing"; the guard says "and
+ *   units, named entities, or the language; or when one prompt is the other with a content word dropped
+ *   ("How do I a diff in Spark?" against "How do I merge a diff in Spark?": the shorter one is ambiguous, and
+ *   no single stored answer is right for it). The embedding says "about the same thing"; the guard says "and
  *   nothing decisive changed". It errs on the side of refusing: a refusal costs one upstream call, a false
  *   hit serves a wrong answer.
  *
@@ -86,6 +88,7 @@ enum leo_semguard_rule {
     LEO_SEMGUARD_NEGATION, /* a different number of negations */
     LEO_SEMGUARD_ENTITY,   /* a capitalised word of one (not at a sentence start) is absent from the other */
     LEO_SEMGUARD_LANGUAGE, /* the prompts are written in different languages */
+    LEO_SEMGUARD_DROPPED_WORD, /* one prompt's words are among the other's, which has a content word more */
     LEO_SEMGUARD_TOO_COMPLEX, /* more items than the guard compares (64 of a kind): refused to be safe */
     LEO_SEMGUARD_NRULES
 };

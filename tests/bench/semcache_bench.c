@@ -847,9 +847,14 @@ int main(int argc, char **argv)
             if (t->sim[c] < thr)
                 break;
             stored_text(t->idx[c], text);
-            if (leo_semguard_check(leo_str_c(x->text), leo_str_c(text)) == LEO_SEMGUARD_OK) {
+            enum leo_semguard_rule g = leo_semguard_check(leo_str_c(x->text), leo_str_c(text));
+            if (g == LEO_SEMGUARD_OK) {
                 best = (int64_t)t->idx[c];
                 best_sim = t->sim[c];
+                undecided = false;
+                break;
+            }
+            if (g == LEO_SEMGUARD_DROPPED_WORD) {
                 undecided = false;
                 break;
             }

@@ -142,6 +142,33 @@ TEST(guard_refuses_different_numbers)
     leo_embedder_free(e);
 }
 
+/* A prompt that dropped the word telling cached prompts apart is ambiguous: the lookup stops at the first such
+ * candidate instead of going on to a less similar one that the guard would let through (a swapped word). */
+TEST(dropped_word_stops_the_search)
+{
+    struct leo_embedder *e = leo_embed_local_new(LEO_EMBED_DEFAULT_SEED);
+    const char *query = "How do I a diff in Spark?";
+    const char *own = "How do I merge a diff in Spark?", *swapped = "How do I merge a patch in Spark?";
+    double s_own = similarity(e, query, own), s_swapped = similarity(e, query, swapped);
+    /* the case this test needs: the query's own prompt is nearer, the swapped one still above the threshold */
+    ASSERT(s_own > s_swapped);
+    struct leo_semcache_opts o = {.embedder = e, .threshold = s_swapped - 0.02};
+    struct leo_semcache *sc = leo_semcache_new(&o);
+    add(sc, "t1", "m", NULL, swapped, 0, "t1:swapped");
+    /* alone, the swapped prompt passes the guard: no rule sees a swapped word */
+    struct leo_semcache_match m;
+    ASSERT(look(sc, "t1", "m", NULL, query, 0, &m) > 0);
+    ASSERT_STR_EQ(m.answer.s, "t1:swapped");
+    /* with the prompt the query dropped a word from, nothing is served */
+    add(sc, "t1", "m", NULL, own, 0, "t1:own");
+    ASSERT(look(sc, "t1", "m", NULL, query, 0, NULL) < 0);
+    /* and the stored prompts themselves still hit */
+    ASSERT(look(sc, "t1", "m", NULL, own, 0, &m) > 0.999);
+    ASSERT_STR_EQ(m.answer.s, "t1:own");
+    leo_semcache_free(sc);
+    leo_embedder_free(e);
+}
+
 TEST(ineligible_requests)
 {
     struct leo_embedder *e = leo_embed_local_new(LEO_EMBED_DEFAULT_SEED);
@@ -314,5 +341,6 @@ TEST(shared_through_redis)
 }
 
 TEST_MAIN(TEST_ENTRY(hit_miss_and_namespaces), TEST_ENTRY(guard_refuses_different_numbers),
+          TEST_ENTRY(dropped_word_stops_the_search),
           TEST_ENTRY(ineligible_requests), TEST_ENTRY(feedback_raises_then_evicts),
           TEST_ENTRY(runtime_threshold_and_purge), TEST_ENTRY(shared_through_redis))

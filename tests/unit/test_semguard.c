@@ -250,6 +250,57 @@ TEST(guard_language)
     PASSES("sort list python", "How do I sort a list in python?"); /* unknown vs English */
 }
 
+TEST(guard_dropped_word)
+{
+    /* the query lacks the verb that told stored prompts apart: ambiguous, refused */
+    REFUSES("How do I a diff in Spark?", "How do I merge a diff in Spark?", LEO_SEMGUARD_DROPPED_WORD);
+    REFUSES("Write a short guide on how to sort a histogram.",
+            "Write a short guide on how to sort a fragile histogram.", LEO_SEMGUARD_DROPPED_WORD);
+    /* the other way round (the shorter prompt cached): the same ambiguity, refused too (check() asserts both
+     * orders) */
+    REFUSES("How do I reverse a list in Java?", "How do I reverse a linked list in Java?", LEO_SEMGUARD_DROPPED_WORD);
+    /* case and punctuation are normalised away before the words are compared */
+    REFUSES("how do i a diff in spark", "How do I merge a diff in Spark?", LEO_SEMGUARD_DROPPED_WORD);
+    /* filler words neither count as words of its own nor as content: still the same ambiguous question */
+    REFUSES("Please, how do I a diff in Spark?", "How do I merge a diff in Spark?", LEO_SEMGUARD_DROPPED_WORD);
+    REFUSES("Hey, how do I a diff in Spark? Thanks!", "How do I merge a diff in Spark?", LEO_SEMGUARD_DROPPED_WORD);
+    /* a particle is content: "log" is not "log out" */
+    REFUSES("How do I log in the terminal?", "How do I log out in the terminal?", LEO_SEMGUARD_DROPPED_WORD);
+}
+
+TEST(guard_dropped_filler_or_function_word)
+{
+    /* only function or filler words dropped: the same question */
+    PASSES("How do I merge a diff in Spark?", "How do I merge diff in Spark?");
+    PASSES("How do I merge a diff in Spark?", "How do I merge a diff in Spark please?");
+    PASSES("Could you please tell me how to reverse a list in Python?", "How to reverse a list in Python?");
+    PASSES("Is it a good idea to lock every raw notebook before saving it?",
+           "Is it a good idea to lock every raw notebook before saving it really?");
+    PASSES("What is a race condition?", "Explain what a race condition is");
+    PASSES("What's the capital of Australia?", "what is the capital of Australia");
+    PASSES("How do I merge a diff in Spark?", "how do I merge a diff in Spark");
+    PASSES("", "");
+    /* words another rule compares (numbers, units, dates, negations) are not content here: that rule decides */
+    PASSES("I have two apples", "I have 2 apples");
+    PASSES("costs $20", "costs 20 dollars");
+    PASSES("Is it open on Monday?", "is it open monday");
+    PASSES("Why isn't it working?", "Why is it not working?");
+}
+
+TEST(guard_reworded)
+{
+    /* a paraphrase that adds a word of its own is left to the embedding, even when it drops a content word */
+    PASSES("How do I reverse a list in Python?", "What's the way to reverse a list in Python?");
+    PASSES("What is the best way to cook salmon?", "How should I cook salmon?");
+    PASSES("Explain the error \"undefined is not a function\"",
+           "What does the error \"undefined is not a function\" mean?");
+    /* a function word added is a rewording too: the rule does not see "can" as filler */
+    PASSES("How can I a diff in Spark?", "How do I merge a diff in Spark?");
+    /* an empty prompt lacks every content word of the other */
+    REFUSES("", "sort a list", LEO_SEMGUARD_DROPPED_WORD);
+    ASSERT_STR_EQ(leo_semguard_rule_name(LEO_SEMGUARD_DROPPED_WORD), "dropped_word");
+}
+
 TEST(guard_too_complex)
 {
     struct leo_buf a = LEO_BUF_INIT;
@@ -265,4 +316,5 @@ TEST(guard_too_complex)
 TEST_MAIN(TEST_ENTRY(eligible_text_and_hashes), TEST_ENTRY(ineligible_requests), TEST_ENTRY(limits),
           TEST_ENTRY(guard_numbers), TEST_ENTRY(guard_units), TEST_ENTRY(guard_dates), TEST_ENTRY(guard_negation),
           TEST_ENTRY(guard_quotes), TEST_ENTRY(guard_code), TEST_ENTRY(guard_entities), TEST_ENTRY(guard_language),
+          TEST_ENTRY(guard_dropped_word), TEST_ENTRY(guard_dropped_filler_or_function_word), TEST_ENTRY(guard_reworded),
           TEST_ENTRY(guard_too_complex))
