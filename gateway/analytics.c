@@ -315,9 +315,12 @@ static void add_unescaped(struct leo_buf *b, const char *s, size_t len)
 static void bucket_key(struct leo_buf *b, enum leo_an_gran g, const char *tenant, uint64_t start)
 {
     leo_buf_reset(b);
-    leo_buf_addf(b, "leo:an:%c:", gran_tags[g]);
+    leo_buf_adds(b, "leo:an:");
+    leo_buf_addch(b, gran_tags[g]);
+    leo_buf_addch(b, ':');
     leo_buf_adds(b, tenant);
-    leo_buf_addf(b, ":%" PRIu64, start);
+    leo_buf_addch(b, ':');
+    leo_buf_add_uint(b, start);
 }
 
 /* ---- the service ---- */
@@ -575,7 +578,17 @@ void leo_analytics_record(struct leo_analytics *a, const struct leo_analytics_ev
     inc_add(&x, m, "rtnusd", NULL, to_nano(e->routing_saved_usd));
     inc_add(&x, m, "latus", NULL, e->latency_ms > 0 ? (int64_t)llround(e->latency_ms * 1000.0) : 0);
     char li[8];
-    snprintf(li, sizeof(li), "%u", leo_analytics_latency_bucket(e->latency_ms));
+    unsigned bucket = leo_analytics_latency_bucket(e->latency_ms);
+    size_t nl = 0;
+    do
+        li[nl++] = (char)('0' + bucket % 10);
+    while ((bucket /= 10) != 0 && nl < sizeof(li) - 1);
+    for (size_t i = 0; i < nl / 2; i++) {
+        char t = li[i];
+        li[i] = li[nl - 1 - i];
+        li[nl - 1 - i] = t;
+    }
+    li[nl] = '\0';
     inc_add(&x, m, "lat", li, 1);
     if (e->deployment)
         inc_add(&x, m, "dep", e->deployment, 1);

@@ -540,7 +540,14 @@ static void key_of_canonical(const char *tenant, enum leo_dialect dialect, struc
     char head[TENANT_MAX + 64];
     const char *tag = dialect_tag(dialect);
     size_t tag_len = strlen(tag);
-    int n = snprintf(head, sizeof(head), "leo-cache-v1\n%zu:", tlen);
+    int n = 13;
+    memcpy(head, "leo-cache-v1\n", 13);
+    if (tlen >= 100)
+        head[n++] = (char)('0' + tlen / 100);
+    if (tlen >= 10)
+        head[n++] = (char)('0' + tlen / 10 % 10);
+    head[n++] = (char)('0' + tlen % 10);
+    head[n++] = ':';
     memcpy(head + n, tenant, tlen);
     n += (int)tlen;
     head[n++] = '\n';
@@ -715,6 +722,22 @@ struct leo_cache {
     size_t npending;
     leo_cache_clock_fn clock;
     void *clock_ud;
+    struct key_memo *memo;            /* KEY_MEMO_SLOTS bodies answered from the cache, by hash (or NULL) */
+    unsigned char memo_seed[crypto_shorthash_KEYBYTES];
+};
+
+/* The key memo: bodies that got an answer from the cache, kept byte for byte with their key, so the same bytes
+ * again skip the canonical text and its hash. Direct-mapped: a body takes its hash's slot, replacing what was
+ * there. A key is a function of (tenant, dialect, bytes), so an entry is never stale. */
+#define KEY_MEMO_SLOTS 1024
+#define KEY_MEMO_MAX_BODY 8192
+
+struct key_memo {
+    uint64_t h;
+    enum leo_dialect dialect;
+    char *body; /* NULL: an empty slot */
+    size_t len;
+    struct leo_cache_key key;
 };
 
 static uint64_t wall_ms(void *ud)
@@ -750,7 +773,69 @@ struct leo_cache *leo_cache_new(const struct leo_cache_opts *opts)
     c->mask = 63;
     c->buckets = leo_calloc(c->mask + 1, sizeof(*c->buckets));
     c->clock = wall_ms;
+    randombytes_buf(c->memo_seed, sizeof(c->memo_seed));
     return c;
+}
+
+static uint64_t memo_hash(const struct leo_cache *c, const char *body, size_t len)
+{
+    unsigned char h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, (const unsigned char *)body, len, c->memo_seed);
+    uint64_t v;
+    memcpy(&v, h, sizeof(v));
+    return v;
+}
+
+/* The slot holding exactly these bytes for this tenant and dialect, or NULL. */
+static struct key_memo *memo_find(const struct leo_cache *c, const char *tenant, enum leo_dialect dialect,
+                                  const char *body, size_t len, uint64_t h)
+{
+    if (c->memo == NULL)
+        return NULL;
+    struct key_memo *m = &c->memo[h % KEY_MEMO_SLOTS];
+    size_t tlen = strlen(tenant);
+    if (m->body == NULL || m->h != h || m->dialect != dialect || m->len != len || m->key.len <= tlen ||
+        m->key.s[tlen] != ':' || memcmp(m->key.s, tenant, tlen) != 0 || memcmp(m->body, body, len) != 0)
+        return NULL;
+    return m;
+}
+
+int leo_cache_key_memo(struct leo_cache *c, const char *tenant, enum leo_dialect dialect, const char *body, size_t len,
+                       struct leo_cache_key *out, bool *memoized)
+{
+    *memoized = false;
+    if (c != NULL && tenant != NULL && len <= KEY_MEMO_MAX_BODY) {
+        const struct key_memo *m = memo_find(c, tenant, dialect, body, len, memo_hash(c, body, len));
+        if (m != NULL) {
+            *out = m->key;
+            *memoized = true;
+            leo_metrics_add("leo_cache_key_memo_total", "result=\"hit\"", 1);
+            return 0;
+        }
+        leo_metrics_add("leo_cache_key_memo_total", "result=\"miss\"", 1);
+    }
+    return leo_cache_key(tenant, dialect, body, len, out);
+}
+
+void leo_cache_key_remember(struct leo_cache *c, enum leo_dialect dialect, const char *body, size_t len,
+                            const struct leo_cache_key *key)
+{
+    if (c == NULL || len > KEY_MEMO_MAX_BODY)
+        return;
+    if (c->memo == NULL)
+        c->memo = leo_calloc(KEY_MEMO_SLOTS, sizeof(*c->memo));
+    uint64_t h = memo_hash(c, body, len);
+    struct key_memo *m = &c->memo[h % KEY_MEMO_SLOTS];
+    if (m->body && m->h == h && m->len == len && m->dialect == dialect && m->key.len == key->len &&
+        memcmp(m->key.s, key->s, key->len) == 0 && memcmp(m->body, body, len) == 0)
+        return; /* already there */
+    leo_free(m->body);
+    m->body = leo_malloc(len ? len : 1);
+    memcpy(m->body, body, len);
+    m->len = len;
+    m->h = h;
+    m->dialect = dialect;
+    m->key = *key;
 }
 
 void leo_cache_set_clock(struct leo_cache *c, leo_cache_clock_fn fn, void *ud)
@@ -957,6 +1042,9 @@ void leo_cache_free(struct leo_cache *c)
         l1_unlink(c, c->lru, NULL);
     gauges(c);
     leo_free(c->buckets);
+    for (size_t i = 0; c->memo && i < KEY_MEMO_SLOTS; i++)
+        leo_free(c->memo[i].body);
+    leo_free(c->memo);
     leo_free(c);
 }
 
@@ -1135,6 +1223,8 @@ void leo_cache_metrics_describe(void)
     leo_metrics_describe("leo_cache_evictions_total", LEO_METRIC_COUNTER,
                          "Entries dropped from the in-process cache, by reason (size, expired).");
     leo_metrics_describe("leo_cache_bytes", LEO_METRIC_GAUGE, "Bytes held by the in-process exact cache.");
+    leo_metrics_describe("leo_cache_key_memo_total", LEO_METRIC_COUNTER,
+                         "Exact-cache keys found for a body seen before (hit) or computed from its bytes (miss).");
     leo_metrics_describe("leo_cache_entries", LEO_METRIC_GAUGE, "Entries held by the in-process exact cache.");
     leo_metrics_describe("leo_dedup_leaders_total", LEO_METRIC_COUNTER,
                          "Deduplicated flights: requests that made the upstream call for identical ones.");

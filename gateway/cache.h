@@ -173,6 +173,17 @@ struct leo_cache_key {
 int leo_cache_key(const char *tenant, enum leo_dialect dialect, const char *body, size_t len,
                   struct leo_cache_key *out);
 
+struct leo_cache;
+
+/** leo_cache_key through the cache's memo of bodies it answered: the same bytes (for the same tenant and
+ *  dialect) as a body remembered with leo_cache_key_remember get their key without being canonicalised and
+ *  hashed again (*memoized says so). 1024 slots, bodies up to 8 KiB; counted in leo_cache_key_memo_total{result}. */
+int leo_cache_key_memo(struct leo_cache *c, const char *tenant, enum leo_dialect dialect, const char *body, size_t len,
+                       struct leo_cache_key *out, bool *memoized);
+/** Remembers that body has key (after the cache answered it). */
+void leo_cache_key_remember(struct leo_cache *c, enum leo_dialect dialect, const char *body, size_t len,
+                            const struct leo_cache_key *key);
+
 /** Appends the canonical serialisation of a parsed request, the same bytes leo_cache_key hashes for its text
  *  (the semantic cache's namespaces use it on trees). */
 int leo_cache_canonical(enum leo_dialect dialect, json_t *req, struct leo_buf *out);

@@ -65,6 +65,8 @@ struct leo_opt_req {
     struct leo_optimizer *o;
     struct leo_gw_req *g;
     json_t *(*tree)(void *ud); /* the request for the semantic cache, parsed on demand (leo_opt_input) */
+    struct leo_str body;       /* the request's bytes (the key memo's) */
+    bool key_memoized;         /* the key came from the cache's memo of answered bodies */
     void *tree_ud;
     bool stream, include_usage;
     bool want_semantic;               /* the semantic cache is on for this request: q is set up after an exact miss */
@@ -318,8 +320,21 @@ void leo_optimizer_free(struct leo_optimizer *o)
 
 static void count(const char *strategy, const char *result)
 {
+    /* strategy and result are short literals of this file */
     char lbl[96];
-    snprintf(lbl, sizeof(lbl), "strategy=\"%s\",result=\"%s\"", strategy, result);
+    size_t ns = strlen(strategy), nr = strlen(result), n = 0;
+    if (ns + nr + 22 > sizeof(lbl))
+        return;
+    memcpy(lbl + n, "strategy=\"", 10);
+    n += 10;
+    memcpy(lbl + n, strategy, ns);
+    n += ns;
+    memcpy(lbl + n, "\",result=\"", 10);
+    n += 10;
+    memcpy(lbl + n, result, nr);
+    n += nr;
+    lbl[n++] = '"';
+    lbl[n] = '\0';
     leo_metrics_add("leo_optimization_requests_total", lbl, 1);
 }
 
@@ -396,6 +411,8 @@ static void answer_lookup_done(struct leo_opt_req *r, struct leo_cache_entry *e,
 {
     if (e && serve(r, e, semantic ? "semantic-hit" : "hit", false)) {
         count(semantic ? "semantic_cache" : "exact_cache", "hit");
+        if (!semantic && !r->key_memoized)
+            leo_cache_key_remember(r->o->cache, r->g->dialect, r->body.p, r->body.len, &r->key);
         if (semantic)
             leo_semcache_served(r->o->sem, r->g->id, &r->match);
         if (r->flight) {
@@ -565,6 +582,7 @@ bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, const struct l
     r->g = g;
     r->tree = in->tree;
     r->tree_ud = in->tree_ud;
+    r->body = in->body;
     r->stream = in->stream;
     r->include_usage = in->include_usage;
     r->cont = cont;
@@ -576,7 +594,7 @@ bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, const struct l
         count("exact_cache", "bypass");
         return false;
     }
-    if (leo_cache_key(tenant, g->dialect, in->body.p, in->body.len, &r->key) != 0) {
+    if (leo_cache_key_memo(o->cache, tenant, g->dialect, in->body.p, in->body.len, &r->key, &r->key_memoized) != 0) {
         r->dec.lookup = r->dec.store = r->dec.dedup = false;
         g->cache_status = "bypass";
         return false;
@@ -592,6 +610,8 @@ bool leo_opt_begin(struct leo_optimizer *o, struct leo_gw_req *g, const struct l
             return true; /* Redis answers later: on_lookup goes on from there */
         if (rc == LEO_CACHE_HIT && serve(r, e, "hit", false)) {
             count("exact_cache", "hit");
+            if (!r->key_memoized)
+                leo_cache_key_remember(o->cache, g->dialect, r->body.p, r->body.len, &r->key);
             leo_cache_entry_unref(e);
             return true;
         }

@@ -1814,8 +1814,15 @@ static void proxy_start(struct leo_gw_req *g, enum proxy_kind kind)
     g->on_close = proxy_close;
     req->on_drain = on_drain;
     leo_sse_parser_init(&p->sse, MAX_SSE_EVENT, on_sse_event, p);
-    snprintf(p->resp_id, sizeof(p->resp_id), "%s%s", g->dialect == LEO_DIALECT_ANTHROPIC ? "msg_" : "chatcmpl-",
-             g->id + 4);
+    {
+        const char *prefix = g->dialect == LEO_DIALECT_ANTHROPIC ? "msg_" : "chatcmpl-";
+        size_t np = strlen(prefix), ni = strlen(g->id + 4);
+        if (np + ni >= sizeof(p->resp_id))
+            ni = sizeof(p->resp_id) - 1 - np;
+        memcpy(p->resp_id, prefix, np);
+        memcpy(p->resp_id + np, g->id + 4, ni);
+        p->resp_id[np + ni] = '\0';
+    }
     p->created = (int64_t)time(NULL);
     struct leo_str usage;
     p->client_wants_usage = v.stream_options.len > 0 && v.stream_options.p[0] == '{' &&

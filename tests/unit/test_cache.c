@@ -1467,6 +1467,53 @@ static double metric(const char *series)
     return v;
 }
 
+TEST(key_memo_returns_the_key_of_the_same_bytes_only)
+{
+    struct leo_cache_opts o = {.max_bytes = 1 << 20};
+    struct leo_cache *c = leo_cache_new(&o);
+    const char *body = BASE ",\"seed\":1}", *spaced = BASE ", \"seed\": 1}";
+    struct leo_cache_key want, k;
+    bool memo;
+    key_of("acme", LEO_DIALECT_OPENAI, body, &want);
+    double hits0 = metric("leo_cache_key_memo_total{result=\"hit\"}");
+    /* not remembered yet: computed */
+    ASSERT_EQ(leo_cache_key_memo(c, "acme", LEO_DIALECT_OPENAI, body, strlen(body), &k, &memo), 0);
+    ASSERT(!memo);
+    ASSERT_STR_EQ(k.s, want.s);
+    leo_cache_key_remember(c, LEO_DIALECT_OPENAI, body, strlen(body), &k);
+    /* the same bytes: from the memo, the same key */
+    memset(&k, 0, sizeof(k));
+    ASSERT_EQ(leo_cache_key_memo(c, "acme", LEO_DIALECT_OPENAI, body, strlen(body), &k, &memo), 0);
+    ASSERT(memo);
+    ASSERT_STR_EQ(k.s, want.s);
+    ASSERT_EQ(k.len, want.len);
+    ASSERT(metric("leo_cache_key_memo_total{result=\"hit\"}") >= (hits0 < 0 ? 0 : hits0) + 1);
+    /* another tenant, another dialect, other bytes with the same meaning, one byte changed: computed again */
+    ASSERT_EQ(leo_cache_key_memo(c, "acme2", LEO_DIALECT_OPENAI, body, strlen(body), &k, &memo), 0);
+    ASSERT(!memo);
+    ASSERT(strcmp(k.s, want.s) != 0);
+    ASSERT_EQ(leo_cache_key_memo(c, "acme", LEO_DIALECT_ANTHROPIC, body, strlen(body), &k, &memo), 0);
+    ASSERT(!memo);
+    ASSERT(strcmp(k.s, want.s) != 0);
+    ASSERT_EQ(leo_cache_key_memo(c, "acme", LEO_DIALECT_OPENAI, spaced, strlen(spaced), &k, &memo), 0);
+    ASSERT(!memo);
+    ASSERT_STR_EQ(k.s, want.s);
+    char *changed = leo_strdup(body);
+    changed[strlen(changed) - 2] = '2';
+    ASSERT_EQ(leo_cache_key_memo(c, "acme", LEO_DIALECT_OPENAI, changed, strlen(changed), &k, &memo), 0);
+    ASSERT(!memo);
+    ASSERT(strcmp(k.s, want.s) != 0);
+    leo_free(changed);
+    /* a prefix "acme" of the tenant "acme2" is not the tenant */
+    leo_cache_key_remember(c, LEO_DIALECT_OPENAI, body, strlen(body), &want);
+    ASSERT_EQ(leo_cache_key_memo(c, "acm", LEO_DIALECT_OPENAI, body, strlen(body), &k, &memo), 0);
+    ASSERT(!memo);
+    /* invalid bytes are never memoised into a key */
+    ASSERT_EQ(leo_cache_key_memo(c, "acme", LEO_DIALECT_OPENAI, "{", 1, &k, &memo), LEO_EPARSE);
+    ASSERT(!memo);
+    leo_cache_free(c);
+}
+
 TEST(metrics_count_lookups_stores_evictions_and_followers)
 {
     double hits = metric("leo_cache_lookups_total{level=\"l1\",result=\"hit\"}");
@@ -1539,4 +1586,5 @@ TEST_MAIN(TEST_ENTRY(setup), TEST_ENTRY(key_format_is_tenant_and_hex),
           TEST_ENTRY(dedup_followers_that_leave_do_not_disturb_the_flight),
           TEST_ENTRY(dedup_backlog_cap_closes_the_flight_to_joiners),
           TEST_ENTRY(dedup_free_releases_followers_with_retry),
+          TEST_ENTRY(key_memo_returns_the_key_of_the_same_bytes_only),
           TEST_ENTRY(metrics_count_lookups_stores_evictions_and_followers))
