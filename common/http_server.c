@@ -55,6 +55,7 @@ struct leo_http_conn {
     struct leo_http_server *srv;
     struct leo_http_conn *prev, *next; /* the server's list */
     struct leo_http_conn *next_deferred;
+    struct leo_http_conn *next_corked;
     llhttp_t parser;
     struct leo_http_limits limits; /* snapshot taken at accept */
     struct leo_http_request req;
@@ -69,12 +70,13 @@ struct leo_http_conn {
     const char *err_msg;
 
     struct leo_buf inbuf; /* received but not parsed yet */
-    size_t pending_write; /* bytes queued with uv_write, not written yet */
-    unsigned nwrites;     /* uv_write requests outstanding */
+    struct leo_buf cork;  /* a streamed response's bytes of this loop iteration, written together (conn_cork) */
+    size_t pending_write; /* bytes queued with uv_write (or corked), not written yet */
+    unsigned nwrites;     /* uv_write requests outstanding, the cork counting as one */
     int handles_open;
     enum phase phase;
 
-    bool reading, closing, shutting, processing, in_deferred;
+    bool reading, closing, shutting, processing, in_deferred, corked, in_cork_list;
     bool msg_begun, headers_done, msg_complete, pause_headers, last_was_value;
     bool is_head;
     bool req_active, req_dead, req_finalizing, in_handler;
@@ -94,6 +96,7 @@ struct leo_http_server {
     struct leo_http_limits limits;
     struct leo_http_conn *conns;
     struct leo_http_conn *defer_head, *defer_tail;
+    struct leo_http_conn *cork_head; /* connections whose cork the idle callback writes */
     unsigned nconns, inflight;
     uint64_t io_events; /* reads, write completions and accepts, ever (leo_http_server_io_events) */
     int port;
@@ -264,6 +267,16 @@ struct wreq {
     char data[];
 };
 
+/* Tells a streaming handler it may write again once the queue has fallen to half its limit. */
+static void maybe_drain(struct leo_http_conn *c)
+{
+    if (c->want_drain && c->pending_write <= c->limits.max_pending_write / 2) {
+        c->want_drain = false;
+        if (c->req_active && !c->req_dead && !c->req_finalizing && !c->resp_ended && c->req.on_drain)
+            c->req.on_drain(&c->req);
+    }
+}
+
 static void on_write(uv_write_t *w, int status)
 {
     struct wreq *wr = (struct wreq *)w;
@@ -272,13 +285,10 @@ static void on_write(uv_write_t *w, int status)
     c->pending_write -= wr->len;
     leo_free(wr);
     c->srv->io_events++;
-    if (status < 0) {
+    if (status < 0)
         conn_close(c);
-    } else if (c->want_drain && c->pending_write <= c->limits.max_pending_write / 2) {
-        c->want_drain = false;
-        if (c->req_active && !c->req_dead && !c->req_finalizing && !c->resp_ended && c->req.on_drain)
-            c->req.on_drain(&c->req);
-    }
+    else
+        maybe_drain(c);
     conn_process(c, NULL, 0);
 }
 
@@ -293,6 +303,12 @@ static int conn_write(struct leo_http_conn *c, const uv_buf_t *bufs, unsigned n)
         total += bufs[i].len;
     if (total == 0)
         return 0;
+    if (c->corked) {
+        for (unsigned i = 0; i < n; i++)
+            leo_buf_add(&c->cork, bufs[i].base, bufs[i].len);
+        c->pending_write += total;
+        return 0;
+    }
     size_t done = 0;
     if (c->nwrites == 0) {
         int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
@@ -331,12 +347,52 @@ static int conn_write(struct leo_http_conn *c, const uv_buf_t *bufs, unsigned n)
     return 0;
 }
 
+/* Corking: a streamed response's head, events and end often come from one upstream read, in one loop
+ * iteration. From leo_http_stream_start on, the connection's writes gather in c->cork (counted as one write
+ * outstanding, so nothing treats the response as written) and the idle callback, before the loop polls
+ * again, writes them with one system call: the client gets every byte in the same iteration, with one
+ * write(2) where there were three or more. */
+static void on_idle(uv_idle_t *idle);
+
+static void conn_cork(struct leo_http_conn *c)
+{
+    if (c->corked || c->closing)
+        return;
+    c->corked = true;
+    c->nwrites++;
+    if (!c->in_cork_list) {
+        c->in_cork_list = true;
+        c->next_corked = c->srv->cork_head;
+        c->srv->cork_head = c;
+    }
+    uv_idle_start(&c->srv->idle, on_idle);
+}
+
+/* Writes what is corked (drops it on a closed connection) and ends the cork's write. */
+static void cork_flush(struct leo_http_conn *c)
+{
+    if (!c->corked)
+        return;
+    c->corked = false;
+    c->nwrites--;
+    size_t len = c->cork.len;
+    c->pending_write -= len;
+    if (len) {
+        uv_buf_t b = uv_buf_init(c->cork.p, (unsigned)len);
+        conn_write(c, &b, 1);
+    }
+    if (c->cork.cap > 65536)
+        leo_buf_release(&c->cork);
+    else
+        leo_buf_reset(&c->cork);
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* Connection life                                                                                        */
 
 static void conn_maybe_free(struct leo_http_conn *c)
 {
-    if (!c->closing || c->handles_open || c->req_active || c->in_deferred || c->processing)
+    if (!c->closing || c->handles_open || c->req_active || c->in_deferred || c->processing || c->in_cork_list)
         return;
     struct leo_http_server *srv = c->srv;
     if (c->prev)
@@ -348,6 +404,7 @@ static void conn_maybe_free(struct leo_http_conn *c)
     srv->nconns--;
     leo_buf_release(&c->hbuf);
     leo_buf_release(&c->inbuf);
+    leo_buf_release(&c->cork);
     leo_buf_release(&c->req.body);
     leo_free(c->spans);
     leo_free(c->hdrs);
@@ -390,6 +447,7 @@ static void conn_graceful_close(struct leo_http_conn *c)
 {
     if (c->closing || c->shutting)
         return;
+    cork_flush(c); /* the FIN goes after every byte of the response */
     c->shutting = true;
     leo_buf_release(&c->inbuf);
     conn_timer(c, PHASE_LINGER, LINGER_MS);
@@ -416,7 +474,25 @@ static void conn_after_api(struct leo_http_conn *c)
 static void on_idle(uv_idle_t *idle)
 {
     struct leo_http_server *srv = idle->data;
-    while (srv->defer_head) {
+    while (srv->cork_head || srv->defer_head) {
+        while (srv->cork_head) {
+            struct leo_http_conn *c = srv->cork_head;
+            srv->cork_head = c->next_corked;
+            c->in_cork_list = false;
+            if (!c->corked) { /* flushed already (a graceful close) */
+                conn_maybe_free(c);
+                continue;
+            }
+            cork_flush(c);
+            if (c->closing) {
+                conn_maybe_free(c);
+                continue;
+            }
+            maybe_drain(c);
+            conn_process(c, NULL, 0);
+        }
+        if (srv->defer_head == NULL)
+            break;
         struct leo_http_conn *c = srv->defer_head;
         srv->defer_head = c->next_deferred;
         if (srv->defer_head == NULL)
@@ -549,6 +625,7 @@ void leo_http_stream_start(struct leo_http_request *req, int status, const struc
     if (c->resp_chunked)
         ADD_LIT(b, "Transfer-Encoding: chunked\r\n");
     head_end(b, c->resp_keep_alive);
+    conn_cork(c);
     uv_buf_t buf = uv_buf_init(b->p, (unsigned)b->len);
     conn_write(c, &buf, 1);
     conn_after_api(c);
@@ -613,6 +690,7 @@ void leo_http_abort(struct leo_http_request *req)
     if (!req_usable(c))
         return;
     c->resp_ended = true;
+    cork_flush(c); /* what was written so far (an error event) reaches the client before the close */
     conn_close(c);
     conn_after_api(c);
 }

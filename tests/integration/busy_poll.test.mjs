@@ -71,6 +71,18 @@ async function chats(stack, n, tag) {
     }
 }
 
+/* The busy-poll metrics once pred holds of them, scraping until it does (a window's time is published when it
+ * closes or by the worker's 1 s tick, so a window the requests left open shows a moment later). */
+async function busyMetricsWhen(gw, pred, what) {
+    const deadline = Date.now() + 3000;
+    for (;;) {
+        const m = await busyMetrics(gw);
+        if (pred(m)) return m;
+        if (Date.now() > deadline) assert.fail(`${what}: ${JSON.stringify(m)}`);
+        await sleep(50);
+    }
+}
+
 async function busyMetrics(gw) {
     const m = await gw.metrics();
     const has = (name) => m.some((s) => s.name === name);
@@ -104,7 +116,7 @@ describe('busy polling', () => {
             const { gw } = stack;
             const worker = onlyWorker(gw);
             await chats(stack, 20, 'busy');
-            const m = await busyMetrics(gw);
+            const m = await busyMetricsWhen(gw, (x) => x.windows > 0 && x.seconds > 0, 'after 20 requests');
             assert.ok(m.windows > 0, `leo_busy_poll_windows_total is ${m.windows} after 20 requests`);
             assert.ok(m.seconds > 0, `leo_busy_poll_seconds_total is ${m.seconds} after 20 requests`);
             /* every closed window lasted at least busy_poll_us (the scrape's own window may still be open) */
@@ -163,7 +175,7 @@ describe('busy polling', () => {
 
             await reload(BUSY_US);
             await chats(stack, 10, 'on');
-            const on = await busyMetrics(gw);
+            const on = await busyMetricsWhen(gw, (m) => m.windows > 0 && m.seconds > 0, 'after the reload turned it on');
             assert.ok(on.windows > 0, `leo_busy_poll_windows_total is ${on.windows} after the reload turned it on`);
             assert.ok(on.seconds > 0, `leo_busy_poll_seconds_total is ${on.seconds} after the reload turned it on`);
             assert.equal(worker, onlyWorker(gw), 'the same worker process (no restart)');
