@@ -314,8 +314,9 @@ describe('drain', () => {
             assert.equal(line.client_aborted, undefined);
         } finally {
             await stack.stop();
-            assert.ok(stopped, 'the gateway exited by itself after the drain');
         }
+        /* after the try, so that a failure inside it is the one reported */
+        assert.ok(stopped, 'the gateway exited by itself after the drain');
     });
 
     it('SIGTERM closes idle keep-alive connections and exits at once', T, async () => {
