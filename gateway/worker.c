@@ -374,9 +374,10 @@ static void on_signal(uv_signal_t *s, int signum)
     if (w->draining)
         return;
     w->draining = true;
+    /* the listener is closed before the line says so: whoever reads "draining" finds the port refusing */
+    leo_http_server_drain(w->http);
     leo_info("draining: %u requests in flight, up to %llu ms", leo_http_server_inflight(w->http),
              (unsigned long long)w->cfg->drain_timeout_ms);
-    leo_http_server_drain(w->http);
     uv_signal_stop(&w->_sighup);
     uv_timer_start(&w->_drain_timer, drain_timeout, w->cfg->drain_timeout_ms, 0);
     uv_check_start(&w->_drain_check, drain_check);
