@@ -87,4 +87,13 @@ static inline int test_run_all(const struct test_case *cases, size_t n)
         return test_run_all(cases_, sizeof(cases_) / sizeof(cases_[0]));                                     \
     }
 
+/* A seeded xorshift generator for tests that generate their cases: the same sequence on every run. */
+static inline unsigned test_rnd(uint64_t *state, unsigned n)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return (unsigned)(*state % n);
+}
+
 #endif

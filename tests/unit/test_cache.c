@@ -109,10 +109,7 @@ static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static unsigned rnd(unsigned n)
 {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (unsigned)(rng_state % n);
+    return test_rnd(&rng_state, n);
 }
 
 static void ws(struct leo_buf *b)
