@@ -532,6 +532,22 @@ int leo_json_is_integer(struct leo_str raw)
            memchr(raw.p, 'e', raw.len) == NULL && memchr(raw.p, 'E', raw.len) == NULL;
 }
 
+int leo_json_key_is(struct leo_str raw_key, const char *name)
+{
+    if (memchr(raw_key.p, '\\', raw_key.len) == NULL)
+        return leo_str_eqc(raw_key, name);
+    /* escapes: rare in keys; decode a quoted copy */
+    struct leo_buf lit = LEO_BUF_INIT, dec = LEO_BUF_INIT;
+    leo_buf_addch(&lit, '"');
+    leo_buf_add(&lit, raw_key.p, raw_key.len);
+    leo_buf_addch(&lit, '"');
+    int same = leo_json_string_decode((struct leo_str){lit.p, lit.len}, &dec) == 0 &&
+               leo_str_eqc((struct leo_str){dec.p, dec.len}, name);
+    leo_buf_release(&lit);
+    leo_buf_release(&dec);
+    return same;
+}
+
 int leo_json_string_decode(struct leo_str raw, struct leo_buf *out)
 {
     int rc;

@@ -73,6 +73,10 @@ int leo_json_canonical(const char *p, size_t len, const struct leo_json_canon_op
  *  makes an integer. */
 int leo_json_is_integer(struct leo_str raw);
 
+/** True when a member's raw key (leo_json_member.key: between the quotes, escapes not decoded) names `name`
+ *  once decoded, as jansson reads it ("mod\u0065l" names "model"). */
+int leo_json_key_is(struct leo_str raw_key, const char *name);
+
 /** Decodes the JSON string literal raw (its quotes included, already validated) into out. 0 or LEO_EPARSE /
  *  LEO_ETOOBIG. */
 int leo_json_string_decode(struct leo_str raw, struct leo_buf *out);

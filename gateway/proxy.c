@@ -1033,21 +1033,12 @@ static void view_member(const struct leo_json_member *m, void *ud)
         {"seed", offsetof(struct req_view, seed)},
     };
     struct req_view *v = ud;
-    struct leo_str key = m->key;
-    struct leo_buf dec = LEO_BUF_INIT;
-    if (memchr(key.p, '\\', key.len) != NULL) {
-        /* a key written with escapes names the member its decoded text names */
-        if (leo_json_string_decode((struct leo_str){key.p - 1, key.len + 2}, &dec) != 0)
-            return;
-        key = (struct leo_str){dec.p, dec.len};
-    }
     for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++)
-        if (leo_str_eqc(key, members[i].name)) {
+        if (leo_json_key_is(m->key, members[i].name)) {
             *(struct leo_str *)((char *)v + members[i].off) =
                 (struct leo_str){v->body + m->value_start, m->value_end - m->value_start};
             break;
         }
-    leo_buf_release(&dec);
 }
 
 static bool span_is(struct leo_str v, const char *lit)

@@ -106,15 +106,7 @@ struct member_find {
 static int find_last(const struct leo_json_member *m, void *ud)
 {
     struct member_find *f = ud;
-    bool same = leo_str_eqc(m->key, f->key);
-    if (!same && memchr(m->key.p, '\\', m->key.len) != NULL) {
-        /* a key written with escapes names the member its decoded text names */
-        struct leo_buf dec = LEO_BUF_INIT;
-        same = leo_json_string_decode((struct leo_str){m->key.p - 1, m->key.len + 2}, &dec) == 0 &&
-               leo_str_eqc((struct leo_str){dec.p, dec.len}, f->key);
-        leo_buf_release(&dec);
-    }
-    if (same)
+    if (leo_json_key_is(m->key, f->key))
         f->value = (struct leo_str){f->base + m->value_start, m->value_end - m->value_start};
     return 0;
 }

@@ -257,6 +257,10 @@ TEST(string_decode_and_integers)
     ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"\xc3\""), &b), LEO_EPARSE);
     ASSERT_EQ(leo_json_string_decode(LEO_STR_LIT("\"a\" "), &b), LEO_EPARSE);
     leo_buf_release(&b);
+    ASSERT(leo_json_key_is(LEO_STR_LIT("model"), "model"));
+    ASSERT(leo_json_key_is(LEO_STR_LIT("mod\\u0065l"), "model"));
+    ASSERT(!leo_json_key_is(LEO_STR_LIT("mod\\u0065"), "model"));
+    ASSERT(!leo_json_key_is(LEO_STR_LIT("models"), "model"));
     ASSERT(leo_json_is_integer(LEO_STR_LIT("-12")));
     ASSERT(leo_json_is_integer(LEO_STR_LIT("0")));
     ASSERT(!leo_json_is_integer(LEO_STR_LIT("1.0")));
