@@ -17,6 +17,7 @@
  * Everything that calls user code (handler, on_close, on_drain) runs from a libuv callback of ours.
  */
 #include "http_server.h"
+#include "probe.h"
 
 #include <errno.h>
 #include <llhttp.h>
@@ -312,6 +313,7 @@ static int conn_write(struct leo_http_conn *c, const uv_buf_t *bufs, unsigned n)
     size_t done = 0;
     if (c->nwrites == 0) {
         int r = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+        LEO_PROBE("response_written");
         if (r >= 0) {
             done = (size_t)r;
         } else if (r != UV_EAGAIN) {
@@ -829,6 +831,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
 static int on_message_complete(llhttp_t *p)
 {
+    LEO_PROBE("request_parsed");
     struct leo_http_conn *c = p->data;
     c->msg_complete = true;
     /* after an upgrade or CONNECT the bytes that follow are another protocol: answer, then close */
@@ -1060,6 +1063,7 @@ static void conn_process(struct leo_http_conn *c, const char *ext, size_t extlen
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
+    LEO_PROBE("request_read");
     struct leo_http_conn *c = s->data;
     if (nread == 0)
         return;

@@ -49,6 +49,7 @@
 #include "../common/buf.h"
 #include "../common/error.h"
 #include "../common/log.h"
+#include "../common/probe.h"
 
 #define UP_DEFAULT_CONNECT_TIMEOUT_MS 10000
 #define UP_MAX_HEADER_BYTES (256 * 1024) /* one response header block, status line included */
@@ -534,6 +535,7 @@ static bool header_line(struct leo_upstream_xfer *x, const char *p, size_t len)
 
 static size_t on_curl_header(char *p, size_t size, size_t nitems, void *arg)
 {
+    LEO_PROBE("curl_header");
     struct leo_upstream_xfer *x = arg;
     size_t len = size * nitems;
     if (x->canceled)
@@ -554,6 +556,7 @@ static size_t on_curl_header(char *p, size_t size, size_t nitems, void *arg)
 
 static size_t on_curl_write(char *p, size_t size, size_t nmemb, void *arg)
 {
+    LEO_PROBE("curl_body");
     struct leo_upstream_xfer *x = arg;
     struct leo_upstream *up = x->up;
     size_t len = size * nmemb;
@@ -581,6 +584,7 @@ static size_t on_curl_write(char *p, size_t size, size_t nmemb, void *arg)
 
 static int on_curl_prereq(void *arg, char *primary_ip, char *local_ip, int primary_port, int local_port)
 {
+    LEO_PROBE("curl_prereq");
     struct leo_upstream_xfer *x = arg;
     x->connected = true;
     return CURL_PREREQFUNC_OK;
@@ -616,7 +620,9 @@ static void run_action(struct leo_upstream *up, curl_socket_t fd, int ev)
     int running = 0;
     up->io_events++;
     up->defer++;
+    LEO_PROBE("curl_enter");
     CURLMcode mc = curl_multi_socket_action(up->multi, fd, ev, &running);
+    LEO_PROBE("curl_leave");
     up->defer--;
     if (mc != CURLM_OK)
         leo_warn("upstream: curl_multi_socket_action failed: %s", curl_multi_strerror(mc));
@@ -1086,6 +1092,7 @@ static CURLcode setup_easy(struct leo_upstream_xfer *x, const struct leo_upstrea
 struct leo_upstream_xfer *leo_upstream_start(struct leo_upstream *up, const struct leo_upstream_request *req,
                                              const struct leo_upstream_callbacks *cbs, void *ud)
 {
+    LEO_PROBE("upstream_start");
     if (!up || up->closing || !req || !req->url || !cbs || !cbs->on_headers || !cbs->on_data)
         return NULL;
     const char *method = req->method ? req->method : (req->body ? "POST" : "GET");
