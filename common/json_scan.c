@@ -418,7 +418,8 @@ struct find {
 static void find_one(const struct leo_json_member *m, void *ud)
 {
     struct find *f = ud;
-    if (m->key.len == f->klen && memcmp(m->key.p, f->key, f->klen) == 0) {
+    /* a decoded key is never longer than its raw text; leo_json_key_is decodes only keys with a backslash */
+    if (m->key.len >= f->klen && leo_json_key_is(m->key, f->key)) {
         *f->value = (struct leo_str){f->text + m->value_start, m->value_end - m->value_start};
         f->found = 1;
     }
@@ -434,6 +435,67 @@ int leo_json_find_member(const char *text, size_t len, const char *key, struct l
         return rc;
     }
     return f.found ? 0 : LEO_ENOTFOUND;
+}
+
+/* True when jansson accepts the magnitude of every number in the validated value v. Short numbers are decided
+ * without a copy: an integer of up to 18 digits always fits, and a real without an exponent needs over 300
+ * digits to overflow. */
+static int numbers_fit(struct leo_str v)
+{
+    const unsigned char *p = (const unsigned char *)v.p;
+    for (size_t i = 0; i < v.len;) {
+        if (p[i] == '"') {
+            i = skip_string(v.p, v.len, i);
+            if (i == 0)
+                return 0;
+            continue;
+        }
+        if (p[i] != '-' && !is_digit(p[i])) {
+            i++;
+            continue;
+        }
+        size_t e = valid_scalar(p, v.len, i);
+        if (e == 0)
+            return 0;
+        struct leo_str n = {v.p + i, e - i};
+        if ((n.len > 18 || memchr(n.p, 'e', n.len) != NULL || memchr(n.p, 'E', n.len) != NULL) &&
+            leo_json_number(n, NULL, NULL) < 0)
+            return 0;
+        i = e;
+    }
+    return 1;
+}
+
+struct get {
+    const char *text;
+    const char *const *keys;
+    size_t n;
+    struct leo_str *values;
+    int too_big;
+};
+
+static void get_one(const struct leo_json_member *m, void *ud)
+{
+    struct get *g = ud;
+    struct leo_str v = {g->text + m->value_start, m->value_end - m->value_start};
+    if (!g->too_big && !numbers_fit(v))
+        g->too_big = 1;
+    for (size_t i = 0; i < g->n; i++)
+        if (leo_json_key_is(m->key, g->keys[i]))
+            g->values[i] = v;
+}
+
+int leo_json_get_members(const char *text, size_t len, const char *const *keys, size_t n, struct leo_str *values)
+{
+    struct get g = {text, keys, n, values, 0};
+    for (size_t i = 0; i < n; i++)
+        values[i] = (struct leo_str){NULL, 0};
+    int rc = leo_json_scan_members(text, len, get_one, &g);
+    if (rc == 0 && g.too_big)
+        rc = LEO_EPARSE;
+    for (size_t i = 0; rc != 0 && i < n; i++)
+        values[i] = (struct leo_str){NULL, 0};
+    return rc;
 }
 
 /* ---- leo_json_canonical: the canonical text without a tree ---- */
@@ -532,6 +594,33 @@ int leo_json_is_integer(struct leo_str raw)
            memchr(raw.p, 'e', raw.len) == NULL && memchr(raw.p, 'E', raw.len) == NULL;
 }
 
+int leo_json_number(struct leo_str raw, int64_t *i, double *d)
+{
+    if (raw.len == 0 || (raw.p[0] != '-' && !is_digit((unsigned char)raw.p[0])))
+        return LEO_EPARSE;
+    char small[64], *t = small;
+    if (raw.len >= sizeof(small))
+        t = leo_malloc(raw.len + 1);
+    memcpy(t, raw.p, raw.len);
+    t[raw.len] = '\0';
+    int rc;
+    errno = 0;
+    if (strpbrk(t, ".eE") == NULL) {
+        long long v = strtoll(t, NULL, 10);
+        rc = errno == ERANGE ? LEO_EPARSE : 1;
+        if (i)
+            *i = v;
+    } else {
+        double v = strtod(t, NULL); /* an underflow is 0 for jansson too */
+        rc = errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL) ? LEO_EPARSE : 0;
+        if (d)
+            *d = v;
+    }
+    if (t != small)
+        leo_free(t);
+    return rc;
+}
+
 int leo_json_key_is(struct leo_str raw_key, const char *name)
 {
     if (memchr(raw_key.p, '\\', raw_key.len) == NULL)
@@ -611,40 +700,19 @@ static void sort_members(const struct canon *c, struct canon_member *m, size_t n
  * refusals (integers beyond 64 bits, reals that overflow) as LEO_EPARSE. */
 static int canon_number(struct canon *c, size_t s, size_t e)
 {
-    char small[64], *t = small;
-    size_t n = e - s;
-    if (n >= sizeof(small))
-        t = leo_malloc(n + 1);
-    memcpy(t, c->p + s, n);
-    t[n] = '\0';
-    int is_int = strpbrk(t, ".eE") == NULL, rc = 0;
-    errno = 0;
-    if (is_int) {
-        long long v = strtoll(t, NULL, 10);
-        if (errno == ERANGE)
-            rc = LEO_EPARSE;
-        else if (v < 0)
-            rc = leo_buf_addch(c->out, '-') ? LEO_ETOOBIG : leo_buf_add_uint(c->out, 0ULL - (unsigned long long)v);
-        else
-            rc = leo_buf_add_uint(c->out, (unsigned long long)v);
-    } else {
-        double d = strtod(t, NULL);
-        if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
-            rc = LEO_EPARSE;
-        else if (isfinite(d) && d == floor(d) && fabs(d) < 9.0e18) {
-            long long v = (long long)d;
-            if (v < 0)
-                rc = leo_buf_addch(c->out, '-') ? LEO_ETOOBIG
-                                                : leo_buf_add_uint(c->out, 0ULL - (unsigned long long)v);
-            else
-                rc = leo_buf_add_uint(c->out, (unsigned long long)v);
-        } else {
-            rc = leo_buf_addf(c->out, "%.17g", d);
-        }
+    int64_t v;
+    double d;
+    int kind = leo_json_number((struct leo_str){(const char *)c->p + s, e - s}, &v, &d);
+    if (kind < 0)
+        return kind;
+    if (kind == 0) {
+        if (!(isfinite(d) && d == floor(d) && fabs(d) < 9.0e18))
+            return leo_buf_addf(c->out, "%.17g", d);
+        v = (int64_t)d;
     }
-    if (t != small)
-        leo_free(t);
-    return rc;
+    if (v < 0)
+        return leo_buf_addch(c->out, '-') ? LEO_ETOOBIG : leo_buf_add_uint(c->out, 0ULL - (unsigned long long)v);
+    return leo_buf_add_uint(c->out, (unsigned long long)v);
 }
 
 /* A string value: escapes decoded and written again (the raw text when it has none: then it holds no '"', '\\'

@@ -11,6 +11,7 @@
 #define LEO_JSON_SCAN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 #include "str.h"
@@ -31,9 +32,10 @@ int leo_json_scan_object(const char *p, size_t len,
  *  leo_json_scan_object it expects a document already accepted. 0 or LEO_EPARSE. */
 int leo_json_scan_array(const char *p, size_t len, int (*fn)(struct leo_str elem, void *ud), void *ud);
 
-/** Finds the value of the top-level member `key` (compared raw, escapes not decoded) of the object in
- *  p[0..len) without building a tree: the cheap way to read one member, such as "usage" near the end of a
- *  whole chat.completion, out of an answer that is otherwise relayed untouched.
+/** Finds the value of the top-level member `key` (compared with the member's key decoded, as jansson reads it:
+ *  "us\u0061ge" names "usage"; only keys with a backslash cost a decoding) of the object in p[0..len) without
+ *  building a tree: the cheap way to read one member, such as "usage" near the end of a whole chat.completion,
+ *  out of an answer that is otherwise relayed untouched.
  *  Unlike leo_json_scan_object it does not trust its input: it checks the whole document against the JSON
  *  grammar (RFC 8259: strings with valid escapes and UTF-8, no control characters, \u0000 refused as jansson
  *  does; numbers, literals, commas and colons; nesting up to LEO_JSON_MAX_DEPTH; nothing after the object but
@@ -48,6 +50,13 @@ int leo_json_find_member(const char *p, size_t len, const char *key, struct leo_
  *  number magnitudes aside, jansson accepts it); LEO_EPARSE otherwise, possibly after some calls of fn. */
 int leo_json_scan_members(const char *text, size_t len, void (*fn)(const struct leo_json_member *m, void *ud),
                           void *ud);
+
+/** Reads the top-level members named keys[0..n) (compared decoded, as in leo_json_find_member) of the object
+ *  in p[0..len), as json_object_get on jansson's tree of it would: values[i] is the raw value of the last member
+ *  named keys[i], {NULL, 0} when there is none; spans of p. Validates like leo_json_find_member and, unlike it,
+ *  also refuses what jansson refuses for its magnitude: any number in the object, nested ones included, that is
+ *  an integer beyond 64 bits or a real that overflows. Returns 0, or LEO_EPARSE with every value empty. */
+int leo_json_get_members(const char *p, size_t len, const char *const *keys, size_t n, struct leo_str *values);
 
 /** How deep leo_json_find_member follows nested arrays and objects (jansson's limit). */
 #define LEO_JSON_MAX_DEPTH 2048
@@ -72,6 +81,12 @@ int leo_json_canonical(const char *p, size_t len, const struct leo_json_canon_op
 /** True when raw (a validated JSON value) is a number written without fraction or exponent: what jansson
  *  makes an integer. */
 int leo_json_is_integer(struct leo_str raw);
+
+/** Reads raw (a validated JSON value, or the empty span) as a number, as jansson does: 1 with *i its value when
+ *  it is an integer (no fraction, no exponent), 0 with *d its value for a real (an underflow is 0, as with
+ *  strtod), LEO_EPARSE when it is not a number or jansson refuses it (an integer beyond 64 bits, a real that
+ *  overflows). i and d may be NULL. */
+int leo_json_number(struct leo_str raw, int64_t *i, double *d);
 
 /** True when a member's raw key (leo_json_member.key: between the quotes, escapes not decoded) names `name`
  *  once decoded, as jansson reads it ("mod\u0065l" names "model"). */

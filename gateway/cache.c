@@ -373,6 +373,12 @@ bool leo_cache_deterministic(struct leo_str t, struct leo_str seed)
             i++;
         if (i == t.len || t.p[i] == 'e' || t.p[i] == 'E')
             return true;
+        /* or when it underflows strtod, as jansson reads it (1e-400): that takes an exponent or some 320 zeros
+         * after the point, so 0.7 and the like are decided without a copy */
+        double d;
+        if ((memchr(t.p, 'e', t.len) != NULL || memchr(t.p, 'E', t.len) != NULL || t.len > 300) &&
+            leo_json_number(t, NULL, &d) == 0 && d == 0)
+            return true;
     }
     return leo_json_is_integer(seed);
 }

@@ -33,6 +33,7 @@
 #include "../common/json_scan.h"
 #include "../common/log.h"
 #include "../common/metrics.h"
+#include "../common/probe.h"
 #include "errors.h"
 #include "handlers.h"
 #include "optimize.h"
@@ -670,23 +671,6 @@ static void finish_stream(struct proxy *p, int err, const char *msg)
     stream_succeed(p);
 }
 
-/* Usage of a whole Anthropic answer (passthrough), given its "usage" member: input counts cache reads and
- * writes, as everywhere. */
-static void usage_from_anthropic(json_t *usage, struct leo_usage *u)
-{
-    if (!json_is_object(usage))
-        return;
-    json_t *in = json_object_get(usage, "input_tokens"), *out = json_object_get(usage, "output_tokens");
-    json_t *cr = json_object_get(usage, "cache_read_input_tokens");
-    json_t *cw = json_object_get(usage, "cache_creation_input_tokens");
-    u->cache_read_tokens = json_is_integer(cr) ? (uint64_t)json_integer_value(cr) : 0;
-    u->cache_write_tokens = json_is_integer(cw) ? (uint64_t)json_integer_value(cw) : 0;
-    u->input_tokens = (json_is_integer(in) ? (uint64_t)json_integer_value(in) : 0) + u->cache_read_tokens +
-                      u->cache_write_tokens;
-    u->output_tokens = json_is_integer(out) ? (uint64_t)json_integer_value(out) : 0;
-    u->have = json_is_integer(in) || json_is_integer(out);
-}
-
 /* A whole 2xx answer: relay it (passthrough) or translate it into the client's dialect. */
 static void finish_whole_ok(struct proxy *p)
 {
@@ -711,20 +695,18 @@ static void finish_whole_ok(struct proxy *p)
         len = owned ? strlen(owned) : 0;
     } else if (p->passthrough || p->kind == KIND_EMBEDDINGS || p->kind == KIND_COMPLETIONS ||
                p->kind == KIND_COUNT_TOKENS) {
-        /* Relayed byte for byte: the body is checked against the JSON grammar and only its "usage" member is
-         * parsed into a tree (parsing the whole answer cost more than the rest of the request). */
+        /* Relayed byte for byte: the body is checked against the JSON grammar and its "usage" member is read in
+         * place, without a tree (parsing the whole answer cost more than the rest of the request). */
         struct leo_str usage_text;
         int rc = leo_json_find_member(body, len, "usage", &usage_text);
         if (rc == LEO_EPARSE) {
             relay_error(p, 502, "upstream_invalid_response", "upstream \"%s\" returned an invalid JSON body", prov);
             goto out;
         }
-        if (rc == 0)
-            root = json_loadb(usage_text.p, usage_text.len, JSON_DECODE_ANY, NULL); /* the usage member only */
-        if (g->dialect == LEO_DIALECT_ANTHROPIC)
-            usage_from_anthropic(root, &p->usage);
-        else
-            leo_usage_from_openai(root, &p->usage);
+        if (rc == 0 && g->dialect == LEO_DIALECT_ANTHROPIC)
+            leo_usage_from_anthropic_raw(usage_text.p, usage_text.len, &p->usage);
+        else if (rc == 0)
+            leo_usage_from_openai_raw(usage_text.p, usage_text.len, &p->usage);
     } else {
         root = p->ad->parse_chat(body, len, &p->ctx, &p->usage, &err);
         if (root == NULL) {
@@ -919,6 +901,7 @@ static void finish_whole(struct proxy *p, int err, enum leo_upstream_stage stage
 
 static void up_done(struct leo_upstream_xfer *x, int err, enum leo_upstream_stage stage, const char *msg, void *ud)
 {
+    LEO_PROBE("upstream_done");
     (void)x;
     struct proxy *p = ud;
     struct leo_gw_req *g = p->g;

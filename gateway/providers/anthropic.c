@@ -60,6 +60,7 @@
 
 #include "../../common/alloc.h"
 #include "../../common/error.h"
+#include "../../common/json_scan.h"
 #include "../config.h"
 
 #define ANTH_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
@@ -789,6 +790,46 @@ static struct leo_usage usage_export(const struct raw_usage *r)
         .cache_write_tokens = r->cache_write,
         .have = r->have,
     };
+}
+
+/* A count from an integer member: a negative one (an upstream's bug) counts 0, as in usage_apply. */
+static uint64_t count_of(json_t *v)
+{
+    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
+/* The passthrough reader: reports usage only when input_tokens or output_tokens is an integer. */
+void leo_usage_from_anthropic(json_t *usage, struct leo_usage *u)
+{
+    if (!json_is_object(usage))
+        return;
+    json_t *in = json_object_get(usage, "input_tokens"), *out = json_object_get(usage, "output_tokens");
+    u->cache_read_tokens = count_of(json_object_get(usage, "cache_read_input_tokens"));
+    u->cache_write_tokens = count_of(json_object_get(usage, "cache_creation_input_tokens"));
+    u->input_tokens = count_of(in) + u->cache_read_tokens + u->cache_write_tokens;
+    u->output_tokens = count_of(out);
+    u->have = json_is_integer(in) || json_is_integer(out);
+}
+
+void leo_usage_from_anthropic_raw(const char *p, size_t len, struct leo_usage *u)
+{
+    static const char *const keys[] = {"input_tokens", "output_tokens", "cache_read_input_tokens",
+                                       "cache_creation_input_tokens"};
+    struct leo_str v[4];
+    int64_t n[4];
+    bool is_int[4];
+    if (leo_json_get_members(p, len, keys, 4, v) != 0)
+        return;
+    for (size_t i = 0; i < 4; i++) {
+        is_int[i] = leo_json_number(v[i], &n[i], NULL) == 1;
+        if (!is_int[i] || n[i] < 0)
+            n[i] = 0;
+    }
+    u->cache_read_tokens = (uint64_t)n[2];
+    u->cache_write_tokens = (uint64_t)n[3];
+    u->input_tokens = (uint64_t)n[0] + u->cache_read_tokens + u->cache_write_tokens;
+    u->output_tokens = (uint64_t)n[1];
+    u->have = is_int[0] || is_int[1];
 }
 
 static const char *finish_reason(json_t *stop_reason)

@@ -13,6 +13,7 @@
 
 #include "../../common/alloc.h"
 #include "../../common/error.h"
+#include "../../common/json_scan.h"
 #include "../config.h"
 
 struct leo_stream_xlate {
@@ -209,6 +210,32 @@ void leo_usage_from_openai(json_t *usage, struct leo_usage *u)
     u->output_tokens = uint_member(usage, "completion_tokens");
     u->cache_read_tokens = uint_member(json_object_get(usage, "prompt_tokens_details"), "cached_tokens");
     u->cache_write_tokens = uint_member(usage, "cache_creation_input_tokens");
+    u->have = true;
+}
+
+/* uint_member over a member's raw value */
+static uint64_t uint_raw(struct leo_str v)
+{
+    int64_t n;
+    return leo_json_number(v, &n, NULL) == 1 && n > 0 ? (uint64_t)n : 0;
+}
+
+void leo_usage_from_openai_raw(const char *p, size_t len, struct leo_usage *u)
+{
+    static const char *const keys[] = {"prompt_tokens", "completion_tokens", "prompt_tokens_details",
+                                       "cache_creation_input_tokens"};
+    static const char *const cached_key[] = {"cached_tokens"};
+    struct leo_str v[4], cached = {NULL, 0};
+    if (leo_json_get_members(p, len, keys, 4, v) != 0)
+        return;
+    if (leo_json_number(v[0], NULL, NULL) != 1 && leo_json_number(v[1], NULL, NULL) != 1)
+        return;
+    if (v[2].len > 0 && v[2].p[0] == '{')
+        leo_json_get_members(v[2].p, v[2].len, cached_key, 1, &cached);
+    u->input_tokens = uint_raw(v[0]);
+    u->output_tokens = uint_raw(v[1]);
+    u->cache_read_tokens = uint_raw(cached);
+    u->cache_write_tokens = uint_raw(v[3]);
     u->have = true;
 }
 

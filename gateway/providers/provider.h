@@ -105,6 +105,16 @@ const struct leo_adapter *leo_adapter_find(const char *type);
 
 /** Usage from a canonical (OpenAI) usage object; leaves u untouched when usage is not an object. */
 void leo_usage_from_openai(json_t *usage, struct leo_usage *u);
+/** leo_usage_from_openai over the raw text p[0..len) of a usage value (validated JSON, as leo_json_find_member
+ *  gives it) without building a tree: for every input the same u as leo_usage_from_openai on json_loadb's tree
+ *  of that text (untouched when jansson would refuse it, a number too large included). */
+void leo_usage_from_openai_raw(const char *p, size_t len, struct leo_usage *u);
+/** Usage of a whole Anthropic Messages answer relayed by passthrough, from its "usage" object (input counts
+ *  cache reads and writes, as everywhere); leaves u untouched when usage is not an object. */
+void leo_usage_from_anthropic(json_t *usage, struct leo_usage *u);
+/** leo_usage_from_anthropic over the raw text of a usage value, without a tree; the same contract as
+ *  leo_usage_from_openai_raw. */
+void leo_usage_from_anthropic_raw(const char *p, size_t len, struct leo_usage *u);
 /** A canonical usage object for u (new reference). */
 json_t *leo_usage_to_openai(const struct leo_usage *u);
 

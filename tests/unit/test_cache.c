@@ -341,11 +341,30 @@ TEST(deterministic_requests)
         {"{\"temperature\":null}", false},
         {"{\"seed\":1.0}", false},
         {"{\"seed\":-42}", true},
+        /* zero as jansson reads it: reals that underflow strtod are 0 */
+        {"{\"temperature\":1e-400}", true},
+        {"{\"temperature\":-1E-400}", true},
+        {"{\"temperature\":0.1e-330}", true},
+        {"{\"temperature\":1e-300}", false},
+        {"{\"temperature\":5e-324}", false},
+        {"{\"temperature\":0.0e5}", true},
+        {"{\"temperature\":-0}", true},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         if (deterministic(cases[i].req) != cases[i].det)
             TEST_FAIL_("%s: expected %d", cases[i].req, cases[i].det);
     }
+    /* no exponent, but so many zeros after the point that it underflows too (and a longer copy than usual) */
+    struct leo_buf b = LEO_BUF_INIT;
+    for (int few = 0; few < 2; few++) {
+        leo_buf_reset(&b);
+        leo_buf_adds(&b, "{\"temperature\":0.");
+        for (int i = 0; i < (few ? 300 : 400); i++)
+            leo_buf_addch(&b, '0');
+        leo_buf_adds(&b, "1}");
+        ASSERT_EQ(deterministic(b.p), !few);
+    }
+    leo_buf_release(&b);
 }
 
 static struct leo_cache_decision decide(const struct leo_cache_policy *p, const char *req, const char *hdr,

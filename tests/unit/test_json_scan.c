@@ -103,11 +103,17 @@ TEST(find_member_duplicate_keys_last_wins)
     find("{\"usage\":1,\"x\":2,\"usage\":{\"n\":3}}", "usage", 0, "{\"n\":3}");
 }
 
-TEST(find_member_keys_compared_raw)
+TEST(find_member_keys_compared_decoded)
 {
-    /* "\u0061" is "a" once decoded; the comparison is on the raw bytes, as in leo_json_splice */
+    /* keys are compared as jansson decodes them: "\u0061" is "a", and the last of the two spellings wins */
     find("{\"\\u0061\":1,\"a\":2}", "a", 0, "2");
-    find("{\"a\\\"b\":1}", "a\\\"b", 0, "1");
+    find("{\"a\":2,\"\\u0061\":1}", "a", 0, "1");
+    find("{\"include\\u005fusage\":true}", "include_usage", 0, "true");
+    find("{\"id\":1,\"us\\u0061ge\":{\"n\":1}}", "usage", 0, "{\"n\":1}");
+    find("{\"a\\\"b\":1}", "a\"b", 0, "1");
+    /* the same bytes as the name, but decoding to something else: no match */
+    find("{\"a\\\"b\":1}", "a\\\"b", LEO_ENOTFOUND, NULL);
+    find("{\"\\u0061\":1}", "\\u0061", LEO_ENOTFOUND, NULL);
 }
 
 static const char *const malformed[] = {
@@ -269,6 +275,54 @@ TEST(string_decode_and_integers)
     ASSERT(!leo_json_is_integer((struct leo_str){NULL, 0}));
 }
 
+TEST(numbers_read_as_jansson_reads_them)
+{
+    int64_t i = 0;
+    double d = 1;
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("-12"), &i, &d), 1);
+    ASSERT_EQ(i, -12);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("12.0"), &i, &d), 0);
+    ASSERT_DBL_EQ(d, 12.0);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("1e-400"), &i, &d), 0); /* underflows to 0, as in jansson */
+    ASSERT(d == 0);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("-9223372036854775808"), &i, NULL), 1);
+    ASSERT_EQ(i, INT64_MIN);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("9223372036854775808"), &i, NULL), LEO_EPARSE);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("-1E400"), NULL, &d), LEO_EPARSE);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("\"1\""), &i, &d), LEO_EPARSE);
+    ASSERT_EQ(leo_json_number(LEO_STR_LIT("null"), &i, &d), LEO_EPARSE);
+    ASSERT_EQ(leo_json_number((struct leo_str){NULL, 0}, &i, &d), LEO_EPARSE);
+    /* longer than the stack copy */
+    const char *tiny = "0.00000000000000000000000000000000000000000000000000000000000000000000000000000000000001";
+    ASSERT_EQ(leo_json_number(leo_str_c(tiny), NULL, &d), 0);
+    ASSERT(d > 0 && d < 1e-80);
+}
+
+TEST(get_members_reads_as_json_object_get)
+{
+    static const char *const keys[] = {"a", "b", "c"};
+    struct leo_str v[3];
+    /* keys decoded, the last of a repeated key, nested members not counted */
+    const char *doc = "{\"a\":1,\"\\u0062\":[2],\"a\":{\"c\":3},\"z\":-9223372036854775808,\"y\":1e-400}";
+    ASSERT_EQ(leo_json_get_members(doc, strlen(doc), keys, 3, v), 0);
+    ASSERT_MEM_EQ(v[0].p, v[0].len, "{\"c\":3}", 7);
+    ASSERT_MEM_EQ(v[1].p, v[1].len, "[2]", 3);
+    ASSERT_EQ(v[2].len, 0);
+    /* what jansson refuses, for a number's size too, wherever it stands: nothing is read */
+    static const char *const refused[] = {"{\"a\":1,\"z\":[9223372036854775808]}", "{\"a\":1,\"z\":{\"x\":-1e400}}",
+                                          "{\"a\":1", "[1]"};
+    for (size_t k = 0; k < sizeof(refused) / sizeof(refused[0]); k++) {
+        ASSERT_EQ(leo_json_get_members(refused[k], strlen(refused[k]), keys, 3, v), LEO_EPARSE);
+        ASSERT_EQ(v[0].len, 0);
+        json_t *j = json_loads(refused[k], 0, NULL);
+        ASSERT(!json_is_object(j));
+        json_decref(j);
+    }
+    /* digits inside strings are not numbers */
+    const char *s = "{\"a\":\"99999999999999999999\",\"99999999999999999999e999\":0}";
+    ASSERT_EQ(leo_json_get_members(s, strlen(s), keys, 3, v), 0);
+}
+
 static int skip_b(const char *key, size_t len, void *ud)
 {
     (void)ud;
@@ -294,7 +348,8 @@ TEST_MAIN(TEST_ENTRY(replaces_value_keeping_other_bytes), TEST_ENTRY(appends_mis
           TEST_ENTRY(removes_members), TEST_ENTRY(escaped_strings_do_not_confuse_nesting),
           TEST_ENTRY(rejects_non_objects), TEST_ENTRY(find_member_usage_at_the_end_of_an_answer),
           TEST_ENTRY(find_member_value_kinds), TEST_ENTRY(find_member_duplicate_keys_last_wins),
-          TEST_ENTRY(find_member_keys_compared_raw), TEST_ENTRY(find_member_rejects_what_jansson_rejects),
+          TEST_ENTRY(find_member_keys_compared_decoded), TEST_ENTRY(find_member_rejects_what_jansson_rejects),
           TEST_ENTRY(find_member_agrees_with_jansson_on_truncations), TEST_ENTRY(find_member_depth_limit),
           TEST_ENTRY(scan_members_reports_every_top_level_member), TEST_ENTRY(string_decode_and_integers),
+          TEST_ENTRY(numbers_read_as_jansson_reads_them), TEST_ENTRY(get_members_reads_as_json_object_get),
           TEST_ENTRY(canonical_text))
