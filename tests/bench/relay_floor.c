@@ -86,13 +86,24 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+static int port_arg(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 1 || v > 65535) {
+        fprintf(stderr, "relay_floor: \"%s\" is not a port\n", s);
+        exit(2);
+    }
+    return (int)v;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
         fprintf(stderr, "usage: relay_floor LISTEN_PORT UPSTREAM_PORT [busy]\n");
         return 2;
     }
-    int lport = atoi(argv[1]), uport = atoi(argv[2]);
+    int lport = port_arg(argv[1]), uport = port_arg(argv[2]);
     int busy = argc > 3 && strcmp(argv[3], "busy") == 0;
     signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < MAX_FDS; i++)
