@@ -70,9 +70,10 @@ done
 
 # ---- build ----
 if [ "$BUILD" = 1 ]; then
+    mkdir -p "$BUILD_DIR"
     { cmake -S "$root" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DLEO_PROBES=ON &&
-      cmake --build "$BUILD_DIR" --target leo-gateway -j"$(nproc)"; } > "$BUILD_DIR.log" 2>&1 ||
-        { echo "latency_probe.sh: the probe build failed:" >&2; tail -n 30 "$BUILD_DIR.log" >&2; exit 1; }
+      cmake --build "$BUILD_DIR" --target leo-gateway -j"$(nproc)"; } > "$BUILD_DIR/probe-build.log" 2>&1 ||
+        { echo "latency_probe.sh: the probe build failed:" >&2; tail -n 30 "$BUILD_DIR/probe-build.log" >&2; exit 1; }
 fi
 gw=$BUILD_DIR/leo-gateway
 [ -x "$gw" ] || { echo "latency_probe.sh: no gateway binary at $gw" >&2; exit 2; }
@@ -223,7 +224,16 @@ for mode in leo leo_busy; do
             split("gateway,libcurl,libcurl poll,loop,syscall read,syscall send,syscall recv,syscall write,other", order, ",")
             for (k = 1; k in order; k++) if (order[k] in sum) printf "    %-16s %7.2f\n", order[k], sum[order[k]]
             printf "    %-16s %7.2f\n", "total", total
+            printf "%.2f %.2f %.2f\n", sum["gateway"], sum["libcurl"], sum["libcurl poll"] > sums
             printf "  apart: waiting in epoll_wait %.2f us/request (for the upstream, and for the next request, or\n", side["waiting"]
             printf "  spinning when busy-polling); after the response (access log) %.2f us/request\n", side["after"]
-        }' "$f"
+        }' sums="$work/$mode/sums" "$f"
 done
+
+# ---- the two parts together ----
+read -r gwb curlb pollb < "$work/leo_busy/sums"
+awk -v d="$d" -v rb="$(p50 relay_busy)" -v g="$gwb" -v c="$curlb" -v q="$pollb" 'BEGIN {
+    left = 1.5 * d - (rb - d)
+    printf "\nwith busy polling: the target leaves %.1f us above the busy relay; on the request'"'"'s path the gateway'"'"'s\n", left
+    printf "own code takes %.1f us and libcurl %.1f us (%.1f us of it in its two poll calls), the event loop and the\n", g, c + q, q
+    printf "system calls the relay makes too aside\n" }'
