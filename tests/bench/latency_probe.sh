@@ -26,8 +26,9 @@
 # 2. Where the gateway's time goes: each configuration runs once more with tests/bench/probe_shim.c preloaded,
 #    which times the segments between the probe points of common/probe.h and the system calls. Each segment is
 #    charged to the code that runs in it (the gateway, libcurl, the event loop, the system call) and summed over
-#    the request's path, from the wake-up that delivers the request to the write of the response; waiting for
-#    the upstream and what the worker does after the response (the access log) are shown apart.
+#    the request's path (from the wake-up that delivers the request to the send upstream, and from the wake-up
+#    that delivers the answer to the write of the response); waiting, what runs after the send while the upstream
+#    works, and what the worker does after the response (the access log) are shown apart.
 #
 # A benchmark, not a test: ctest does not run it. Needs wrk, taskset, curl, cc and 2 CPUs.
 set -euo pipefail
