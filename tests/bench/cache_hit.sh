@@ -62,17 +62,10 @@ done
 case $ROUNDS$SECS$CONNS$PORT$UPORT in *[!0-9]*) echo "cache_hit.sh: --rounds, --seconds, --connections and the ports take numbers" >&2; exit 2 ;; esac
 [ "$ROUNDS" -ge 1 ] && [ "$SECS" -ge 1 ] && [ "$CONNS" -ge 1 ] || { echo "cache_hit.sh: --rounds, --seconds and --connections must be at least 1" >&2; exit 2; }
 
-if [ -n "${SHARED_DIR:-}" ]; then
-    if [ -f "$SHARED_DIR/upstream.c" ]; then kit=$SHARED_DIR; else kit=$SHARED_DIR/bench; fi
-else
-    kit=$(cd "$root/.." && pwd)/shared/bench
-fi
-[ -f "$kit/upstream.c" ] || { echo "cache_hit.sh: the shared kit is not at $kit (set SHARED_DIR)" >&2; exit 2; }
-for tool in wrk taskset curl cc ss; do
-    command -v "$tool" >/dev/null || { echo "cache_hit.sh: $tool is missing (bash deploy/install-deps.sh --bench)" >&2; exit 2; }
-done
-[ "$(nproc)" -ge 2 ] || { echo "cache_hit.sh: needs 2 CPUs (the gateway on CPU 1, load and upstream on CPU 0)" >&2; exit 2; }
-port_busy() { ss -Htln "sport = :$1" | grep -q .; }
+name=cache_hit.sh
+. "$here/lib.sh"
+bench_kit upstream.c
+bench_needs wrk taskset curl cc ss
 for p in "$PORT" "$UPORT"; do
     if port_busy "$p"; then
         echo "cache_hit.sh: port $p is already in use (--port and --upstream-port choose others)" >&2

@@ -54,19 +54,12 @@ case $ROUNDS$SECS$PORT$BUSY_POLL in
 *[!0-9]*) echo "compare.sh: --rounds, --seconds, --port and --busy-poll take numbers" >&2; exit 2 ;;
 esac
 
-if [ -n "${SHARED_DIR:-}" ]; then
-    if [ -f "$SHARED_DIR/compare.sh" ]; then kit=$SHARED_DIR; else kit=$SHARED_DIR/bench; fi
-else
-    kit=$(cd "$root/.." && pwd)/shared/bench
-fi
-[ -f "$kit/compare.sh" ] || { echo "compare.sh: the shared kit is not at $kit (set SHARED_DIR)" >&2; exit 2; }
-for tool in wrk taskset curl cc ss; do
-    command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing (bash deploy/install-deps.sh --bench)" >&2; exit 2; }
-done
+name=compare.sh
+. "$here/lib.sh"
+bench_kit compare.sh upstream.c chat.lua
+bench_needs wrk taskset curl cc ss
 [ "$PERF" = 0 ] || command -v perf >/dev/null || { echo "compare.sh: --perf needs perf (linux-perf)" >&2; exit 2; }
-[ "$(nproc)" -ge 2 ] || { echo "compare.sh: needs 2 CPUs (the gateway on CPU 1, load and upstream on CPU 0)" >&2; exit 2; }
 
-port_busy() { ss -Htln "sport = :$1" | grep -q .; }
 for p in "$PORT" 9100 8787; do
     if port_busy "$p"; then
         echo "compare.sh: port $p is already in use; the benchmark needs $PORT (gateway), 9100 (upstream) and 8787 (Portkey)" >&2

@@ -54,17 +54,10 @@ case $ROUNDS$SECS$BUSY_POLL in
 esac
 [ "$BUSY_POLL" -gt 0 ] || { echo "latency_probe.sh: --busy-poll must be above 0" >&2; exit 2; }
 
-if [ -n "${SHARED_DIR:-}" ]; then
-    if [ -f "$SHARED_DIR/compare.sh" ]; then kit=$SHARED_DIR; else kit=$SHARED_DIR/bench; fi
-else
-    kit=$(cd "$root/.." && pwd)/shared/bench
-fi
-[ -f "$kit/upstream.c" ] || { echo "latency_probe.sh: the shared kit is not at $kit (set SHARED_DIR)" >&2; exit 2; }
-for tool in wrk taskset curl cc ss; do
-    command -v "$tool" >/dev/null || { echo "latency_probe.sh: $tool is missing (bash deploy/install-deps.sh --bench)" >&2; exit 2; }
-done
-[ "$(nproc)" -ge 2 ] || { echo "latency_probe.sh: needs 2 CPUs" >&2; exit 2; }
-port_busy() { ss -Htln "sport = :$1" | grep -q .; }
+name=latency_probe.sh
+. "$here/lib.sh"
+bench_kit upstream.c chat.lua
+bench_needs wrk taskset curl cc ss
 for p in 8080 8081 9100; do
     if port_busy "$p"; then echo "latency_probe.sh: port $p is in use (needs 8080, 8081 and 9100)" >&2; exit 2; fi
 done

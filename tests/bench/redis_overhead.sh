@@ -52,17 +52,10 @@ case $ROUNDS$SECS$PORT$RPORT in
 *[!0-9]*) echo "redis_overhead.sh: --rounds, --seconds, --port and --redis-port take numbers" >&2; exit 2 ;;
 esac
 
-if [ -n "${SHARED_DIR:-}" ]; then
-    if [ -f "$SHARED_DIR/compare.sh" ]; then kit=$SHARED_DIR; else kit=$SHARED_DIR/bench; fi
-else
-    kit=$(cd "$root/.." && pwd)/shared/bench
-fi
-[ -f "$kit/upstream.c" ] && [ -f "$kit/chat.lua" ] ||
-    { echo "redis_overhead.sh: the shared kit is not at $kit (set SHARED_DIR)" >&2; exit 2; }
-for tool in wrk taskset curl cc ss redis-server redis-cli; do
-    command -v "$tool" >/dev/null || { echo "redis_overhead.sh: $tool is missing" >&2; exit 2; }
-done
-[ "$(nproc)" -ge 2 ] || { echo "redis_overhead.sh: needs 2 CPUs (gateways on CPU 1, load on CPU 0)" >&2; exit 2; }
+name=redis_overhead.sh
+. "$here/lib.sh"
+bench_kit upstream.c chat.lua
+bench_needs wrk taskset curl cc ss redis-server redis-cli
 
 ports=("$PORT" "$((PORT + 1))" "$((PORT + 2))")
 for p in "${ports[@]}" 9100 "$RPORT"; do
