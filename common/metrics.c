@@ -258,10 +258,11 @@ static void count_drop(void)
     store64(&my_slot->dropped, load64(&my_slot->dropped) + 1);
 }
 
-/* The series of this process for (name, labels), created on first use; NULL when the update is dropped. */
-static struct series *series_get(const char *name, const char *labels, enum leo_metric_kind kind)
+/* The series (name, labels) of slot s, created on first use when create; NULL when there is none or the update
+ * is dropped (counted in this process's slot). */
+static struct series *series_in(struct slot *s, const char *name, const char *labels, enum leo_metric_kind kind,
+                                bool create)
 {
-    ensure_region();
     size_t nlen = strlen(name);
     int f = family_find(name, nlen, hash_bytes(0, name, nlen));
     if (f < 0 || families[f].kind != kind) {
@@ -276,7 +277,6 @@ static struct series *series_get(const char *name, const char *labels, enum leo_
         return NULL;
     }
     uint32_t h = hash_bytes((uint64_t)(f + 1) << 32, labels, llen);
-    struct slot *s = my_slot;
     uint32_t i = h & (SLOT_ENTRIES - 1);
     for (;;) {
         if (s->state[i] == 0)
@@ -286,6 +286,8 @@ static struct series *series_get(const char *name, const char *labels, enum leo_
             return e;
         i = (i + 1) & (SLOT_ENTRIES - 1);
     }
+    if (!create)
+        return NULL;
     uint32_t n = s->nseries;
     if (n >= SLOT_MAX_SERIES) {
         count_drop();
@@ -306,9 +308,42 @@ static struct series *series_get(const char *name, const char *labels, enum leo_
     return e;
 }
 
+/* The series of this process for (name, labels), created on first use; NULL when the update is dropped. */
+static struct series *series_get(const char *name, const char *labels, enum leo_metric_kind kind)
+{
+    ensure_region();
+    return series_in(my_slot, name, labels, kind, true);
+}
+
 static inline void add_double(uint64_t *p, double v)
 {
     store64(p, double_to_bits(bits_to_double(load64(p)) + v));
+}
+
+/* Slot idx when it exists and is not this process's own. */
+static struct slot *other_slot(unsigned idx)
+{
+    ensure_region();
+    return idx < region->nslots && &region->slots[idx] != my_slot ? &region->slots[idx] : NULL;
+}
+
+double leo_metrics_slot_value(unsigned idx, const char *name, const char *labels)
+{
+    struct slot *s = other_slot(idx);
+    size_t nlen = strlen(name);
+    int f = s ? family_find(name, nlen, hash_bytes(0, name, nlen)) : -1;
+    if (f < 0 || families[f].kind == LEO_METRIC_HISTOGRAM)
+        return 0.0;
+    struct series *e = series_in(s, name, labels, families[f].kind, false);
+    return e ? bits_to_double(load64(&e->value)) : 0.0;
+}
+
+void leo_metrics_slot_add(unsigned idx, const char *name, const char *labels, double v)
+{
+    struct slot *s = other_slot(idx);
+    struct series *e = s && v >= 0 ? series_in(s, name, labels, LEO_METRIC_COUNTER, true) : NULL;
+    if (e)
+        add_double(&e->value, v);
 }
 
 void leo_metrics_add(const char *name, const char *labels, double v)

@@ -37,6 +37,12 @@ void leo_metrics_add(const char *name, const char *labels, double v);
 void leo_metrics_gauge_add(const char *name, const char *labels, double v);
 /** Gauge = v. */
 void leo_metrics_gauge_set(const char *name, const char *labels, double v);
+/** For the supervisor, about a worker that has died (its slot has no writer until a new worker attaches to it):
+ *  the value of the counter or gauge series (name, labels) in slot idx, 0 when there is none or idx is this
+ *  process's own slot. */
+double leo_metrics_slot_value(unsigned idx, const char *name, const char *labels);
+/** The same: counter += v in slot idx (not this process's own), so that the count stays with that worker's. */
+void leo_metrics_slot_add(unsigned idx, const char *name, const char *labels, double v);
 /** Histogram observation (seconds for latencies). */
 void leo_metrics_observe(const char *name, const char *labels, double v);
 /** Renders every family in Prometheus text format 0.0.4, summed over all slots. */

@@ -13,6 +13,7 @@
 #include "../common/log.h"
 #include "../common/metrics.h"
 #include "config.h"
+#include "usage.h"
 
 struct worker_slot {
     pid_t pid;           /* 0 when not running */
@@ -102,8 +103,11 @@ int leo_supervisor_run(const struct leo_supervisor_opts *opts)
                     if (slots[i].pid != pid)
                         continue;
                     slots[i].pid = 0;
+                    bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+                    if (!clean)
+                        leo_usage_report_worker_death(i + 1, i, (long)pid); /* slot i + 1: see leo_worker_run */
                     if (stopping) {
-                        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+                        if (!clean)
                             exit_code = 1;
                         break;
                     }

@@ -9,7 +9,8 @@
  * worker's shutdown drops events, and both are counted and logged.
  *
  * On shutdown the worker waits (within its drain timeout) until leo_usage_flushing() is false before it closes
- * the connection; what is still queued then (Redis down) is dropped and counted.
+ * the connection; what is still queued then (Redis down) is dropped and counted. When a worker dies instead,
+ * the supervisor counts what its queue held from the worker's metrics slot (leo_usage_report_worker_death).
  */
 #include "usage.h"
 
@@ -156,6 +157,7 @@ static void on_xadd(struct leo_redis *r, int err, redisReply *reply, void *ud)
     struct item *it = ud;
     struct leo_usage *u = it->u;
     u->inflight--;
+    leo_metrics_gauge_add("leo_usage_inflight", "", -1);
     bool ok = err == 0 && reply && reply->type == REDIS_REPLY_STRING;
     if (ok) {
         leo_metrics_add("leo_usage_events_total", "result=\"sent\"", 1);
@@ -194,6 +196,7 @@ static bool send_item(struct leo_usage *u, struct item *it)
     if (leo_redis_command_argv(u->redis, on_xadd, it, 8, argv, lens) != 0)
         return false;
     u->inflight++;
+    leo_metrics_gauge_add("leo_usage_inflight", "", 1);
     return true;
 }
 
@@ -312,6 +315,22 @@ void leo_usage_metrics_describe(void)
                          "away or busy), retried (an XADD failed and the event was queued again).");
     leo_metrics_describe("leo_usage_events_dropped_total", LEO_METRIC_COUNTER,
                          "Usage events lost, by reason: queue_full (Redis away for too long), shutdown (still "
-                         "queued or unconfirmed when the worker stopped).");
+                         "queued or unconfirmed when the worker stopped), worker_died (queued in a worker that "
+                         "died).");
     leo_metrics_describe("leo_usage_queue_depth", LEO_METRIC_GAUGE, "Usage events waiting for Redis.");
+    leo_metrics_describe("leo_usage_inflight", LEO_METRIC_GAUGE,
+                         "Usage events sent to Redis whose XADD has not been answered yet.");
+}
+
+void leo_usage_report_worker_death(unsigned slot, unsigned worker, long pid)
+{
+    double queued = leo_metrics_slot_value(slot, "leo_usage_queue_depth", "");
+    double inflight = leo_metrics_slot_value(slot, "leo_usage_inflight", "");
+    if (!(queued > 0) && !(inflight > 0))
+        return;
+    leo_metrics_slot_add(slot, "leo_usage_events_dropped_total", "reason=\"worker_died\"", queued > 0 ? queued : 0);
+    leo_error("usage: worker %u (pid %ld) died with %.0f usage events queued, which are lost (counted in "
+              "leo_usage_events_dropped_total{reason=\"worker_died\"}), and %.0f sent to Redis without an answer, "
+              "which may be lost",
+              worker, pid, queued > 0 ? queued : 0, inflight > 0 ? inflight : 0);
 }

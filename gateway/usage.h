@@ -80,8 +80,15 @@ void leo_usage_close(struct leo_usage *u);
 
 /** Declares the module's metric families (called with the gateway's, before forking):
  *   leo_usage_events_total{result="sent|queued|retried"}   counter
- *   leo_usage_events_dropped_total{reason="queue_full|shutdown"}  counter
- *   leo_usage_queue_depth                                   gauge */
+ *   leo_usage_events_dropped_total{reason="queue_full|shutdown|worker_died"}  counter
+ *   leo_usage_queue_depth                                   gauge
+ *   leo_usage_inflight                                      gauge */
 void leo_usage_metrics_describe(void);
+
+/** In the supervisor, when a worker died (a signal or a non-zero exit) and before its metrics slot is given to
+ *  the next worker: the events its queue held died with it. Reads that slot's leo_usage_queue_depth and
+ *  leo_usage_inflight, counts the queued ones in leo_usage_events_dropped_total{reason="worker_died"} (in that
+ *  slot) and logs both numbers (the unanswered XADDs may or may not have reached Redis). Silent when both are 0. */
+void leo_usage_report_worker_death(unsigned slot, unsigned worker, long pid);
 
 #endif

@@ -12,6 +12,7 @@ import {
     RawConn,
     chat,
     chatBody,
+    freePort,
     metricSum,
     nonce,
     openStream,
@@ -148,6 +149,41 @@ describe('worker processes', () => {
         } finally {
             await stack.stop();
         }
+    });
+
+    it('a worker killed with usage events queued (Redis away): the supervisor reports them lost', T, async () => {
+        const deadRedis = await freePort(); /* nothing listens there: every event stays in the worker's queue */
+        const stack = await startStack({ workers: 1, mutate: (c) => { c.redis = { url: `redis://127.0.0.1:${deadRedis}` }; } });
+        try {
+            const { gw } = stack;
+            const pids = await workersListening(gw, 1);
+            const victim = pids.get('worker-0');
+            await chats(gw.port, stack.keys.t1, 5, 'queued');
+            const m0 = await gw.metrics();
+            assert.equal(metricSum(m0, 'leo_usage_queue_depth'), 5, 'five events wait for Redis');
+            assert.equal(metricSum(m0, 'leo_usage_events_dropped_total'), 0);
+
+            const from = gw.stderr.mark();
+            gw.expectedDeaths.add(victim);
+            process.kill(victim, 'SIGKILL');
+            const report = await gw.stderr.waitForJson((j) => j.role === 'supervisor' &&
+                /^usage: worker 0 \(pid \d+\) died with/.test(j.msg || ''),
+            { from, timeoutMs: 10000, what: 'the supervisor reporting the lost usage events' });
+            assert.equal(report.level, 'error');
+            assert.match(report.msg, new RegExp(`\\(pid ${victim}\\) died with 5 usage events queued, which are lost`));
+            assert.match(report.msg, /and 0 sent to Redis without an answer/);
+
+            await gw.waitReady(10000);
+            const m1 = await gw.metrics();
+            assert.equal(metricSum(m1, 'leo_usage_events_dropped_total', { reason: 'worker_died' }), 5);
+            assert.equal(metricSum(m1, 'leo_usage_queue_depth'), 0, 'the new worker starts with an empty queue');
+
+            /* a clean stop reports nothing of the kind */
+            await chats(gw.port, stack.keys.t1, 2, 'then');
+        } finally {
+            await stack.stop();
+        }
+        assert.equal(stack.gw.stderr.json((j) => /^usage: worker \d+ \(pid \d+\) died with/.test(j.msg || '')).length, 1);
     });
 });
 

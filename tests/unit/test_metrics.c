@@ -352,8 +352,36 @@ TEST(unknown_slot_is_refused)
     ASSERT_EQ(leo_metrics_init(0), LEO_EINVAL);
 }
 
+/* What the supervisor reads and counts in a dead worker's slot (leo_usage_report_worker_death). */
+TEST(supervisor_reads_and_counts_in_a_dead_workers_slot)
+{
+    fresh(2);
+    leo_metrics_attach(0);
+    pid_t a = spawn_worker(1, 3); /* t_requests_total{route="/m"} 3, t_active 1 */
+    reap(a);
+    ASSERT(leo_metrics_slot_value(1, "t_active", "") == 1.0);
+    ASSERT(leo_metrics_slot_value(1, "t_requests_total", "route=\"/m\"") == 3.0);
+    ASSERT(leo_metrics_slot_value(1, "t_requests_total", "route=\"/none\"") == 0.0); /* absent: not created */
+    ASSERT(leo_metrics_slot_value(1, "t_latency_seconds", "route=\"/m\"") == 0.0);   /* histograms: no value */
+    ASSERT(leo_metrics_slot_value(0, "t_active", "") == 0.0);                         /* its own slot: refused */
+    ASSERT(leo_metrics_slot_value(7, "t_active", "") == 0.0);                         /* no such slot */
+    leo_metrics_slot_add(1, "t_requests_total", "route=\"/lost\"", 2);
+    leo_metrics_slot_add(1, "t_requests_total", "route=\"/lost\"", -1); /* counters never go backwards */
+    leo_metrics_slot_add(0, "t_requests_total", "route=\"/lost\"", 5);  /* its own slot: refused */
+    char *text = render();
+    ASSERT_LINE(text, "t_requests_total{route=\"/lost\"}", "2");
+    ASSERT(strstr(text, "t_requests_total{route=\"/none\"}") == NULL);
+    free(text);
+    /* the next worker on the slot keeps the count */
+    leo_metrics_attach(1);
+    text = render();
+    ASSERT_LINE(text, "t_requests_total{route=\"/lost\"}", "2");
+    free(text);
+}
+
 TEST_MAIN(TEST_ENTRY(works_without_init), TEST_ENTRY(empty_registry_renders_headers_only),
           TEST_ENTRY(renders_counters_gauges_histograms_exactly), TEST_ENTRY(number_formatting),
           TEST_ENTRY(label_value_escaping), TEST_ENTRY(slot_overflow_is_dropped_and_counted),
           TEST_ENTRY(overlong_labels_and_undeclared_families_are_dropped), TEST_ENTRY(processes_sum_into_one_render),
-          TEST_ENTRY(restarted_worker_keeps_counters_and_resets_gauges), TEST_ENTRY(unknown_slot_is_refused))
+          TEST_ENTRY(restarted_worker_keeps_counters_and_resets_gauges), TEST_ENTRY(unknown_slot_is_refused),
+          TEST_ENTRY(supervisor_reads_and_counts_in_a_dead_workers_slot))
