@@ -110,7 +110,7 @@ void leo_probe(const char *name)
     {                                                                                                                  \
         static ret(*real) params;                                                                                      \
         if (real == NULL)                                                                                              \
-            real = (ret(*) params)dlsym(RTLD_NEXT, #name);                                                            \
+            real = (ret(*) params)dlsym(RTLD_NEXT, #name);                                                             \
         leo_probe(enter);                                                                                              \
         ret r = real args;                                                                                             \
         leo_probe(leave);                                                                                              \

@@ -363,8 +363,8 @@ TEST(supervisor_reads_and_counts_in_a_dead_workers_slot)
     ASSERT(leo_metrics_slot_value(1, "t_requests_total", "route=\"/m\"") == 3.0);
     ASSERT(leo_metrics_slot_value(1, "t_requests_total", "route=\"/none\"") == 0.0); /* absent: not created */
     ASSERT(leo_metrics_slot_value(1, "t_latency_seconds", "route=\"/m\"") == 0.0);   /* histograms: no value */
-    ASSERT(leo_metrics_slot_value(0, "t_active", "") == 0.0);                         /* its own slot: refused */
-    ASSERT(leo_metrics_slot_value(7, "t_active", "") == 0.0);                         /* no such slot */
+    ASSERT(leo_metrics_slot_value(0, "t_active", "") == 0.0);                        /* its own slot: refused */
+    ASSERT(leo_metrics_slot_value(7, "t_active", "") == 0.0);                        /* no such slot */
     leo_metrics_slot_add(1, "t_requests_total", "route=\"/lost\"", 2);
     leo_metrics_slot_add(1, "t_requests_total", "route=\"/lost\"", -1); /* counters never go backwards */
     leo_metrics_slot_add(0, "t_requests_total", "route=\"/lost\"", 5);  /* its own slot: refused */
