@@ -687,6 +687,26 @@ static int parse_control_plane(struct ctx *c, const json_t *root, struct leo_con
     return rc;
 }
 
+static int parse_usage(struct ctx *c, const json_t *root, struct leo_config *cfg)
+{
+    static const char *const fields[] = {"spool_dir", NULL};
+    int rc;
+    json_t *o = get_container(c, root, "usage", JSON_OBJECT, false, &rc);
+    if (o == NULL)
+        return rc;
+    size_t old = path_key(c, "usage");
+    const char *dir = NULL;
+    rc = open_object(c, o, fields);
+    if (rc == 0)
+        rc = get_string(c, o, "spool_dir", false, &dir);
+    if (rc == 0 && dir && dir[0] == '\0')
+        rc = fail_at(c, "spool_dir", "must not be empty (leave it out for no spool)");
+    if (rc == 0)
+        cfg->usage.spool_dir = dir ? leo_strdup(dir) : NULL;
+    path_pop(c, old);
+    return rc;
+}
+
 static int parse_alerts(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
     static const char *const fields[] = {"threshold", "webhook_url", NULL};
@@ -1460,6 +1480,7 @@ static void config_free(struct leo_config *cfg)
     leo_free(cfg->redis.url);
     leo_free(cfg->control_plane.redis_url);
     leo_free(cfg->control_plane.cache_path);
+    leo_free(cfg->usage.spool_dir);
     if (cfg->control_plane.password) {
         sodium_memzero(cfg->control_plane.password, strlen(cfg->control_plane.password));
         leo_free(cfg->control_plane.password);
@@ -1525,18 +1546,17 @@ static int parse_caches(struct ctx *c, const json_t *root, struct leo_config *cf
 
 /* In dependency order: models refer to providers, tenants to models. */
 static int (*const sections[])(struct ctx *, const json_t *, struct leo_config *) = {
-    parse_listen,    parse_process, parse_limits, parse_auth,    parse_defaults, parse_routing, parse_redis,
-    parse_control_plane, parse_alerts,    parse_providers, parse_models,  parse_prices, parse_tenants,
-    parse_caches,
+    parse_listen,    parse_process, parse_limits,        parse_auth,    parse_defaults,
+    parse_routing,   parse_redis,   parse_control_plane, parse_usage,   parse_alerts,
+    parse_providers, parse_models,  parse_prices,        parse_tenants, parse_caches,
 };
 
 static int parse_root(struct ctx *c, const json_t *root, struct leo_config *cfg)
 {
-    static const char *const fields[] = {"listen",   "workers",   "drain_timeout_ms", "log_level", "access_log",
-                                         "busy_poll_us",
-                                         "limits",   "auth",      "defaults",         "routing",   "redis",
-                                         "control_plane", "alerts",   "providers", "models",           "prices",    "tenants",
-                                         "cache", "semantic_cache", NULL};
+    static const char *const fields[] = {
+        "listen",    "workers",  "drain_timeout_ms", "log_level", "access_log",    "busy_poll_us",   "limits",
+        "auth",      "defaults", "routing",          "redis",     "control_plane", "usage",          "alerts",
+        "providers", "models",   "prices",           "tenants",   "cache",         "semantic_cache", NULL};
     int rc = open_object(c, root, fields);
     for (size_t i = 0; rc == 0 && i < sizeof(sections) / sizeof(sections[0]); i++)
         rc = sections[i](c, root, cfg);

@@ -188,6 +188,12 @@ struct leo_config {
     } control_plane;
 
     struct {
+        char *spool_dir;            /* where a worker stopping with Redis away writes its queued usage events,
+                                       usage-<worker>.jsonl, and where the next start reads them back
+                                       (gateway/usage.h); NULL: they are dropped. Read when a worker starts */
+    } usage;
+
+    struct {
         double threshold;           /* fraction of a quota that fires an alert (0 = off); default 0.8 */
         char *webhook_url;          /* POSTed a JSON alert; NULL = log only */
     } alerts;

@@ -64,6 +64,7 @@ int leo_supervisor_run(const struct leo_supervisor_opts *opts)
     unsigned n = opts->workers;
     struct worker_slot *slots = leo_calloc(n, sizeof(*slots));
     leo_metrics_attach(0);
+    leo_metrics_set_workers(n, 0); /* before the first fork: a worker may read the count as it starts */
     for (unsigned i = 0; i < n; i++) {
         slots[i].pid = spawn(opts, i, &set);
         slots[i].started_ms = now_ms();

@@ -9,14 +9,29 @@
  * worker's shutdown drops events, and both are counted and logged.
  *
  * On shutdown the worker waits (within its drain timeout) until leo_usage_flushing() is false before it closes
- * the connection; what is still queued then (Redis down) is dropped and counted. When a worker dies instead,
- * the supervisor counts what its queue held from the worker's metrics slot (leo_usage_report_worker_death).
+ * the connection; what is still queued then (Redis down) is dropped and counted, unless the emitter has a spool
+ * file: then it is appended to that file in one write(2) and fsync'ed, and the XADDs the closing connection
+ * cancels are appended after it. The next emitter on the same path (the worker's successor) renames the file to
+ * <path>.replay, queues its lines and unlinks it, so the events reach Redis once it is back. The rename makes a
+ * start that dies while loading harmless: the next start loads the .replay first. An event may then reach the
+ * stream twice (a cancelled XADD that had run, a replay loaded twice); the consumer keeps one copy of each
+ * (at, request_id). Known limit: a worker that dies without closing its emitter spools nothing (worker_died).
+ *
+ * When a worker dies instead, the supervisor counts what its queue held from the worker's metrics slot
+ * (leo_usage_report_worker_death).
  */
+#define _GNU_SOURCE /* getline */
 #include "usage.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../common/alloc.h"
 #include "../common/error.h"
@@ -38,6 +53,9 @@ struct leo_usage {
     uv_loop_t *loop;
     struct leo_redis *redis;
     char *stream;
+    char *spool_path;          /* NULL: no spool */
+    struct leo_buf spool_late; /* XADDs cancelled while closing, written once the last one is answered */
+    uint64_t spool_late_n;
     char maxlen[24];
     size_t max_queue;
     struct item *head, *tail; /* the queue */
@@ -138,12 +156,152 @@ static void count_drop(struct leo_usage *u, const char *reason, uint64_t n)
     }
 }
 
+static void spool_out(struct leo_usage *u, const struct leo_buf *b, uint64_t n);
+
 static void maybe_free(struct leo_usage *u)
 {
-    if (!u->closing || !u->timer_closed || u->inflight > 0)
+    if (!u->closing || u->inflight > 0)
+        return;
+    if (u->spool_late_n) { /* the last XADD has been answered */
+        spool_out(u, &u->spool_late, u->spool_late_n);
+        leo_buf_release(&u->spool_late);
+        u->spool_late_n = 0;
+    }
+    if (!u->timer_closed)
         return;
     leo_free(u->stream);
+    leo_free(u->spool_path);
     leo_free(u);
+}
+
+/* ---- the spool ---- */
+
+/* Appends b to path in one write(2) and fsyncs it; 0 or a negative errno. On failure the file is cut back to
+ * its old length (each worker has its own file, so nobody else appended meanwhile): a half-written batch would
+ * be replayed in part although it is counted as dropped. */
+static int spool_append(const char *path, const struct leo_buf *b)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    int rc = 0;
+    ssize_t n;
+    do
+        n = write(fd, b->p, b->len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        rc = -errno;
+    else if ((size_t)n != b->len)
+        rc = -ENOSPC; /* a regular file writes short only when the disk or a quota is full */
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    if (rc != 0 && ftruncate(fd, st.st_size) != 0)
+        leo_warn("usage: cannot cut %s back after a failed write: %s", path, strerror(errno));
+    if (close(fd) != 0 && rc == 0)
+        rc = -errno;
+    return rc;
+}
+
+/* n events (b: their JSON, one a line) leave the emitter at shutdown: into the spool file, or dropped. */
+static void spool_out(struct leo_usage *u, const struct leo_buf *b, uint64_t n)
+{
+    if (n == 0)
+        return;
+    int rc = u->spool_path ? spool_append(u->spool_path, b) : LEO_EINVAL;
+    if (rc == 0) {
+        leo_metrics_add("leo_usage_events_total", "result=\"spooled\"", (double)n);
+        leo_info("usage: %" PRIu64 " events spooled to %s for the next start", n, u->spool_path);
+        return;
+    }
+    if (u->spool_path)
+        leo_error("usage: cannot spool %" PRIu64 " events to %s: %s", n, u->spool_path, leo_strerror(rc));
+    count_drop(u, "shutdown", n);
+}
+
+/* Queues every line of file (a spool being replayed) and unlinks it; the number of events queued, or -1 when
+ * the file could not be read (it is left in place for the next start). */
+static long long spool_load_file(struct leo_usage *u, const char *file)
+{
+    FILE *fp = fopen(file, "re");
+    if (fp == NULL) {
+        int e = errno;
+        if (e == ENOENT)
+            return 0;
+        leo_error("usage: cannot open the spool %s: %s", file, strerror(e));
+        return -1;
+    }
+    long long queued = 0;
+    uint64_t corrupt = 0, full = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, fp)) >= 0) {
+        if (len > 0 && line[len - 1] == '\n')
+            line[--len] = '\0';
+        json_t *j = json_loadb(line, (size_t)len, 0, NULL);
+        bool ok = json_is_object(j);
+        json_decref(j);
+        if (!ok) {
+            corrupt++;
+        } else if (u->queued >= u->max_queue) {
+            full++;
+        } else {
+            struct item *it = leo_malloc(sizeof(*it) + (size_t)len + 1);
+            it->u = u;
+            it->len = (size_t)len;
+            memcpy(it->json, line, (size_t)len + 1);
+            queue_push_tail(u, it);
+            queued++;
+        }
+    }
+    bool failed = ferror(fp);
+    free(line);
+    fclose(fp);
+    if (failed) {
+        leo_error("usage: cannot read the spool %s; left for the next start (%lld events queued from it may "
+                  "reach the stream twice)",
+                  file, queued);
+    } else if (unlink(file) != 0) {
+        leo_error("usage: cannot remove the replayed spool %s: %s (its events may reach the stream twice)", file,
+                  strerror(errno));
+    }
+    /* counted here rather than through count_drop, whose rate limit could hold back the second reason's line */
+    if (corrupt || full) {
+        leo_metrics_add("leo_usage_events_dropped_total", "reason=\"spool_corrupt\"", (double)corrupt);
+        leo_metrics_add("leo_usage_events_dropped_total", "reason=\"queue_full\"", (double)full);
+        leo_error("usage: %" PRIu64 " events dropped from the spool %s: %" PRIu64 " lines not a JSON object "
+                  "(spool_corrupt), %" PRIu64 " beyond the queue limit %zu (queue_full)",
+                  corrupt + full, file, corrupt, full, u->max_queue);
+    }
+    return failed ? -1 : queued;
+}
+
+/* Replays path: first a <path>.replay left by a start that died while loading it, then path itself, renamed to
+ * <path>.replay before it is read so that a crash from here on leaves it where the next start looks. */
+static void spool_load(struct leo_usage *u, const char *path)
+{
+    struct leo_buf replay = LEO_BUF_INIT;
+    leo_buf_addf(&replay, "%s.replay", path);
+    long long n = spool_load_file(u, replay.p);
+    if (n >= 0) {
+        if (rename(path, replay.p) == 0) {
+            long long m = spool_load_file(u, replay.p);
+            n = m >= 0 ? n + m : m;
+        } else if (errno != ENOENT) {
+            leo_error("usage: cannot rename the spool %s to %s: %s", path, replay.p, strerror(errno));
+        }
+    }
+    if (n > 0) {
+        leo_metrics_add("leo_usage_events_total", "result=\"replayed\"", (double)n);
+        leo_info("usage: %lld events replayed from the spool %s", n, path);
+    }
+    leo_buf_release(&replay);
 }
 
 /* ---- sending ---- */
@@ -172,8 +330,15 @@ static void on_xadd(struct leo_redis *r, int err, redisReply *reply, void *ud)
         return;
     }
     if (u->closing) {
-        /* the connection is closing with the worker; the XADD may or may not have run */
-        count_drop(u, "shutdown", 1);
+        /* the connection is closing with the worker; the XADD may or may not have run. Spooled (a duplicate is
+         * harmless, see the top), in one batch once the last XADD has been answered */
+        if (u->spool_path) {
+            leo_buf_add(&u->spool_late, it->json, it->len);
+            leo_buf_addch(&u->spool_late, '\n');
+            u->spool_late_n++;
+        } else {
+            count_drop(u, "shutdown", 1);
+        }
         leo_free(it);
         maybe_free(u);
         return;
@@ -282,6 +447,14 @@ struct leo_usage *leo_usage_new(uv_loop_t *loop, struct leo_redis *redis, const 
     uv_timer_init(loop, &u->timer);
     u->timer.data = u;
     uv_unref((uv_handle_t *)&u->timer);
+    if (opts && opts->spool_path) {
+        u->spool_path = leo_strdup(opts->spool_path);
+        spool_load(u, u->spool_path);
+        for (const char *const *p = opts->spool_adopt; p && *p; p++)
+            spool_load(u, *p);
+        if (u->head)
+            timer_arm(u); /* sent once the connection is up, through the usual flush */
+    }
     current = u;
     return u;
 }
@@ -299,12 +472,20 @@ void leo_usage_close(struct leo_usage *u)
         current = NULL;
     u->closing = true;
     uint64_t n = 0;
+    struct leo_buf b = LEO_BUF_INIT;
     for (struct item *it = queue_pop(u); it; it = queue_pop(u)) {
+        if (u->spool_path) {
+            leo_buf_add(&b, it->json, it->len);
+            leo_buf_addch(&b, '\n');
+        }
         leo_free(it);
         n++;
     }
-    if (n)
+    if (u->spool_path)
+        spool_out(u, &b, n);
+    else if (n)
         count_drop(u, "shutdown", n);
+    leo_buf_release(&b);
     uv_close((uv_handle_t *)&u->timer, on_timer_closed);
 }
 
@@ -312,11 +493,14 @@ void leo_usage_metrics_describe(void)
 {
     leo_metrics_describe("leo_usage_events_total", LEO_METRIC_COUNTER,
                          "Usage events by result: sent (Redis accepted the XADD), queued (held while Redis was "
-                         "away or busy), retried (an XADD failed and the event was queued again).");
+                         "away or busy), retried (an XADD failed and the event was queued again), spooled "
+                         "(written to the spool file when the worker stopped), replayed (queued from the spool "
+                         "file when the worker started).");
     leo_metrics_describe("leo_usage_events_dropped_total", LEO_METRIC_COUNTER,
                          "Usage events lost, by reason: queue_full (Redis away for too long), shutdown (still "
-                         "queued or unconfirmed when the worker stopped), worker_died (queued in a worker that "
-                         "died).");
+                         "queued or unconfirmed when the worker stopped, with no spool or a failed spool write), "
+                         "worker_died (queued in a worker that died), spool_corrupt (a spool line that is not a "
+                         "JSON object).");
     leo_metrics_describe("leo_usage_queue_depth", LEO_METRIC_GAUGE, "Usage events waiting for Redis.");
     leo_metrics_describe("leo_usage_inflight", LEO_METRIC_GAUGE,
                          "Usage events sent to Redis whose XADD has not been answered yet.");

@@ -3,12 +3,13 @@
  */
 #include "worker.h"
 
+#include <dirent.h>
+#include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sodium.h>
 #include <sys/prctl.h>
-#include <signal.h>
 
 #include "../common/alloc.h"
 #include "../common/error.h"
@@ -197,14 +198,74 @@ static void quota_start(struct leo_worker *w)
 /* The usage emitter of this worker (one worker per process; struct leo_worker does not carry it yet). */
 static struct leo_usage *usage_emitter;
 
+/* The spool files in dir of workers numbered nworkers or more, "<dir>/usage-<n>.jsonl" (one also when only its
+ * ".replay" is left), NULL-terminated; NULL when there are none. Freed with leo_free, each and the array. */
+static char **usage_orphan_spools(const char *dir, unsigned nworkers)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return NULL;
+    char **paths = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        if (strncmp(e->d_name, "usage-", 6) != 0 || e->d_name[6] < '0' || e->d_name[6] > '9')
+            continue;
+        unsigned long idx = strtoul(e->d_name + 6, &end, 10);
+        if (e->d_name[6] == '0' && end != e->d_name + 7)
+            continue; /* "usage-01.jsonl" is not a worker's name */
+        if ((strcmp(end, ".jsonl") != 0 && strcmp(end, ".jsonl.replay") != 0) || idx < nworkers)
+            continue;
+        struct leo_buf p = LEO_BUF_INIT;
+        leo_buf_addf(&p, "%s/usage-%lu.jsonl", dir, idx);
+        bool seen = false;
+        for (size_t i = 0; i < n && !seen; i++)
+            seen = strcmp(paths[i], p.p) == 0;
+        if (seen) {
+            leo_buf_release(&p);
+            continue;
+        }
+        paths = leo_realloc(paths, (n + 2) * sizeof(*paths));
+        paths[n++] = leo_buf_detach(&p, NULL);
+        paths[n] = NULL;
+    }
+    closedir(d);
+    return paths;
+}
+
 /* Usage events go to the control plane's Redis when there is one (its consumer reads them there), else to the
- * "redis" section's; without either the gateway runs standalone and emits none. */
+ * "redis" section's; without either the gateway runs standalone and emits none. With usage.spool_dir each worker
+ * spools to its own usage-<index>.jsonl (read here, at the start: a reload does not move it), and worker 0 also
+ * replays the files of indexes the current worker count no longer has. The count is the supervisor's (shared
+ * metrics region, published before the first fork); a worker run without a supervisor (tests) falls back to the
+ * config's "workers", and with neither the orphans wait for a later start. */
 static void usage_start(struct leo_worker *w)
 {
     struct leo_redis *r = w->_cp_redis ? w->_cp_redis : w->redis;
     if (r == NULL)
         return;
-    usage_emitter = leo_usage_new(w->loop, r, NULL);
+    const char *dir = w->cfg->usage.spool_dir;
+    if (dir == NULL) {
+        usage_emitter = leo_usage_new(w->loop, r, NULL);
+        return;
+    }
+    struct leo_buf path = LEO_BUF_INIT;
+    leo_buf_addf(&path, "%s/usage-%u.jsonl", dir, w->opts.index);
+    char **orphans = NULL;
+    if (w->opts.index == 0) {
+        unsigned wanted, up;
+        leo_metrics_get_workers(&wanted, &up);
+        unsigned n = wanted ? wanted : w->cfg->workers;
+        if (n)
+            orphans = usage_orphan_spools(dir, n);
+    }
+    struct leo_usage_opts uo = {.spool_path = path.p, .spool_adopt = (const char *const *)orphans};
+    usage_emitter = leo_usage_new(w->loop, r, &uo);
+    for (char **p = orphans; p && *p; p++)
+        leo_free(*p);
+    leo_free(orphans);
+    leo_buf_release(&path);
 }
 
 /* ---- busy polling (see worker.h) ----
